@@ -1,0 +1,488 @@
+//! The loop that ties everything together: plan -> obtain -> verify ->
+//! publish -> reload -> schedule, for every credential, until told to stop.
+//!
+//! One failure never ends the loop: a failed renewal is logged, retried with
+//! capped exponential backoff, and the files on disk stay until a verified
+//! replacement exists (linkerd2-proxy's `Certify::run` does the same).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+use zeroize::Zeroizing;
+
+use crate::config::{CertificateSpec, Config, KeyRotation};
+use crate::issuers::{Issuer, IssuerError};
+use crate::keys::{KeyError, PrivateKey};
+use crate::output::{read_live, AtomicDir, FileEntry, OutputError, Owner, Published};
+use crate::reload;
+use crate::schedule::{renewal_time, retry_delays};
+use crate::verify::{
+    certs_from_pem, certs_to_pem, fmt_time, verify, CertInfo, Issued, VerifyError,
+};
+
+/// Credentials due within this window of each other are renewed in the same
+/// round, so that the app is signalled once for all of them.
+const ROUND_WINDOW: Duration = Duration::from_secs(1);
+
+/// What the outside world can ask of a running agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Renew every credential now (SIGUSR1).
+    RenewAll,
+    /// Stop (SIGTERM, SIGINT).
+    Shutdown,
+}
+
+/// How the agent runs.
+#[derive(Debug, Clone, Copy)]
+pub enum Mode {
+    /// Forever, until [`Command::Shutdown`].
+    Run,
+    /// Until every credential is published, or the deadline passes.
+    Init { timeout: Duration },
+}
+
+/// Why one attempt to renew a credential failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RenewError {
+    #[error("failed to generate the private key")]
+    Key(#[from] KeyError),
+    #[error("the key generation task failed")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("the issuer failed")]
+    Issuer(#[from] IssuerError),
+    #[error("the issued certificate was rejected")]
+    Verify(#[from] VerifyError),
+    #[error("publishing the files failed")]
+    Output(#[from] OutputError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("stopped by a signal before everything was published")]
+    Interrupted,
+    #[error("could not publish {} before the --timeout of {}: {}", names.join(", "), humantime::format_duration(*timeout), last_errors.join("; "))]
+    InitDeadline {
+        timeout: Duration,
+        names: Vec<String>,
+        last_errors: Vec<String>,
+    },
+}
+
+/// The error and its causes on one line, for logs.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
+}
+
+/// Problems found by [`preflight`], one sentence each.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("\n  "))]
+pub struct PreflightErrors(pub Vec<String>);
+
+/// Checks what parsing could not: that each issuer's files are usable, and
+/// that the output directory can be created and written. With `create`, the
+/// development CA is created when needed; without, nothing is written.
+///
+/// # Errors
+/// Every problem found, each naming its file or directory.
+pub fn preflight(
+    config: &Config,
+    create: bool,
+) -> Result<BTreeMap<String, Issuer>, PreflightErrors> {
+    let mut errors = Vec::new();
+    let mut issuers = BTreeMap::new();
+    for (name, spec) in &config.issuers {
+        match Issuer::load(spec, &config.state_dir, create) {
+            Ok(issuer) => {
+                issuers.insert(name.clone(), issuer);
+            }
+            Err(e) => errors.push(format!("issuers.{name}: {}", chain(&e))),
+        }
+    }
+    if let Err(e) = check_writable(&config.output_dir) {
+        errors.push(format!("outputDir: {e}"));
+    }
+    if errors.is_empty() {
+        Ok(issuers)
+    } else {
+        Err(PreflightErrors(errors))
+    }
+}
+
+/// The output directory must be a writable directory, or creatable in the
+/// nearest existing ancestor. Nothing is created here.
+fn check_writable(dir: &Path) -> Result<(), String> {
+    let mut probe = dir.to_path_buf();
+    loop {
+        match std::fs::metadata(&probe) {
+            Ok(m) if m.is_dir() => {
+                return rustix::fs::access(&probe, rustix::fs::Access::WRITE_OK)
+                    .map_err(|e| format!("{} is not writable by pillion ({e})", probe.display()));
+            }
+            Ok(_) => {
+                return Err(format!(
+                    "{} cannot be created: {} is not a directory",
+                    dir.display(),
+                    probe.display()
+                ))
+            }
+            Err(_) => {
+                if !probe.pop() || probe.as_os_str().is_empty() {
+                    probe = PathBuf::from(".");
+                }
+            }
+        }
+    }
+}
+
+struct Credential {
+    spec: CertificateSpec,
+    out: AtomicDir,
+    current: Option<CertInfo>,
+    next_attempt: SystemTime,
+    retries: Option<Box<dyn Iterator<Item = Duration> + Send>>,
+    last_error: Option<String>,
+}
+
+/// The renewal loop for one configuration.
+pub struct Agent {
+    config: Config,
+    issuers: BTreeMap<String, Issuer>,
+    creds: Vec<Credential>,
+}
+
+impl Agent {
+    /// Builds the agent and looks at what is already on disk: a certificate
+    /// that is valid and still matches the configuration is kept, not issued
+    /// again.
+    pub fn new(config: Config, issuers: BTreeMap<String, Issuer>) -> Agent {
+        let now = SystemTime::now();
+        for issuer in issuers.values() {
+            if let Some(w) = issuer.warning() {
+                warn!("{w}");
+            }
+        }
+        let creds = config
+            .certificates
+            .iter()
+            .map(|spec| {
+                let out = AtomicDir::new(spec.target_dir(&config.output_dir));
+                let issuer = &issuers[&spec.issuer];
+                let (current, next_attempt) = match existing(spec, out.path(), issuer, now) {
+                    Ok(info) => {
+                        let at = renewal_time(info.not_before, info.not_after, spec.renew, fastrand::f64());
+                        info!(cert = %spec.name, serial = %info.serial, not_after = %fmt_time(info.not_after), renew_at = %fmt_time(at), "reusing the valid certificate on disk");
+                        (Some(info), at)
+                    }
+                    Err(reason) => {
+                        info!(cert = %spec.name, "issuing a certificate: {reason}");
+                        (None, now)
+                    }
+                };
+                Credential { spec: spec.clone(), out, current, next_attempt, retries: None, last_error: None }
+            })
+            .collect();
+        Agent {
+            config,
+            issuers,
+            creds,
+        }
+    }
+
+    /// Runs until `commands` says stop (or closes), or in init mode until
+    /// everything is published.
+    ///
+    /// Cancellation: a round is abandoned at its next await when a shutdown
+    /// arrives; a publish in progress is synchronous and completes first, so
+    /// files are never left half-swapped.
+    ///
+    /// # Errors
+    /// Only in init mode: the deadline passed before everything was published.
+    pub async fn run(
+        mut self,
+        mode: Mode,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+    ) -> Result<(), AgentError> {
+        let deadline = match mode {
+            Mode::Init { timeout } => Some((tokio::time::Instant::now() + timeout, timeout)),
+            Mode::Run => None,
+        };
+        loop {
+            if matches!(mode, Mode::Init { .. }) && self.creds.iter().all(|c| c.current.is_some()) {
+                info!("all {} credential(s) published", self.creds.len());
+                return Ok(());
+            }
+            let now = SystemTime::now();
+            let next = self
+                .creds
+                .iter()
+                .map(|c| c.next_attempt)
+                .min()
+                .unwrap_or(now + Duration::from_secs(3600));
+            let wait = next.duration_since(now).unwrap_or_default();
+            let wake = tokio::time::Instant::now() + wait;
+            let wake = deadline.map_or(wake, |(d, _)| wake.min(d));
+            tokio::select! {
+                () = tokio::time::sleep_until(wake) => {}
+                cmd = commands.recv() => match cmd {
+                    Some(Command::RenewAll) => {
+                        info!("renewing every credential now, as asked");
+                        for c in &mut self.creds {
+                            c.next_attempt = SystemTime::now();
+                        }
+                    }
+                    Some(Command::Shutdown) | None => return stopped(mode),
+                },
+            }
+            if let Some((d, timeout)) = deadline {
+                if tokio::time::Instant::now() >= d {
+                    let missing: Vec<&Credential> =
+                        self.creds.iter().filter(|c| c.current.is_none()).collect();
+                    if !missing.is_empty() {
+                        return Err(AgentError::InitDeadline {
+                            timeout,
+                            names: missing.iter().map(|c| c.spec.name.clone()).collect(),
+                            last_errors: missing
+                                .iter()
+                                .filter_map(|c| c.last_error.clone())
+                                .collect(),
+                        });
+                    }
+                }
+            }
+            tokio::select! {
+                () = self.round(mode) => {}
+                cmd = commands.recv() => if matches!(cmd, Some(Command::Shutdown) | None) {
+                    info!("stopping during a renewal round; files on disk are complete");
+                    return stopped(mode);
+                } else {
+                    // A RenewAll during a round: the round renews the due ones
+                    // already; everything else is marked due for the next.
+                    for c in &mut self.creds {
+                        c.next_attempt = SystemTime::now();
+                    }
+                },
+            }
+        }
+    }
+
+    /// Renews every credential that is due, then reloads the app once if
+    /// anything changed.
+    async fn round(&mut self, mode: Mode) {
+        let due_by = SystemTime::now() + ROUND_WINDOW;
+        let mut published = Vec::new();
+        for c in self.creds.iter_mut().filter(|c| c.next_attempt <= due_by) {
+            let issuer = &self.issuers[&c.spec.issuer];
+            match renew(c, issuer).await {
+                Ok(info) => {
+                    let at = renewal_time(
+                        info.not_before,
+                        info.not_after,
+                        c.spec.renew,
+                        fastrand::f64(),
+                    );
+                    info!(
+                        cert = %c.spec.name,
+                        serial = %info.serial,
+                        not_after = %fmt_time(info.not_after),
+                        renew_at = %fmt_time(at),
+                        dir = %c.out.path().display(),
+                        "published a new certificate"
+                    );
+                    published.push(c.spec.name.clone());
+                    c.current = Some(info);
+                    c.next_attempt = at;
+                    c.retries = None;
+                    c.last_error = None;
+                }
+                Err(e) => {
+                    let delay = c
+                        .retries
+                        .get_or_insert_with(|| Box::new(retry_delays()))
+                        .next()
+                        .unwrap_or(crate::schedule::RETRY_MAX);
+                    let message = chain(&e);
+                    error!(cert = %c.spec.name, error = %message, retry_in = %humantime::format_duration(round_secs(delay)), "renewal failed; the files on disk are unchanged");
+                    if let Some(cur) = &c.current {
+                        if cur.not_after <= SystemTime::now() {
+                            error!(cert = %c.spec.name, "the certificate on disk has EXPIRED and could not be renewed");
+                        }
+                    }
+                    c.last_error = Some(format!("{}: {message}", c.spec.name));
+                    c.next_attempt = SystemTime::now() + delay;
+                }
+            }
+        }
+        if published.is_empty() || matches!(mode, Mode::Init { .. }) {
+            return;
+        }
+        if let Some(spec) = &self.config.reload {
+            match reload::reload(spec).await {
+                Ok(what) => info!(certs = %published.join(","), "reloaded the app: {what}"),
+                Err(e) => {
+                    warn!(error = %chain(&e), "reloading the app failed; the new files are in place")
+                }
+            }
+        }
+    }
+}
+
+fn stopped(mode: Mode) -> Result<(), AgentError> {
+    match mode {
+        Mode::Run => Ok(()),
+        Mode::Init { .. } => Err(AgentError::Interrupted),
+    }
+}
+
+fn round_secs(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs().max(1))
+}
+
+/// One attempt: key, CSR, sign, verify, publish.
+async fn renew(c: &mut Credential, issuer: &Issuer) -> Result<CertInfo, RenewError> {
+    let spec = &c.spec;
+    let kept = match spec.key_rotation {
+        KeyRotation::Never => existing_key(spec, c.out.path()),
+        KeyRotation::Always => None,
+    };
+    let key = match kept {
+        Some(k) => k,
+        None => {
+            let alg = spec.key_algorithm;
+            // RSA generation takes up to seconds of CPU: keep it off the runtime threads.
+            tokio::task::spawn_blocking(move || PrivateKey::generate(alg)).await??
+        }
+    };
+    let csr = key.csr(&spec.names)?;
+    let issued = issuer.sign(&csr, spec).await?;
+    let info = verify(
+        &issued,
+        &key.public_key_raw(),
+        &spec.names,
+        SystemTime::now(),
+    )?;
+    debug!(cert = %spec.name, serial = %info.serial, "the issued certificate passed verification");
+    let files = payload(spec, &key, &issued);
+    let owner = Owner {
+        uid: spec.files.uid,
+        gid: spec.files.gid,
+    };
+    match c.out.publish(&files, owner)? {
+        Published::Generation(g) => {
+            debug!(cert = %spec.name, generation = %g, "swapped in a new generation")
+        }
+        Published::Unchanged => debug!(cert = %spec.name, "the files were already up to date"),
+    }
+    Ok(info)
+}
+
+/// The files of a credential: certificate chain, key, CA, and the optional
+/// bundle (key first, then the chain, as haproxy and Kubernetes' Pod
+/// Certificates lay it out).
+fn payload(spec: &CertificateSpec, key: &PrivateKey, issued: &Issued) -> Vec<FileEntry> {
+    let f = &spec.files;
+    let chain_pem = certs_to_pem(&issued.chain);
+    let key_pem = key.to_pem();
+    let mut files = vec![
+        FileEntry {
+            path: f.certificate.clone(),
+            data: Zeroizing::new(chain_pem.clone().into_bytes()),
+            mode: f.mode,
+        },
+        FileEntry {
+            path: f.private_key.clone(),
+            data: Zeroizing::new(key_pem.as_bytes().to_vec()),
+            mode: f.key_mode,
+        },
+        FileEntry {
+            path: f.ca.clone(),
+            data: Zeroizing::new(certs_to_pem(&issued.ca).into_bytes()),
+            mode: f.mode,
+        },
+    ];
+    if let Some(bundle) = &f.bundle {
+        let mut data = Zeroizing::new(Vec::with_capacity(key_pem.len() + chain_pem.len()));
+        data.extend_from_slice(key_pem.as_bytes());
+        data.extend_from_slice(chain_pem.as_bytes());
+        files.push(FileEntry {
+            path: bundle.clone(),
+            data,
+            mode: f.key_mode,
+        });
+    }
+    files
+}
+
+/// The key on disk, if it can be kept for the next certificate.
+fn existing_key(spec: &CertificateSpec, dir: &Path) -> Option<PrivateKey> {
+    let files = read_live(dir, &[&spec.files.private_key])?;
+    let pem = files.into_iter().next()??;
+    let key = PrivateKey::from_pem(std::str::from_utf8(&pem).ok()?).ok()?;
+    (key.algorithm() == spec.key_algorithm).then_some(key)
+}
+
+/// Checks the credential on disk: complete, valid now, not yet due, with the
+/// configured names, key type and CA, and its key matching its certificate.
+fn existing(
+    spec: &CertificateSpec,
+    dir: &Path,
+    issuer: &Issuer,
+    now: SystemTime,
+) -> Result<CertInfo, String> {
+    let f = &spec.files;
+    let mut names = vec![
+        f.certificate.as_str(),
+        f.private_key.as_str(),
+        f.ca.as_str(),
+    ];
+    names.extend(f.bundle.as_deref());
+    let files = read_live(dir, &names).ok_or("no certificate on disk yet")?;
+    let mut it = files.into_iter();
+    let mut next = |what: &str| {
+        it.next()
+            .flatten()
+            .ok_or(format!("{what} is missing on disk"))
+    };
+    let (cert_pem, key_pem, ca_pem) = (
+        next("the certificate")?,
+        next("the key")?,
+        next("the CA file")?,
+    );
+    if f.bundle.is_some() {
+        next("the bundle")?;
+    }
+    let chain = certs_from_pem(&cert_pem).map_err(|_| "the certificate on disk is not PEM")?;
+    let ca = certs_from_pem(&ca_pem).map_err(|_| "the CA file on disk is not PEM")?;
+    let key = std::str::from_utf8(&key_pem)
+        .ok()
+        .and_then(|k| PrivateKey::from_pem(k).ok())
+        .ok_or("the key on disk is unreadable")?;
+    if key.algorithm() != spec.key_algorithm {
+        return Err(format!(
+            "the key on disk is {}, the configuration asks for {}",
+            key.algorithm(),
+            spec.key_algorithm
+        ));
+    }
+    let issued = Issued { chain, ca };
+    let info = verify(&issued, &key.public_key_raw(), &spec.names, now)
+        .map_err(|e| format!("the certificate on disk does not fit: {e}"))?;
+    if let Some(anchors) = issuer.trust_anchors() {
+        if anchors != issued.ca {
+            return Err(
+                "the certificate on disk is from another CA than the configured one".into(),
+            );
+        }
+    }
+    Ok(info)
+}

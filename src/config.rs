@@ -1,0 +1,1329 @@
+//! Configuration: the raw YAML shape, and its validation into a [`Config`].
+//!
+//! Parsing happens in two steps, as in ripgrep's LowArgs -> HiArgs: serde reads
+//! the YAML (or the command-line flags) into `Raw*` structs that mirror what the
+//! user wrote, then [`Config::from_raw`] checks every field and reports *every*
+//! problem at once, each with its path (`certificates[1].dnsNames[0]`). Nothing
+//! here reads key files or touches the network or the output directory; see
+//! [`crate::agent::preflight`] for the checks that do.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+use crate::keys::KeyAlgorithm;
+use crate::reload::{ReloadSpec, ReloadTarget, SignalName};
+use crate::schedule::RenewPolicy;
+
+/// Lifetime asked for when a certificate names none: one day, short enough that
+/// a leaked key is not useful for long, long enough to ride out a CA outage.
+pub const DEFAULT_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// Renew when a third of the issued lifetime is left (at 2/3 of it), as
+/// smallstep autocert and cert-manager do.
+pub const DEFAULT_RENEW_BEFORE_PERCENTAGE: u8 = 33;
+/// Certificates shorter than this cannot be renewed in time by any schedule.
+pub const MIN_DURATION: Duration = Duration::from_secs(2);
+/// File names follow cert-manager's Secret keys, which most apps already expect.
+pub const DEFAULT_CERTIFICATE_FILE: &str = "tls.crt";
+pub const DEFAULT_PRIVATE_KEY_FILE: &str = "tls.key";
+pub const DEFAULT_CA_FILE: &str = "ca.crt";
+pub const DEFAULT_MODE: u32 = 0o644;
+/// Files holding a private key (the key and the bundle) are owner-only.
+pub const DEFAULT_KEY_MODE: u32 = 0o600;
+/// The issuer name used when the configuration names none.
+pub const DEVELOPMENT_ISSUER: &str = "development";
+/// X.520 upper bound for a commonName (RFC 5280, ub-common-name).
+const MAX_COMMON_NAME: usize = 64;
+
+// ---------------------------------------------------------------------------
+// Raw configuration, as written.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawConfig {
+    pub output_dir: Option<String>,
+    pub state_dir: Option<String>,
+    pub issuers: Option<BTreeMap<String, RawIssuer>>,
+    pub certificates: Option<Vec<RawCertificate>>,
+    pub reload: Option<RawReload>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawIssuer {
+    pub local_ca: Option<RawLocalCa>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawLocalCa {
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawCertificate {
+    pub name: Option<String>,
+    pub issuer: Option<String>,
+    pub common_name: Option<String>,
+    #[serde(default)]
+    pub dns_names: Vec<String>,
+    #[serde(default)]
+    pub ip_addresses: Vec<String>,
+    #[serde(default)]
+    pub uris: Vec<String>,
+    pub private_key: Option<RawPrivateKey>,
+    pub duration: Option<String>,
+    pub renew_before: Option<String>,
+    pub renew_before_percentage: Option<i64>,
+    pub dir: Option<String>,
+    pub files: Option<RawFiles>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawPrivateKey {
+    pub algorithm: Option<String>,
+    pub rotation_policy: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawFiles {
+    pub certificate: Option<String>,
+    pub private_key: Option<String>,
+    pub ca: Option<String>,
+    pub bundle: Option<String>,
+    pub mode: Option<Value>,
+    pub key_mode: Option<Value>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawReload {
+    pub signal: Option<String>,
+    pub process: Option<String>,
+    pub process_regex: Option<String>,
+    pub pid_file: Option<String>,
+    pub command: Option<Vec<String>>,
+    pub url: Option<String>,
+    pub include_pid1: Option<bool>,
+}
+
+// ---------------------------------------------------------------------------
+// Errors.
+
+/// One bad field: where it is and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigErrors {
+    pub source_name: String,
+    pub errors: Vec<FieldError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors.len();
+        write!(
+            f,
+            "{} has {} problem{}:",
+            self.source_name,
+            n,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.errors {
+            write!(f, "\n  {}: {}", e.path, e.message)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Validated configuration.
+
+/// A validated configuration: everything pillion will do.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub output_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub issuers: BTreeMap<String, IssuerSpec>,
+    pub certificates: Vec<CertificateSpec>,
+    pub reload: Option<ReloadSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IssuerSpec {
+    /// A CA whose certificate and key are read from PEM files.
+    LocalCa {
+        cert_file: PathBuf,
+        key_file: PathBuf,
+    },
+    /// A CA pillion creates and keeps under its state directory. Development only.
+    Development,
+}
+
+/// The names a certificate is requested for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Names {
+    pub common_name: Option<String>,
+    pub dns_names: Vec<String>,
+    pub ip_addresses: Vec<IpAddr>,
+    pub uris: Vec<String>,
+}
+
+/// When the private key is replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRotation {
+    /// A new key with every certificate (the default; as cert-manager's `Always`).
+    Always,
+    /// Keep the key on disk across renewals while it still matches the config.
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateSpec {
+    pub name: String,
+    pub issuer: String,
+    pub names: Names,
+    pub key_algorithm: KeyAlgorithm,
+    pub key_rotation: KeyRotation,
+    pub duration: Duration,
+    pub renew: RenewPolicy,
+    /// Relative to the output directory; `.` is the output directory itself.
+    pub dir: PathBuf,
+    pub files: FileSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSpec {
+    pub certificate: String,
+    pub private_key: String,
+    pub ca: String,
+    pub bundle: Option<String>,
+    pub mode: u32,
+    pub key_mode: u32,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+impl CertificateSpec {
+    /// The directory this credential is published into.
+    pub fn target_dir(&self, output_dir: &Path) -> PathBuf {
+        if self.dir == Path::new(".") {
+            output_dir.to_path_buf()
+        } else {
+            output_dir.join(&self.dir)
+        }
+    }
+}
+
+/// Where a configuration came from, which decides how field paths are shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    File,
+    Flags,
+}
+
+impl Config {
+    /// Parses YAML text. `source_name` names the file in error messages.
+    ///
+    /// # Errors
+    /// Every malformed or invalid field, each with its path.
+    pub fn from_yaml(text: &str, source_name: &str) -> Result<Config, ConfigErrors> {
+        let fail = |errors: Vec<FieldError>| ConfigErrors {
+            source_name: source_name.to_owned(),
+            errors,
+        };
+        let raw = parse_yaml(text).map_err(fail)?;
+        Config::from_raw(raw, Origin::File).map_err(fail)
+    }
+
+    /// Validates a raw configuration, collecting every problem.
+    pub fn from_raw(raw: RawConfig, origin: Origin) -> Result<Config, Vec<FieldError>> {
+        let mut errs = Errors::default();
+        let output_dir = match raw.output_dir.as_deref() {
+            Some("") | None => {
+                errs.add(
+                    "outputDir",
+                    "is required: the directory shared with the app",
+                );
+                PathBuf::new()
+            }
+            Some(dir) => PathBuf::from(dir),
+        };
+        let state_dir = raw
+            .state_dir
+            .map(PathBuf::from)
+            .unwrap_or_else(default_state_dir);
+
+        let mut issuers = BTreeMap::new();
+        for (name, issuer) in raw.issuers.unwrap_or_default() {
+            let path = format!("issuers.{name}");
+            if !is_valid_name(&name) {
+                errs.add(&path, format!("{name:?} is not a valid issuer name (use lowercase letters, digits and '-')"));
+            }
+            match issuer.local_ca {
+                Some(ca) => {
+                    let cert_file =
+                        required_path(&mut errs, &format!("{path}.localCa.certFile"), ca.cert_file);
+                    let key_file =
+                        required_path(&mut errs, &format!("{path}.localCa.keyFile"), ca.key_file);
+                    issuers.insert(
+                        name,
+                        IssuerSpec::LocalCa {
+                            cert_file,
+                            key_file,
+                        },
+                    );
+                }
+                None => errs.add(&path, "names no issuer kind (expected localCa)"),
+            }
+        }
+        let implicit_issuer = match issuers.len() {
+            0 => {
+                issuers.insert(DEVELOPMENT_ISSUER.to_owned(), IssuerSpec::Development);
+                Some(DEVELOPMENT_ISSUER.to_owned())
+            }
+            1 => issuers.keys().next().cloned(),
+            _ => None,
+        };
+
+        let raw_certs = raw.certificates.unwrap_or_default();
+        if raw_certs.is_empty() {
+            errs.add(
+                "certificates",
+                "is empty: configure at least one certificate",
+            );
+        }
+        let mut certificates = Vec::new();
+        let mut seen_names = BTreeSet::new();
+        for (i, rc) in raw_certs.into_iter().enumerate() {
+            let path = format!("certificates[{i}]");
+            if let Some(cert) = validate_certificate(
+                &mut errs,
+                &path,
+                rc,
+                &issuers,
+                implicit_issuer.as_deref(),
+                origin,
+            ) {
+                if !seen_names.insert(cert.name.clone()) {
+                    errs.add(
+                        format!("{path}.name"),
+                        format!(
+                            "{:?} is used by another certificate: names must be unique",
+                            cert.name
+                        ),
+                    );
+                }
+                certificates.push((i, cert));
+            }
+        }
+        check_dirs_disjoint(&mut errs, &certificates);
+        let certificates: Vec<CertificateSpec> = certificates.into_iter().map(|(_, c)| c).collect();
+
+        let reload = raw.reload.and_then(|r| validate_reload(&mut errs, r));
+
+        if errs.0.is_empty() {
+            Ok(Config {
+                output_dir,
+                state_dir,
+                issuers,
+                certificates,
+                reload,
+            })
+        } else {
+            if origin == Origin::Flags {
+                for e in &mut errs.0 {
+                    e.path = flag_for_path(&e.path);
+                }
+            }
+            Err(errs.0)
+        }
+    }
+
+    /// The default single-certificate layout in `dir`, for `pillion status --out`.
+    pub fn for_directory(dir: &Path) -> Config {
+        Config {
+            output_dir: dir.to_owned(),
+            state_dir: default_state_dir(),
+            issuers: BTreeMap::new(),
+            certificates: vec![CertificateSpec {
+                name: "tls".into(),
+                issuer: DEVELOPMENT_ISSUER.into(),
+                names: Names::default(),
+                key_algorithm: KeyAlgorithm::EcdsaP256,
+                key_rotation: KeyRotation::Always,
+                duration: DEFAULT_DURATION,
+                renew: RenewPolicy::Percentage(DEFAULT_RENEW_BEFORE_PERCENTAGE),
+                dir: PathBuf::from("."),
+                files: FileSpec {
+                    certificate: DEFAULT_CERTIFICATE_FILE.into(),
+                    private_key: DEFAULT_PRIVATE_KEY_FILE.into(),
+                    ca: DEFAULT_CA_FILE.into(),
+                    bundle: None,
+                    mode: DEFAULT_MODE,
+                    key_mode: DEFAULT_KEY_MODE,
+                    uid: None,
+                    gid: None,
+                },
+            }],
+            reload: None,
+        }
+    }
+
+    /// The issuer a certificate uses. Validation guarantees it exists.
+    pub fn issuer_of(&self, cert: &CertificateSpec) -> &IssuerSpec {
+        &self.issuers[&cert.issuer]
+    }
+}
+
+/// Parses YAML into the raw shape, reporting each bad part of the document on
+/// its own so that one typo does not hide the rest.
+fn parse_yaml(text: &str) -> Result<RawConfig, Vec<FieldError>> {
+    let syntax = |e: serde_yaml_ng::Error| {
+        vec![FieldError {
+            path: "(yaml)".into(),
+            message: format!("is not valid YAML: {e}"),
+        }]
+    };
+    let doc: Value = serde_yaml_ng::from_str(text).map_err(syntax)?;
+    let Value::Mapping(top) = doc else {
+        return Err(vec![FieldError {
+            path: "(top level)".into(),
+            message: "must be a mapping with outputDir, issuers, certificates, reload".into(),
+        }]);
+    };
+    let mut errs = Errors::default();
+    let mut raw = RawConfig::default();
+    for (key, value) in top {
+        let Some(key) = key.as_str().map(str::to_owned) else {
+            errs.add("(top level)", format!("has a non-string key {key:?}"));
+            continue;
+        };
+        match key.as_str() {
+            "outputDir" => raw.output_dir = typed(&mut errs, &key, value),
+            "stateDir" => raw.state_dir = typed(&mut errs, &key, value),
+            "reload" => raw.reload = typed(&mut errs, &key, value),
+            "issuers" => match value {
+                Value::Mapping(map) => {
+                    let mut issuers = BTreeMap::new();
+                    for (name, value) in map {
+                        let name = name.as_str().map(str::to_owned).unwrap_or_else(|| format!("{name:?}"));
+                        if let Some(issuer) = typed(&mut errs, &format!("issuers.{name}"), value) {
+                            issuers.insert(name, issuer);
+                        }
+                    }
+                    raw.issuers = Some(issuers);
+                }
+                Value::Null => {}
+                _ => errs.add("issuers", "must be a mapping of issuer names to issuers"),
+            },
+            "certificates" => match value {
+                Value::Sequence(seq) => {
+                    let mut certs = Vec::new();
+                    for (i, value) in seq.into_iter().enumerate() {
+                        // A bad certificate still takes its index, so later paths stay right.
+                        certs.push(typed(&mut errs, &format!("certificates[{i}]"), value).unwrap_or_else(|| RawCertificate {
+                            name: Some(format!("#invalid-{i}")),
+                            ..RawCertificate::default()
+                        }));
+                    }
+                    raw.certificates = Some(certs);
+                }
+                _ => errs.add("certificates", "must be a list of certificates"),
+            },
+            other => errs.add(
+                other,
+                "unknown field (expected one of outputDir, stateDir, issuers, certificates, reload)",
+            ),
+        }
+    }
+    if errs.0.is_empty() {
+        Ok(raw)
+    } else {
+        Err(errs.0)
+    }
+}
+
+/// Deserializes one part of the document, recording a failure under `path`.
+fn typed<T: for<'de> Deserialize<'de>>(errs: &mut Errors, path: &str, value: Value) -> Option<T> {
+    match serde_path_to_error::deserialize(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let full = if inner == "." {
+                path.to_owned()
+            } else {
+                format!("{path}.{inner}")
+            };
+            errs.add(full.replace(".[", "["), e.into_inner().to_string());
+            None
+        }
+    }
+}
+
+fn required_path(errs: &mut Errors, path: &str, value: Option<String>) -> PathBuf {
+    match value {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => {
+            errs.add(path, "is required");
+            PathBuf::new()
+        }
+    }
+}
+
+fn validate_certificate(
+    errs: &mut Errors,
+    path: &str,
+    rc: RawCertificate,
+    issuers: &BTreeMap<String, IssuerSpec>,
+    implicit_issuer: Option<&str>,
+    origin: Origin,
+) -> Option<CertificateSpec> {
+    let before = errs.0.len();
+    let name = match rc.name {
+        Some(n) if n.starts_with("#invalid-") => return None,
+        Some(n) if is_valid_name(&n) => n,
+        Some(n) => {
+            errs.add(
+                format!("{path}.name"),
+                format!("{n:?} is not a valid name (use 1-63 lowercase letters, digits and '-')"),
+            );
+            n
+        }
+        None => {
+            errs.add(format!("{path}.name"), "is required");
+            String::new()
+        }
+    };
+    let issuer = match (rc.issuer, implicit_issuer) {
+        (Some(i), _) if issuers.contains_key(&i) => i,
+        (Some(i), _) => {
+            let known: Vec<_> = issuers.keys().map(String::as_str).collect();
+            errs.add(
+                format!("{path}.issuer"),
+                format!(
+                    "{i:?} is not a configured issuer (configured: {})",
+                    known.join(", ")
+                ),
+            );
+            i
+        }
+        (None, Some(i)) => i.to_owned(),
+        (None, None) => {
+            errs.add(
+                format!("{path}.issuer"),
+                "is required when more than one issuer is configured",
+            );
+            String::new()
+        }
+    };
+
+    let names_given = rc.common_name.is_some()
+        || !rc.dns_names.is_empty()
+        || !rc.ip_addresses.is_empty()
+        || !rc.uris.is_empty();
+    let mut names = Names::default();
+    if let Some(cn) = rc.common_name {
+        if cn.is_empty() || cn.len() > MAX_COMMON_NAME || cn.chars().any(char::is_control) {
+            errs.add(
+                format!("{path}.commonName"),
+                format!("{cn:?} must be 1 to {MAX_COMMON_NAME} printable characters"),
+            );
+        }
+        names.common_name = Some(cn);
+    }
+    for (i, dns) in rc.dns_names.into_iter().enumerate() {
+        if !is_valid_dns_name(&dns) {
+            errs.add(
+                format!("{path}.dnsNames[{i}]"),
+                format!("{dns:?} is not a valid DNS name"),
+            );
+        }
+        names.dns_names.push(dns);
+    }
+    for (i, ip) in rc.ip_addresses.into_iter().enumerate() {
+        match ip.parse::<IpAddr>() {
+            Ok(ip) => names.ip_addresses.push(ip),
+            Err(_) => errs.add(
+                format!("{path}.ipAddresses[{i}]"),
+                format!("{ip:?} is not an IPv4 or IPv6 address"),
+            ),
+        }
+    }
+    for (i, uri) in rc.uris.into_iter().enumerate() {
+        match url::Url::parse(&uri) {
+            Ok(u) if uri.is_ascii() && (u.has_host() || !u.path().is_empty()) => {}
+            _ => errs.add(
+                format!("{path}.uris[{i}]"),
+                format!(
+                    "{uri:?} is not an absolute URI (e.g. spiffe://cluster.local/ns/app/sa/app)"
+                ),
+            ),
+        }
+        names.uris.push(uri);
+    }
+    if !names_given {
+        errs.add(
+            path,
+            "names nothing to certify: set commonName, dnsNames, ipAddresses or uris",
+        );
+    }
+    for (kind, list) in [("dnsNames", &names.dns_names), ("uris", &names.uris)] {
+        let mut seen = BTreeSet::new();
+        for n in list.iter() {
+            if !seen.insert(n.to_ascii_lowercase()) {
+                errs.add(format!("{path}.{kind}"), format!("lists {n:?} twice"));
+            }
+        }
+    }
+
+    let (algorithm, rotation) = rc
+        .private_key
+        .map(|k| (k.algorithm, k.rotation_policy))
+        .unwrap_or_default();
+    let key_algorithm = match algorithm.map(|a| a.parse::<KeyAlgorithm>()) {
+        None => KeyAlgorithm::EcdsaP256,
+        Some(Ok(a)) => a,
+        Some(Err(e)) => {
+            errs.add(format!("{path}.privateKey.algorithm"), e);
+            KeyAlgorithm::EcdsaP256
+        }
+    };
+    let key_rotation = match rotation.as_deref() {
+        None | Some("Always") => KeyRotation::Always,
+        Some("Never") => KeyRotation::Never,
+        Some(other) => {
+            errs.add(
+                format!("{path}.privateKey.rotationPolicy"),
+                format!("{other:?} is not a rotation policy (expected Always or Never)"),
+            );
+            KeyRotation::Always
+        }
+    };
+
+    let duration = match rc.duration {
+        None => DEFAULT_DURATION,
+        Some(d) => match parse_duration(&d) {
+            Ok(d) if d >= MIN_DURATION => d,
+            Ok(_) => {
+                errs.add(
+                    format!("{path}.duration"),
+                    format!(
+                        "{d:?} is too short (at least {})",
+                        humantime::format_duration(MIN_DURATION)
+                    ),
+                );
+                DEFAULT_DURATION
+            }
+            Err(e) => {
+                errs.add(format!("{path}.duration"), e);
+                DEFAULT_DURATION
+            }
+        },
+    };
+    let renew = match (rc.renew_before, rc.renew_before_percentage) {
+        (Some(_), Some(_)) => {
+            errs.add(
+                format!("{path}.renewBefore"),
+                "cannot be combined with renewBeforePercentage: set one",
+            );
+            None
+        }
+        (Some(b), None) => match parse_duration(&b) {
+            Ok(b) if b.is_zero() => {
+                errs.add(format!("{path}.renewBefore"), "must be more than zero");
+                None
+            }
+            Ok(b) if b >= duration => {
+                errs.add(
+                    format!("{path}.renewBefore"),
+                    format!(
+                        "{} must be shorter than duration {}",
+                        humantime::format_duration(b),
+                        humantime::format_duration(duration)
+                    ),
+                );
+                None
+            }
+            Ok(b) => Some(RenewPolicy::Before(b)),
+            Err(e) => {
+                errs.add(format!("{path}.renewBefore"), e);
+                None
+            }
+        },
+        (None, Some(p)) if (1..=99).contains(&p) => Some(RenewPolicy::Percentage(p as u8)),
+        (None, Some(p)) => {
+            errs.add(
+                format!("{path}.renewBeforePercentage"),
+                format!(
+                    "{p} is out of range (1 to 99: the share of the lifetime left when renewing)"
+                ),
+            );
+            None
+        }
+        (None, None) => Some(RenewPolicy::Percentage(DEFAULT_RENEW_BEFORE_PERCENTAGE)),
+    }
+    .unwrap_or(RenewPolicy::Percentage(DEFAULT_RENEW_BEFORE_PERCENTAGE));
+
+    let dir = match (rc.dir, origin) {
+        (Some(d), _) => {
+            if let Err(e) = check_relative_path(&d, true) {
+                errs.add(format!("{path}.dir"), format!("{d:?} {e}"));
+            }
+            PathBuf::from(d)
+        }
+        (None, Origin::Flags) => PathBuf::from("."),
+        (None, Origin::File) => PathBuf::from(&name),
+    };
+
+    let files = validate_files(errs, &format!("{path}.files"), rc.files.unwrap_or_default());
+
+    (errs.0.len() == before).then_some(CertificateSpec {
+        name,
+        issuer,
+        names,
+        key_algorithm,
+        key_rotation,
+        duration,
+        renew,
+        dir,
+        files,
+    })
+}
+
+fn validate_files(errs: &mut Errors, path: &str, rf: RawFiles) -> FileSpec {
+    let mut file = |field: &str, value: Option<String>, default: &str| {
+        let v = value.unwrap_or_else(|| default.to_owned());
+        if let Err(e) = check_relative_path(&v, false) {
+            errs.add(format!("{path}.{field}"), format!("{v:?} {e}"));
+        }
+        v
+    };
+    let certificate = file("certificate", rf.certificate, DEFAULT_CERTIFICATE_FILE);
+    let private_key = file("privateKey", rf.private_key, DEFAULT_PRIVATE_KEY_FILE);
+    let ca = file("ca", rf.ca, DEFAULT_CA_FILE);
+    let bundle = rf.bundle.map(|b| file("bundle", Some(b), ""));
+    let mut seen = BTreeSet::new();
+    for n in [
+        Some(&certificate),
+        Some(&private_key),
+        Some(&ca),
+        bundle.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if !seen.insert(n) {
+            errs.add(
+                path,
+                format!("names {n:?} twice: every file needs its own name"),
+            );
+        }
+    }
+    let mut mode =
+        |field: &str, value: Option<Value>, default: u32| match value.map(|v| parse_mode(&v)) {
+            None => default,
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                errs.add(format!("{path}.{field}"), e);
+                default
+            }
+        };
+    let mode_ = mode("mode", rf.mode, DEFAULT_MODE);
+    let key_mode = mode("keyMode", rf.key_mode, DEFAULT_KEY_MODE);
+    FileSpec {
+        certificate,
+        private_key,
+        ca,
+        bundle,
+        mode: mode_,
+        key_mode,
+        uid: rf.uid,
+        gid: rf.gid,
+    }
+}
+
+fn validate_reload(errs: &mut Errors, rr: RawReload) -> Option<ReloadSpec> {
+    let before = errs.0.len();
+    let signal = match rr.signal.as_deref().map(str::parse::<SignalName>) {
+        None => SignalName::default(),
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
+            errs.add("reload.signal", e);
+            SignalName::default()
+        }
+    };
+    let mut targets = Vec::new();
+    if let Some(p) = rr.process {
+        if p.is_empty() || p.contains('/') {
+            errs.add(
+                "reload.process",
+                format!("{p:?} is not a process name (the name in /proc/PID/comm, e.g. nginx)"),
+            );
+        } else if p.len() > 15 {
+            errs.add("reload.process", format!("{p:?} is longer than 15 bytes, and the kernel keeps only 15 in /proc/PID/comm: use {:?} or processRegex", &p[..15]));
+        }
+        targets.push(ReloadTarget::Process(p));
+    }
+    if let Some(re) = rr.process_regex {
+        match regex_lite::Regex::new(&re) {
+            Ok(r) => targets.push(ReloadTarget::ProcessRegex(r)),
+            Err(e) => {
+                errs.add(
+                    "reload.processRegex",
+                    format!("{re:?} is not a valid regular expression: {e}"),
+                );
+                targets.push(ReloadTarget::Process(String::new()));
+            }
+        }
+    }
+    if let Some(p) = rr.pid_file {
+        if p.is_empty() {
+            errs.add("reload.pidFile", "is empty");
+        }
+        targets.push(ReloadTarget::PidFile(PathBuf::from(p)));
+    }
+    if let Some(c) = rr.command {
+        if c.first().is_none_or(|c| c.is_empty()) {
+            errs.add("reload.command", "is empty: give the program and its arguments as a list, e.g. [\"/usr/sbin/nginx\", \"-s\", \"reload\"]");
+        }
+        targets.push(ReloadTarget::Command(c));
+    }
+    if let Some(u) = rr.url {
+        match url::Url::parse(&u) {
+            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {
+                targets.push(ReloadTarget::Url(parsed))
+            }
+            _ => {
+                errs.add(
+                    "reload.url",
+                    format!("{u:?} is not an http:// or https:// URL"),
+                );
+            }
+        }
+    }
+    match targets.len() {
+        0 if errs.0.len() == before => errs.add("reload", "names no target: set one of process, processRegex, pidFile, command, url"),
+        0 | 1 => {}
+        _ => errs.add("reload", "names more than one target: set exactly one of process, processRegex, pidFile, command, url"),
+    }
+    let target = targets.pop()?;
+    (errs.0.len() == before).then_some(ReloadSpec {
+        signal,
+        target,
+        include_pid1: rr.include_pid1.unwrap_or(false),
+    })
+}
+
+/// Two credentials must not publish into the same directory, and a credential
+/// published inside another one's directory must not collide with its files.
+fn check_dirs_disjoint(errs: &mut Errors, certs: &[(usize, CertificateSpec)]) {
+    for (k, (_, a)) in certs.iter().enumerate() {
+        for (j, b) in &certs[k + 1..] {
+            if normal(&a.dir) == normal(&b.dir) {
+                errs.add(
+                    format!("certificates[{j}].dir"),
+                    format!(
+                        "{:?} is also the directory of certificate {:?}: give each certificate its own dir",
+                        b.dir, a.name
+                    ),
+                );
+                continue;
+            }
+            for (outer, (index, inner)) in [(a, (*j, b)), (b, (certs[k].0, a))] {
+                let inner_dir = normal(&inner.dir);
+                let Ok(rest) = inner_dir.strip_prefix(normal(&outer.dir)) else {
+                    continue;
+                };
+                let Some(first) = rest.components().next() else {
+                    continue;
+                };
+                let first = first.as_os_str().to_string_lossy();
+                let collides = outer
+                    .files
+                    .names()
+                    .any(|n| n.split('/').next() == Some(first.as_ref()));
+                if collides {
+                    errs.add(
+                        format!("certificates[{index}].dir"),
+                        format!("{:?} collides with a file of certificate {:?}", inner.dir, outer.name),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn normal(p: &Path) -> PathBuf {
+    p.components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect()
+}
+
+impl FileSpec {
+    /// Every file name this credential publishes.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        [
+            Some(&self.certificate),
+            Some(&self.private_key),
+            Some(&self.ca),
+            self.bundle.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+    }
+}
+
+/// A payload path must stay inside its directory: relative, no `..`, and no
+/// component starting with `..` (those names belong to the atomic writer), as
+/// the kubelet's AtomicWriter requires.
+pub fn check_relative_path(p: &str, allow_dot: bool) -> Result<(), &'static str> {
+    if p.is_empty() {
+        return Err("is empty");
+    }
+    if allow_dot && p == "." {
+        return Ok(());
+    }
+    if p.starts_with('/') {
+        return Err("is an absolute path: it must be relative to the output directory");
+    }
+    if p.contains('\0') || p.len() > 255 * 4 {
+        return Err("is not a usable file name");
+    }
+    for part in p.split('/') {
+        if part.is_empty() || part == "." {
+            return Err("has an empty or '.' path component");
+        }
+        if part == ".." {
+            return Err("contains '..': files must stay inside the output directory");
+        }
+        if part.starts_with("..") {
+            return Err(
+                "starts a component with '..', which is reserved for pillion's atomic layout",
+            );
+        }
+        if part.len() > 255 {
+            return Err("has a component longer than 255 bytes");
+        }
+    }
+    Ok(())
+}
+
+/// Parses `24h`, `90m`, `1h30m`, `6s`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|_| format!("{s:?} is not a duration (examples: 90s, 30m, 24h, 1h30m)"))
+}
+
+/// File modes are octal: `"0640"`, `"640"`, or a YAML integer written as octal
+/// digits (`0640` or `640`).
+fn parse_mode(v: &Value) -> Result<u32, String> {
+    let text = match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        other => {
+            return Err(format!(
+                "{other:?} is not a file mode (expected octal, e.g. \"0640\")"
+            ))
+        }
+    };
+    let digits = text.strip_prefix("0o").unwrap_or(&text);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err(format!(
+            "{text:?} is not a file mode (expected octal from 0000 to 0777, e.g. \"0640\")"
+        )),
+    }
+}
+
+/// Certificate and issuer names: DNS-label style, as Kubernetes object names.
+fn is_valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 63
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !n.starts_with('-')
+        && !n.ends_with('-')
+}
+
+/// A DNS name for a certificate (RFC 1123 labels; a leading `*.` wildcard is
+/// allowed, as RFC 6125 describes).
+pub fn is_valid_dns_name(n: &str) -> bool {
+    let body = n.strip_prefix("*.").unwrap_or(n);
+    !body.is_empty()
+        && n.len() <= 253
+        && body.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// Where the development CA lives when no `stateDir` is given: outside any
+/// volume shared with the app.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("pillion");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h).join(".local/state/pillion");
+    }
+    PathBuf::from("/var/lib/pillion")
+}
+
+/// Maps a configuration path to the flag a flag-mode user actually typed.
+fn flag_for_path(path: &str) -> String {
+    let field = path
+        .strip_prefix("certificates[0].")
+        .or_else(|| path.strip_prefix("issuers.flags."))
+        .unwrap_or(path);
+    let field = field.split('[').next().unwrap_or(field);
+    let flag = match field {
+        "outputDir" => "--out",
+        "name" => "--name",
+        "commonName" => "--common-name",
+        "dnsNames" => "--dns-name",
+        "ipAddresses" => "--ip-address",
+        "uris" => "--uri",
+        "privateKey.algorithm" => "--key-algorithm",
+        "duration" => "--duration",
+        "renewBefore" => "--renew-before",
+        "renewBeforePercentage" => "--renew-before-percentage",
+        "files.bundle" | "files" => "--bundle",
+        "localCa.certFile" => "--ca-cert",
+        "localCa.keyFile" => "--ca-key",
+        "reload.signal" => "--reload-signal",
+        "reload.process" => "--reload-process",
+        "reload.processRegex" => "--reload-process-regex",
+        "reload.pidFile" => "--reload-pid-file",
+        "reload.command" => "--reload-command",
+        "reload.url" => "--reload-url",
+        "reload" => "--reload-*",
+        "certificates[0]" | "certificates" => "the certificate flags",
+        _ => return path.to_owned(),
+    };
+    flag.to_owned()
+}
+
+impl fmt::Display for Config {
+    /// The plan `pillion check` prints.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "output directory: {}", self.output_dir.display())?;
+        writeln!(f, "state directory:  {}", self.state_dir.display())?;
+        writeln!(f, "issuers:")?;
+        for (name, issuer) in &self.issuers {
+            match issuer {
+                IssuerSpec::LocalCa {
+                    cert_file,
+                    key_file,
+                } => writeln!(
+                    f,
+                    "  {name}: local CA, certificate {}, key {}",
+                    cert_file.display(),
+                    key_file.display()
+                )?,
+                IssuerSpec::Development => writeln!(
+                    f,
+                    "  {name}: DEVELOPMENT CA kept in {} (not for production)",
+                    self.state_dir.join("dev-ca").display()
+                )?,
+            }
+        }
+        writeln!(f, "certificates:")?;
+        for c in &self.certificates {
+            writeln!(f, "  {} (issuer {}):", c.name, c.issuer)?;
+            if let Some(cn) = &c.names.common_name {
+                writeln!(f, "    common name: {cn}")?;
+            }
+            let list = |v: Vec<String>| {
+                if v.is_empty() {
+                    "-".to_owned()
+                } else {
+                    v.join(", ")
+                }
+            };
+            writeln!(f, "    DNS names:   {}", list(c.names.dns_names.clone()))?;
+            writeln!(
+                f,
+                "    IPs:         {}",
+                list(
+                    c.names
+                        .ip_addresses
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect()
+                )
+            )?;
+            writeln!(f, "    URIs:        {}", list(c.names.uris.clone()))?;
+            writeln!(
+                f,
+                "    key:         {} ({})",
+                c.key_algorithm,
+                match c.key_rotation {
+                    KeyRotation::Always => "new key with every certificate",
+                    KeyRotation::Never => "key kept across renewals",
+                }
+            )?;
+            writeln!(
+                f,
+                "    lifetime:    {}, {}",
+                humantime::format_duration(c.duration),
+                c.renew
+            )?;
+            let dir = c.target_dir(&self.output_dir);
+            let fs = &c.files;
+            write!(
+                f,
+                "    files:       {dir}/{{{} {:04o}, {} {:04o}, {} {:04o}",
+                fs.certificate,
+                fs.mode,
+                fs.private_key,
+                fs.key_mode,
+                fs.ca,
+                fs.mode,
+                dir = dir.display()
+            )?;
+            if let Some(b) = &fs.bundle {
+                write!(f, ", {b} {:04o}", fs.key_mode)?;
+            }
+            write!(f, "}}")?;
+            if fs.uid.is_some() || fs.gid.is_some() {
+                let id = |v: Option<u32>| v.map_or("-".to_owned(), |v| v.to_string());
+                write!(f, " owner {}:{}", id(fs.uid), id(fs.gid))?;
+            }
+            writeln!(f)?;
+        }
+        match &self.reload {
+            Some(r) => writeln!(f, "reload: {r}"),
+            None => writeln!(f, "reload: none (the app must watch the files itself)"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(yaml: &str) -> Vec<FieldError> {
+        Config::from_yaml(yaml, "test.yaml").unwrap_err().errors
+    }
+
+    fn paths(yaml: &str) -> Vec<String> {
+        errors(yaml).into_iter().map(|e| e.path).collect()
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults_and_the_development_ca() {
+        let c = Config::from_yaml(
+            "outputDir: /out\ncertificates:\n- name: web\n  dnsNames: [localhost]\n",
+            "t",
+        )
+        .unwrap();
+        let cert = &c.certificates[0];
+        assert_eq!(cert.issuer, DEVELOPMENT_ISSUER);
+        assert_eq!(c.issuers[DEVELOPMENT_ISSUER], IssuerSpec::Development);
+        assert_eq!(cert.duration, DEFAULT_DURATION);
+        assert_eq!(cert.renew, RenewPolicy::Percentage(33));
+        assert_eq!(cert.key_algorithm, KeyAlgorithm::EcdsaP256);
+        assert_eq!(cert.dir, PathBuf::from("web"));
+        assert_eq!((cert.files.mode, cert.files.key_mode), (0o644, 0o600));
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_path() {
+        let p = paths(
+            "outputDir: /out\ncertificates:\n- name: a\n  dnsNames: [ok.example, 'bad_name!']\n  duration: 24x\n- name: b\n  ipAddresses: [300.1.1.1]\n",
+        );
+        assert_eq!(
+            p,
+            [
+                "certificates[0].dnsNames[1]",
+                "certificates[0].duration",
+                "certificates[1].ipAddresses[0]"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_at_every_level() {
+        let p = paths("outputDir: /o\nbogus: 1\ncertificates:\n- name: a\n  dnsName: x\n- name: b\n  dnsNames: [b]\n  files: {cert: x}\n");
+        assert_eq!(
+            p,
+            [
+                "bogus",
+                "certificates[0].dnsName",
+                "certificates[1].files.cert"
+            ]
+        );
+    }
+
+    #[test]
+    fn type_errors_inside_lists_carry_the_index() {
+        let p = paths("outputDir: /o\ncertificates:\n- name: a\n  dnsNames: [a, [nested]]\n");
+        assert_eq!(p, ["certificates[0].dnsNames[1]"]);
+    }
+
+    #[test]
+    fn renewal_settings_are_checked() {
+        let base = "outputDir: /o\ncertificates:\n- name: a\n  dnsNames: [a]\n  duration: 1h\n";
+        assert_eq!(
+            paths(&format!("{base}  renewBefore: 2h\n")),
+            ["certificates[0].renewBefore"]
+        );
+        assert_eq!(
+            paths(&format!(
+                "{base}  renewBefore: 1m\n  renewBeforePercentage: 10\n"
+            )),
+            ["certificates[0].renewBefore"]
+        );
+        assert_eq!(
+            paths(&format!("{base}  renewBeforePercentage: 100\n")),
+            ["certificates[0].renewBeforePercentage"]
+        );
+        assert_eq!(
+            paths(&format!("{base}  renewBeforePercentage: 0\n")),
+            ["certificates[0].renewBeforePercentage"]
+        );
+    }
+
+    #[test]
+    fn payload_paths_must_stay_inside_the_directory() {
+        assert!(check_relative_path("tls.crt", false).is_ok());
+        assert!(check_relative_path("sub/tls.crt", false).is_ok());
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../b",
+            "..data",
+            "a//b",
+            "./a",
+            ".",
+        ] {
+            assert!(check_relative_path(bad, false).is_err(), "{bad}");
+        }
+        assert!(check_relative_path(".", true).is_ok());
+    }
+
+    #[test]
+    fn dns_names_follow_rfc_1123() {
+        for ok in ["localhost", "a.b-c.example", "*.example.com", "x1"] {
+            assert!(is_valid_dns_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "a..b",
+            "-a",
+            "a-",
+            "a_b",
+            "*",
+            "a.*.b",
+            "é.com",
+            &"a".repeat(64),
+        ] {
+            assert!(!is_valid_dns_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn modes_are_octal_in_every_spelling() {
+        for (v, want) in [
+            ("'0640'", 0o640),
+            ("'640'", 0o640),
+            ("0640", 0o640),
+            ("644", 0o644),
+        ] {
+            let c = Config::from_yaml(&format!("outputDir: /o\ncertificates:\n- name: a\n  dnsNames: [a]\n  files: {{mode: {v}}}\n"), "t").unwrap();
+            assert_eq!(c.certificates[0].files.mode, want, "{v}");
+        }
+        assert_eq!(paths("outputDir: /o\ncertificates:\n- name: a\n  dnsNames: [a]\n  files: {mode: '0999'}\n"), ["certificates[0].files.mode"]);
+    }
+
+    #[test]
+    fn two_certificates_cannot_share_a_directory_or_a_name() {
+        let p = paths("outputDir: /o\ncertificates:\n- {name: a, dnsNames: [a], dir: x}\n- {name: a, dnsNames: [b], dir: x}\n");
+        assert_eq!(p, ["certificates[1].name", "certificates[1].dir"]);
+    }
+
+    #[test]
+    fn issuers_must_exist_and_be_chosen_when_several() {
+        let base = "outputDir: /o\nissuers:\n  one: {localCa: {certFile: a, keyFile: b}}\n  two: {localCa: {certFile: a, keyFile: b}}\n";
+        assert_eq!(
+            paths(&format!(
+                "{base}certificates:\n- {{name: a, dnsNames: [a]}}\n"
+            )),
+            ["certificates[0].issuer"]
+        );
+        let e = errors(&format!(
+            "{base}certificates:\n- {{name: a, dnsNames: [a], issuer: three}}\n"
+        ));
+        assert!(e[0].message.contains("one, two"), "{e:?}");
+    }
+
+    #[test]
+    fn flag_errors_name_the_flag() {
+        let raw = RawConfig {
+            output_dir: Some("/o".into()),
+            certificates: Some(vec![RawCertificate {
+                name: Some("tls".into()),
+                dns_names: vec!["bad name".into()],
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        let e = Config::from_raw(raw, Origin::Flags).unwrap_err();
+        assert_eq!(e[0].path, "--dns-name");
+    }
+
+    #[test]
+    fn reload_needs_exactly_one_target() {
+        let base = "outputDir: /o\ncertificates:\n- {name: a, dnsNames: [a]}\n";
+        assert_eq!(
+            paths(&format!("{base}reload: {{process: nginx, pidFile: /x}}\n")),
+            ["reload"]
+        );
+        assert_eq!(
+            paths(&format!(
+                "{base}reload: {{signal: SIGFOO, process: nginx}}\n"
+            )),
+            ["reload.signal"]
+        );
+        assert_eq!(
+            paths(&format!("{base}reload: {{processRegex: '(('}}\n")),
+            ["reload.processRegex"]
+        );
+    }
+}

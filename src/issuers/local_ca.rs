@@ -1,0 +1,319 @@
+//! A CA whose certificate and key are PEM files, and the development CA that
+//! pillion creates for itself when no issuer is configured.
+//!
+//! The files are read again for every signature, so a CA mounted from a
+//! Kubernetes Secret can be rotated under a running pillion.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SerialNumber,
+};
+use time::OffsetDateTime;
+use x509_parser::prelude::{FromDer, X509Certificate};
+use zeroize::Zeroizing;
+
+use crate::keys::{KeyAlgorithm, KeyError, PrivateKey};
+use crate::verify::{certs_from_pem, Issued};
+
+/// The development CA's directory under the state directory.
+pub const DEV_CA_DIR: &str = "dev-ca";
+/// The development CA lives long enough that a laptop never sees it expire.
+const DEV_CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Leaf certificates start a little in the past, for clocks that lag the CA's;
+/// at most this, and at most a tenth of the lifetime (seconds-long test
+/// certificates must stay usable).
+const MAX_BACKDATE: Duration = Duration::from_secs(300);
+
+#[derive(Debug)]
+pub struct LocalCa {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    development: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalCaError {
+    #[error("failed to read the CA certificate file {}", path.display())]
+    ReadCert {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the CA certificate file {} holds no PEM CERTIFICATE block", path.display())]
+    NoCert { path: PathBuf },
+    #[error("the CA certificate in {} is not valid X.509: {reason}", path.display())]
+    BadCert { path: PathBuf, reason: String },
+    #[error("failed to read the CA key file {}", path.display())]
+    ReadKey {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the CA key file {} is unusable", path.display())]
+    BadKey { path: PathBuf, source: KeyError },
+    #[error("the CA key {} does not belong to the CA certificate {}", key.display(), cert.display())]
+    Mismatch { cert: PathBuf, key: PathBuf },
+    #[error("failed to create the development CA in {}", path.display())]
+    CreateDevCa {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the certificate signing request is invalid: {0}")]
+    BadCsr(rcgen::Error),
+    #[error("signing the certificate failed: {0}")]
+    Sign(rcgen::Error),
+}
+
+/// The CA's certificate chain (signing CA first) and key, freshly read.
+struct Material {
+    chain: Vec<Vec<u8>>,
+    key: PrivateKey,
+}
+
+impl LocalCa {
+    /// Opens a CA from PEM files and checks that they belong together.
+    pub fn open(cert_file: &Path, key_file: &Path) -> Result<LocalCa, LocalCaError> {
+        let ca = LocalCa {
+            cert_file: cert_file.to_owned(),
+            key_file: key_file.to_owned(),
+            development: false,
+        };
+        ca.material()?;
+        Ok(ca)
+    }
+
+    /// The development CA under `state_dir`, created first when `create` is set.
+    pub fn development(state_dir: &Path, create: bool) -> Result<LocalCa, LocalCaError> {
+        let dir = state_dir.join(DEV_CA_DIR);
+        let ca = LocalCa {
+            cert_file: dir.join("ca.crt"),
+            key_file: dir.join("ca.key"),
+            development: true,
+        };
+        if ca.cert_file.exists() {
+            ca.material()?;
+        } else if create {
+            create_development_ca(&dir).map_err(|source| LocalCaError::CreateDevCa {
+                path: dir.clone(),
+                source,
+            })?;
+            ca.material()?;
+        }
+        Ok(ca)
+    }
+
+    pub fn warning(&self) -> Option<String> {
+        self.development.then(|| {
+            format!(
+                "USING THE DEVELOPMENT CA in {}: certificates from it are for development only. Configure an issuer for production.",
+                self.cert_file.parent().unwrap_or(Path::new(".")).display()
+            )
+        })
+    }
+
+    fn material(&self) -> Result<Material, LocalCaError> {
+        let pem = std::fs::read(&self.cert_file).map_err(|source| LocalCaError::ReadCert {
+            path: self.cert_file.clone(),
+            source,
+        })?;
+        let chain = certs_from_pem(&pem)
+            .ok()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| LocalCaError::NoCert {
+                path: self.cert_file.clone(),
+            })?;
+        for der in &chain {
+            X509Certificate::from_der(der).map_err(|e| LocalCaError::BadCert {
+                path: self.cert_file.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        let key_pem = std::fs::read_to_string(&self.key_file)
+            .map(Zeroizing::new)
+            .map_err(|source| LocalCaError::ReadKey {
+                path: self.key_file.clone(),
+                source,
+            })?;
+        let key = PrivateKey::from_pem(&key_pem).map_err(|source| LocalCaError::BadKey {
+            path: self.key_file.clone(),
+            source,
+        })?;
+        let (_, ca_cert) = X509Certificate::from_der(&chain[0]).expect("parsed just above");
+        if ca_cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw().as_slice()
+        {
+            return Err(LocalCaError::Mismatch {
+                cert: self.cert_file.clone(),
+                key: self.key_file.clone(),
+            });
+        }
+        Ok(Material { chain, key })
+    }
+
+    /// The self-signed certificates of the CA file (the roots), or its last
+    /// certificate when it holds no root.
+    pub fn trust_anchors(&self) -> Result<Vec<Vec<u8>>, LocalCaError> {
+        let pem = std::fs::read(&self.cert_file).map_err(|source| LocalCaError::ReadCert {
+            path: self.cert_file.clone(),
+            source,
+        })?;
+        let chain = certs_from_pem(&pem).unwrap_or_default();
+        Ok(split_chain(&chain).1)
+    }
+
+    /// Signs a CSR: the subject and SANs come from the request, the lifetime
+    /// from the configuration, a random 127-bit serial, and the extensions a
+    /// TLS server or client certificate needs.
+    pub fn sign(&self, csr_der: &[u8], duration: Duration) -> Result<Issued, LocalCaError> {
+        let material = self.material()?;
+        let request = CertificateSigningRequestParams::from_der(&csr_der.into())
+            .map_err(LocalCaError::BadCsr)?;
+        let is_rsa = *request.public_key.algorithm() == rcgen::PKCS_RSA_SHA256;
+        let mut params = request.params;
+        let now = OffsetDateTime::now_utc();
+        let backdate = (duration / 10).min(MAX_BACKDATE);
+        params.not_before = now - backdate;
+        params.not_after = now + duration;
+        params.serial_number = Some(random_serial());
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        if is_rsa {
+            params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
+        }
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let signer = material.key.key_pair();
+        let issuer = rcgen::Issuer::from_ca_cert_der(&material.chain[0].as_slice().into(), &signer)
+            .map_err(LocalCaError::Sign)?;
+        let request = CertificateSigningRequestParams {
+            params,
+            public_key: request.public_key,
+        };
+        let leaf = request.signed_by(&issuer).map_err(LocalCaError::Sign)?;
+        let (intermediates, anchors) = split_chain(&material.chain);
+        let mut chain = vec![leaf.der().to_vec()];
+        chain.extend(intermediates);
+        Ok(Issued { chain, ca: anchors })
+    }
+}
+
+/// Splits a CA file's certificates into intermediates (to follow the leaf in
+/// `tls.crt`) and trust anchors (for `ca.crt`).
+fn split_chain(chain: &[Vec<u8>]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let self_signed = |der: &Vec<u8>| {
+        X509Certificate::from_der(der)
+            .map(|(_, c)| c.subject().as_raw() == c.issuer().as_raw())
+            .unwrap_or(false)
+    };
+    let (roots, intermediates): (Vec<_>, Vec<_>) = chain.iter().cloned().partition(self_signed);
+    if roots.is_empty() {
+        let last = chain.last().cloned().into_iter().collect();
+        (intermediates, last)
+    } else {
+        (intermediates, roots)
+    }
+}
+
+/// RFC 5280 serials are positive and at most 20 bytes; 16 random bytes with
+/// the top bit clear give 127 bits of entropy (CA/B Forum asks for 64).
+fn random_serial() -> SerialNumber {
+    let mut bytes = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .expect("the OS random source works");
+    bytes[0] &= 0x7f;
+    bytes[0] |= 0x01;
+    SerialNumber::from_slice(&bytes)
+}
+
+/// Creates the development CA: an ECDSA P-256 root, key written 0600 in a
+/// 0700 directory. The certificate is renamed into place last, so a CA
+/// certificate on disk always has its key beside it.
+fn create_development_ca(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).map_err(std::io::Error::other)?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "pillion (development only)");
+    dn.push(DnType::CommonName, "pillion development CA");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::from_secs(3600);
+    params.not_after = now + DEV_CA_LIFETIME;
+    params.serial_number = Some(random_serial());
+    let cert = params
+        .self_signed(&key.key_pair())
+        .map_err(std::io::Error::other)?;
+
+    let write = |name: &str, data: &[u8], mode: u32| -> std::io::Result<()> {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join(name))
+    };
+    write("ca.key", key.to_pem().as_bytes(), 0o600)?;
+    write("ca.crt", cert.pem().as_bytes(), 0o644)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Names;
+
+    #[test]
+    fn the_development_ca_is_created_once_and_signs_verifiable_certificates() {
+        let state = tempfile::tempdir().unwrap();
+        let ca = LocalCa::development(state.path(), true).unwrap();
+        let first = std::fs::read(state.path().join("dev-ca/ca.crt")).unwrap();
+        LocalCa::development(state.path(), true).unwrap();
+        assert_eq!(
+            first,
+            std::fs::read(state.path().join("dev-ca/ca.crt")).unwrap(),
+            "reused, not re-created"
+        );
+
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let names = Names {
+            dns_names: vec!["localhost".into()],
+            ..Names::default()
+        };
+        let issued = ca
+            .sign(&key.csr(&names).unwrap(), Duration::from_secs(60))
+            .unwrap();
+        let info = crate::verify::verify(
+            &issued,
+            &key.public_key_raw(),
+            &names,
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+        assert_eq!(info.names.dns_names, ["localhost"]);
+    }
+
+    #[test]
+    fn check_mode_does_not_create_the_development_ca() {
+        let state = tempfile::tempdir().unwrap();
+        LocalCa::development(state.path(), false).unwrap();
+        assert!(!state.path().join(DEV_CA_DIR).exists());
+    }
+}

@@ -1,0 +1,21 @@
+//! pillion: a certificate-rotation sidecar for Kubernetes pods.
+//!
+//! The data path, top to bottom: [`config`] (what to do) -> [`keys`] (key and
+//! CSR) -> [`issuers`] (obtain) -> [`verify`] (check what came back) ->
+//! [`output`] (publish atomically) -> [`reload`] (tell the app) ->
+//! [`schedule`] (when to do it again). [`agent`] runs that loop; [`cli`],
+//! [`signals`] and [`status`] face the user.
+
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod issuers;
+pub mod keys;
+pub mod output;
+pub mod reload;
+pub mod schedule;
+pub mod signals;
+pub mod status;
+pub mod verify;

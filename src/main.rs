@@ -1,0 +1,109 @@
+//! The `pillion` binary: parse, validate, run, map the outcome to an exit code
+//! (0 success, 1 runtime failure, 2 usage or configuration error).
+
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use pillion::agent::{self, Agent, Mode};
+use pillion::cli::{Cli, Command};
+use pillion::config::Config;
+use pillion::signals::Signals;
+
+const EXIT_RUNTIME: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_level.as_deref());
+
+    let (cert, mode) = match &cli.command {
+        Command::Status(args) => {
+            let config = match (&cli.config, &args.out) {
+                (None, Some(out)) => Config::for_directory(out),
+                (None, None) => {
+                    return fail(
+                        EXIT_USAGE,
+                        "status needs --config or --out to know where to look",
+                    )
+                }
+                (Some(_), _) => match cli.load_config(&Default::default()) {
+                    Ok(c) => c,
+                    Err(e) => return fail(EXIT_USAGE, e),
+                },
+            };
+            print!(
+                "{}",
+                pillion::status::render(&config, std::time::SystemTime::now())
+            );
+            return ExitCode::SUCCESS;
+        }
+        Command::Check(args) => (args, None),
+        Command::Run(args) => (args, Some(Mode::Run)),
+        Command::Init(args) => (
+            &args.cert,
+            Some(Mode::Init {
+                timeout: args.timeout,
+            }),
+        ),
+    };
+    let config = match cli.load_config(cert) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    let issuers = match agent::preflight(&config, mode.is_some()) {
+        Ok(i) => i,
+        Err(e) => {
+            return fail(
+                EXIT_USAGE,
+                format!("the configuration cannot be carried out:\n  {e}"),
+            )
+        }
+    };
+    let Some(mode) = mode else {
+        print!("{config}");
+        println!("configuration OK");
+        return ExitCode::SUCCESS;
+    };
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime needs only what every Linux process has");
+    let result = runtime.block_on(async {
+        let signals = Signals::install()?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(signals.forward(tx));
+        Agent::new(config, issuers)
+            .run(mode, rx)
+            .await
+            .map_err(anyhow::Error::from)
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(EXIT_RUNTIME, format!("{e:#}")),
+    }
+}
+
+fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(code)
+}
+
+fn init_logging(level: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::try_new(l).unwrap_or_else(|_| {
+            eprintln!("warning: --log-level {l:?} is not a level or filter; using info");
+            EnvFilter::new("info")
+        }),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(filter)
+        .init();
+}

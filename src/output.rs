@@ -1,0 +1,502 @@
+//! Publishing all files of a credential at once.
+//!
+//! This is the kubelet's AtomicWriter algorithm (pkg/volume/util/atomic_writer.go)
+//! with two additions. The files of a generation are written into a fresh
+//! hidden directory named `..<UTC timestamp>.<random>`; every file and the
+//! directory are fsynced; then a `..data` symlink to it is swapped in by
+//! rename(2), which is atomic. The names the app sees (`tls.crt`, ...) are
+//! symlinks through `..data`, so they switch together.
+//!
+//! Unlike the kubelet, the generation just replaced is not deleted at once: a
+//! reader that resolved `..data` a moment before the swap still finds its
+//! files for [`GRACE`]. And files are created with their final mode and owner
+//! before any byte is written, so a key is never readable by anyone else.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use zeroize::Zeroizing;
+
+use crate::config::check_relative_path;
+
+/// How long a replaced generation stays readable.
+pub const GRACE: Duration = Duration::from_secs(30);
+/// At most this many replaced generations are kept, however fast rotations
+/// come: a reader slower than this many rotations gets ENOENT.
+pub const MAX_RETIRED: usize = 16;
+const DATA_LINK: &str = "..data";
+const DATA_TMP_LINK: &str = "..data_tmp";
+
+/// One file of a credential.
+pub struct FileEntry {
+    /// Relative to the credential's directory; validated as a payload path.
+    pub path: String,
+    pub data: Zeroizing<Vec<u8>>,
+    pub mode: u32,
+}
+
+/// Who should own the files; `None` leaves the id as pillion's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("refusing to publish {path:?}: {reason}")]
+    BadPath { path: String, reason: &'static str },
+    #[error("failed to {action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} exists and is not a symlink pillion made; move it away or choose another file name", path.display())]
+    Occupied { path: PathBuf },
+}
+
+/// Did a publish change anything?
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// A new generation (its directory name) is live.
+    Generation(String),
+    /// The payload equals what is live; nothing was written.
+    Unchanged,
+}
+
+/// A directory published by atomic swaps.
+#[derive(Debug)]
+pub struct AtomicDir {
+    dir: PathBuf,
+    /// Replaced generations still kept, oldest first, with when they were replaced.
+    retired: VecDeque<(String, Instant)>,
+}
+
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> OutputError + 'a {
+    move |source| OutputError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl AtomicDir {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        AtomicDir {
+            dir: dir.into(),
+            retired: VecDeque::new(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The live generation's directory, resolved once: files read from it
+    /// belong together.
+    pub fn current(&self) -> Option<PathBuf> {
+        let target = std::fs::read_link(self.dir.join(DATA_LINK)).ok()?;
+        Some(self.dir.join(target))
+    }
+
+    /// Publishes `files` as the new content of the directory.
+    ///
+    /// Either the new generation becomes live, complete and fsynced, or
+    /// (on any error, e.g. a full disk) the live one stays untouched and the
+    /// partial new one is removed. This function does not await: it cannot be
+    /// cancelled half-way.
+    ///
+    /// # Errors
+    /// The step that failed and the path involved.
+    pub fn publish(&mut self, files: &[FileEntry], owner: Owner) -> Result<Published, OutputError> {
+        for f in files {
+            check_relative_path(&f.path, false).map_err(|reason| OutputError::BadPath {
+                path: f.path.clone(),
+                reason,
+            })?;
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&self.dir)
+            .map_err(io("create the directory", &self.dir))?;
+
+        let old = self.current();
+        let old_name = old
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned());
+        if let Some(old) = &old {
+            if same_content(old, files, owner) {
+                return Ok(Published::Unchanged);
+            }
+        }
+
+        let new_top: BTreeSet<String> = files.iter().map(|f| top_level(&f.path)).collect();
+        for name in &new_top {
+            let visible = self.dir.join(name);
+            if visible
+                .symlink_metadata()
+                .is_ok_and(|m| !m.file_type().is_symlink())
+            {
+                return Err(OutputError::Occupied { path: visible });
+            }
+        }
+
+        let (gen_name, gen_dir) = self.make_generation_dir()?;
+        if let Err(e) = write_generation(&gen_dir, files, owner) {
+            let _ = std::fs::remove_dir_all(&gen_dir);
+            return Err(e);
+        }
+        if let Err(e) = self.swap_data_link(&gen_name) {
+            let _ = std::fs::remove_dir_all(&gen_dir);
+            return Err(e);
+        }
+
+        // From here on the new generation is live; what follows tidies up.
+        for name in &new_top {
+            self.ensure_visible_link(name)?;
+        }
+        if let Some(old) = &old {
+            for name in list_top_level(old) {
+                if !new_top.contains(&name) {
+                    let visible = self.dir.join(&name);
+                    if visible
+                        .symlink_metadata()
+                        .is_ok_and(|m| m.file_type().is_symlink())
+                    {
+                        let _ = std::fs::remove_file(&visible);
+                    }
+                }
+            }
+        }
+        if let Some(old_name) = old_name {
+            self.retired.push_back((old_name, Instant::now()));
+        }
+        self.remove_stale_generations(&gen_name);
+        Ok(Published::Generation(gen_name))
+    }
+
+    fn make_generation_dir(&self) -> Result<(String, PathBuf), OutputError> {
+        let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+            .to_string()
+            .replace(['-', ':', 'T'], "_")
+            .trim_end_matches('Z')
+            .to_owned();
+        loop {
+            let name = format!("..{stamp}.{:09}", fastrand::u32(..1_000_000_000));
+            let path = self.dir.join(&name);
+            match std::fs::DirBuilder::new().mode(0o755).create(&path) {
+                Ok(()) => {
+                    // The umask may have narrowed the mode; the app must be able to traverse.
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                        .map_err(io("set the mode of", &path))?;
+                    return Ok((name, path));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io("create the directory", &path)(e)),
+            }
+        }
+    }
+
+    fn swap_data_link(&self, gen_name: &str) -> Result<(), OutputError> {
+        let tmp = self.dir.join(DATA_TMP_LINK);
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(gen_name, &tmp).map_err(io("create the symlink", &tmp))?;
+        let data = self.dir.join(DATA_LINK);
+        std::fs::rename(&tmp, &data).map_err(io("swap in", &data))?;
+        fsync_dir(&self.dir)
+    }
+
+    /// Makes `name` a symlink to `..data/name`, replacing a stale symlink
+    /// atomically; never replaces a file pillion did not make.
+    fn ensure_visible_link(&self, name: &str) -> Result<(), OutputError> {
+        let visible = self.dir.join(name);
+        let want = Path::new(DATA_LINK).join(name);
+        match visible.symlink_metadata() {
+            Ok(m) if m.file_type().is_symlink() => {
+                if std::fs::read_link(&visible).is_ok_and(|t| t == want) {
+                    return Ok(());
+                }
+            }
+            Ok(_) => return Err(OutputError::Occupied { path: visible }),
+            Err(_) => {}
+        }
+        let tmp = self.dir.join(format!("..{name}.tmp"));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&want, &tmp).map_err(io("create the symlink", &tmp))?;
+        std::fs::rename(&tmp, &visible).map_err(io("rename into place", &visible))
+    }
+
+    /// Removes generations replaced more than [`GRACE`] ago or beyond
+    /// [`MAX_RETIRED`], and any generation nobody tracks (left by an earlier
+    /// process), except the live one.
+    fn remove_stale_generations(&mut self, live: &str) {
+        while self
+            .retired
+            .front()
+            .is_some_and(|(_, at)| at.elapsed() > GRACE || self.retired.len() > MAX_RETIRED)
+        {
+            if let Some((name, _)) = self.retired.pop_front() {
+                let _ = std::fs::remove_dir_all(self.dir.join(name));
+            }
+        }
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let is_generation =
+                name.starts_with("..") && name.as_bytes().get(2).is_some_and(u8::is_ascii_digit);
+            if is_generation && name != live && !self.retired.iter().any(|(r, _)| r == name) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+fn top_level(path: &str) -> String {
+    path.split('/').next().unwrap_or(path).to_owned()
+}
+
+fn list_top_level(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn write_generation(gen_dir: &Path, files: &[FileEntry], owner: Owner) -> Result<(), OutputError> {
+    let mut dirs = BTreeSet::from([gen_dir.to_path_buf()]);
+    for f in files {
+        let path = gen_dir.join(&f.path);
+        let parent = path
+            .parent()
+            .expect("payload paths are relative and non-empty")
+            .to_path_buf();
+        if dirs.insert(parent.clone()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(&parent)
+                .map_err(io("create the directory", &parent))?;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(f.mode)
+            .open(&path)
+            .map_err(io("create", &path))?;
+        // Mode and owner are final before the first byte is written: the
+        // umask may have narrowed the mode, never widened it.
+        file.set_permissions(std::fs::Permissions::from_mode(f.mode))
+            .map_err(io("set the mode of", &path))?;
+        if owner.uid.is_some() || owner.gid.is_some() {
+            std::os::unix::fs::fchown(&file, owner.uid, owner.gid)
+                .map_err(io("change the owner of", &path))?;
+        }
+        file.write_all(&f.data).map_err(io("write", &path))?;
+        file.sync_all().map_err(io("sync", &path))?;
+    }
+    for d in dirs.iter().rev() {
+        fsync_dir(d)?;
+    }
+    Ok(())
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), OutputError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("sync the directory", dir))
+}
+
+/// True when the live generation holds exactly these files with these bytes,
+/// modes and owners.
+fn same_content(live: &Path, files: &[FileEntry], owner: Owner) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let mut count = 0usize;
+    let mut stack = vec![live.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            return false;
+        };
+        for e in entries.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(_) => count += 1,
+                Err(_) => return false,
+            }
+        }
+    }
+    count == files.len()
+        && files.iter().all(|f| {
+            let path = live.join(&f.path);
+            let Ok(meta) = std::fs::metadata(&path) else {
+                return false;
+            };
+            meta.mode() & 0o7777 == f.mode
+                && owner.uid.is_none_or(|u| u == meta.uid())
+                && owner.gid.is_none_or(|g| g == meta.gid())
+                && std::fs::read(&path)
+                    .map(Zeroizing::new)
+                    .is_ok_and(|d| *d == *f.data)
+        })
+}
+
+/// Reads files of the live generation of `dir`, resolving `..data` once so
+/// that they belong together. `None` for a file that is missing.
+pub fn read_live(dir: &Path, names: &[&str]) -> Option<Vec<Option<Zeroizing<Vec<u8>>>>> {
+    let live = AtomicDir::new(dir).current()?;
+    Some(
+        names
+            .iter()
+            .map(|n| std::fs::read(live.join(n)).ok().map(Zeroizing::new))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn entry(path: &str, data: &str, mode: u32) -> FileEntry {
+        FileEntry {
+            path: path.into(),
+            data: Zeroizing::new(data.as_bytes().to_vec()),
+            mode,
+        }
+    }
+
+    #[test]
+    fn publish_builds_the_kubelet_layout_with_final_modes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut out = AtomicDir::new(tmp.path().join("out"));
+        out.publish(
+            &[
+                entry("tls.crt", "cert", 0o644),
+                entry("tls.key", "key", 0o600),
+            ],
+            Owner::default(),
+        )
+        .unwrap();
+        let dir = out.path();
+        assert_eq!(
+            std::fs::read_link(dir.join("tls.key")).unwrap(),
+            Path::new("..data/tls.key")
+        );
+        let data = std::fs::read_link(dir.join("..data")).unwrap();
+        assert!(data.to_str().unwrap().starts_with("..20"), "{data:?}");
+        assert_eq!(
+            std::fs::metadata(dir.join("tls.key")).unwrap().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            std::fs::metadata(dir.join("tls.crt")).unwrap().mode() & 0o777,
+            0o644
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("tls.crt")).unwrap(),
+            "cert"
+        );
+    }
+
+    #[test]
+    fn the_replaced_generation_stays_readable_and_stale_names_go() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut out = AtomicDir::new(tmp.path());
+        out.publish(
+            &[entry("a", "1", 0o644), entry("b", "1", 0o644)],
+            Owner::default(),
+        )
+        .unwrap();
+        let first = out.current().unwrap();
+        out.publish(&[entry("a", "2", 0o644)], Owner::default())
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(first.join("a")).unwrap(),
+            "1",
+            "old generation kept for the grace period"
+        );
+        assert_eq!(std::fs::read_to_string(tmp.path().join("a")).unwrap(), "2");
+        assert!(
+            tmp.path().join("b").symlink_metadata().is_err(),
+            "stale visible name removed"
+        );
+    }
+
+    #[test]
+    fn no_more_than_the_cap_of_old_generations_is_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut out = AtomicDir::new(tmp.path());
+        for i in 0..(MAX_RETIRED + 5) {
+            out.publish(&[entry("a", &i.to_string(), 0o644)], Owner::default())
+                .unwrap();
+        }
+        let generations = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_str().unwrap().starts_with("..2"))
+            .count();
+        assert_eq!(generations, MAX_RETIRED + 1);
+    }
+
+    #[test]
+    fn an_unchanged_payload_writes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut out = AtomicDir::new(tmp.path());
+        let files = [entry("a", "1", 0o640)];
+        assert!(matches!(
+            out.publish(&files, Owner::default()).unwrap(),
+            Published::Generation(_)
+        ));
+        assert_eq!(
+            out.publish(&files, Owner::default()).unwrap(),
+            Published::Unchanged
+        );
+        let changed_mode = [entry("a", "1", 0o600)];
+        assert!(matches!(
+            out.publish(&changed_mode, Owner::default()).unwrap(),
+            Published::Generation(_)
+        ));
+    }
+
+    #[test]
+    fn a_file_pillion_did_not_make_is_not_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("a"), "user's").unwrap();
+        let mut out = AtomicDir::new(tmp.path());
+        assert!(matches!(
+            out.publish(&[entry("a", "1", 0o644)], Owner::default()),
+            Err(OutputError::Occupied { .. })
+        ));
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join("a")).unwrap(),
+            "user's"
+        );
+    }
+
+    #[test]
+    fn payload_paths_escaping_the_directory_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut out = AtomicDir::new(tmp.path());
+        for bad in ["../x", "/etc/x", "..data"] {
+            assert!(
+                matches!(
+                    out.publish(&[entry(bad, "1", 0o644)], Owner::default()),
+                    Err(OutputError::BadPath { .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
+}

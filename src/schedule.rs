@@ -1,0 +1,136 @@
+//! When to renew, and how long to wait after a failure.
+//!
+//! The maths is pure and clamped, in the spirit of linkerd2-proxy's
+//! `refresh_in`: renewal times come from the certificate actually issued (its
+//! notBefore and notAfter), never from the duration that was asked for, so a CA
+//! that shortens lifetimes is handled without configuration.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+
+/// Renewals are spread over this share of the lifetime (earlier, never later),
+/// so that replicas started together do not all hit the CA at the same moment.
+pub const JITTER_FRACTION: f64 = 0.05;
+/// First retry after a failed renewal.
+pub const RETRY_MIN: Duration = Duration::from_secs(1);
+/// Retries back off to at most this: a dead CA is asked about once every few
+/// minutes, not hammered, and recovery is noticed soon enough.
+pub const RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// How far before expiry a certificate is renewed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenewPolicy {
+    /// A fixed time before notAfter.
+    Before(Duration),
+    /// This share (in percent) of the issued lifetime before notAfter.
+    Percentage(u8),
+}
+
+impl fmt::Display for RenewPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RenewPolicy::Before(d) => write!(
+                f,
+                "renewed {} before expiry",
+                humantime::format_duration(*d)
+            ),
+            RenewPolicy::Percentage(p) => write!(f, "renewed when {p}% of its lifetime is left"),
+        }
+    }
+}
+
+/// When a certificate valid from `not_before` to `not_after` should be renewed.
+///
+/// `jitter` in `[0, 1)` moves the time earlier by up to [`JITTER_FRACTION`] of
+/// the lifetime. The result never precedes `not_before` and never reaches
+/// `not_after`; a fixed `renewBefore` longer than the issued lifetime (a CA
+/// that issued less than was asked) falls back to renewing at half-life.
+pub fn renewal_time(
+    not_before: SystemTime,
+    not_after: SystemTime,
+    policy: RenewPolicy,
+    jitter: f64,
+) -> SystemTime {
+    let lifetime = not_after.duration_since(not_before).unwrap_or_default();
+    let before = match policy {
+        RenewPolicy::Before(d) if d < lifetime => d,
+        RenewPolicy::Before(_) => lifetime / 2,
+        RenewPolicy::Percentage(p) => lifetime.mul_f64(f64::from(p.min(99)) / 100.0),
+    };
+    let jitter = lifetime.mul_f64(JITTER_FRACTION * jitter.clamp(0.0, 1.0));
+    let from_start = lifetime.saturating_sub(before).saturating_sub(jitter);
+    not_before + from_start
+}
+
+/// The delays between retries after failures: exponential from [`RETRY_MIN`],
+/// capped at [`RETRY_MAX`], each stretched by a random 0-100% so that failed
+/// replicas spread out, never giving up.
+pub fn retry_delays() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(RETRY_MIN)
+        .with_max_delay(RETRY_MAX)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn default_percentage_renews_at_two_thirds_of_the_lifetime() {
+        let t = renewal_time(at(0), at(300), RenewPolicy::Percentage(33), 0.0);
+        assert_eq!(t, at(201));
+    }
+
+    #[test]
+    fn jitter_only_moves_renewal_earlier_and_by_at_most_five_percent() {
+        let late = renewal_time(at(0), at(1000), RenewPolicy::Percentage(33), 0.0);
+        let early = renewal_time(at(0), at(1000), RenewPolicy::Percentage(33), 0.999_999);
+        assert!(early < late);
+        assert!(late.duration_since(early).unwrap() <= Duration::from_secs(50));
+    }
+
+    #[test]
+    fn fixed_renew_before_counts_back_from_not_after() {
+        let t = renewal_time(at(0), at(24 * 3600), RenewPolicy::Before(8 * HOUR), 0.0);
+        assert_eq!(t, at(16 * 3600));
+    }
+
+    #[test]
+    fn renew_before_longer_than_the_issued_lifetime_renews_at_half_life() {
+        // The CA issued 1h although 24h was asked for and renewBefore is 8h.
+        let t = renewal_time(at(0), at(3600), RenewPolicy::Before(8 * HOUR), 0.0);
+        assert_eq!(t, at(1800));
+    }
+
+    #[test]
+    fn a_certificate_with_no_lifetime_is_renewed_at_once() {
+        assert_eq!(
+            renewal_time(at(10), at(10), RenewPolicy::Percentage(33), 0.5),
+            at(10)
+        );
+        assert_eq!(
+            renewal_time(at(20), at(10), RenewPolicy::Before(HOUR), 0.5),
+            at(20)
+        );
+    }
+
+    #[test]
+    fn retries_back_off_and_stay_capped() {
+        let delays: Vec<_> = retry_delays().take(30).collect();
+        assert_eq!(delays.len(), 30, "retries never stop");
+        assert!(delays.iter().all(|d| *d <= RETRY_MAX * 2), "{delays:?}");
+        assert!(delays[10] >= RETRY_MIN * 64, "{delays:?}");
+    }
+}

@@ -1,0 +1,352 @@
+//! Checking what a CA returned before anything is written.
+//!
+//! A certificate is published only when its public key is ours, its names are
+//! the ones requested, it is valid now, and it chains (RFC 5280 path
+//! validation, by rustls-webpki) to the trust anchors that will be published as
+//! `ca.crt`. Anything else is rejected with the reason, and the files already
+//! on disk stay as they are.
+
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+use rustls_pki_types::{CertificateDer, UnixTime};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::FromDer;
+
+use crate::config::Names;
+use crate::keys::KeyAlgorithm;
+
+/// A certificate may start this far in the future (clock skew between the CA
+/// and this node) and still be accepted.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+/// What an issuer returned: the chain to publish in `tls.crt` (leaf first,
+/// then intermediates) and the trust anchors for `ca.crt`. All DER.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issued {
+    pub chain: Vec<Vec<u8>>,
+    pub ca: Vec<Vec<u8>>,
+}
+
+/// The facts about a certificate that pillion logs, schedules on and shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    pub serial: String,
+    pub subject: String,
+    pub issuer: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    pub names: Names,
+    pub key_algorithm: Option<KeyAlgorithm>,
+    /// The subjectPublicKey bits.
+    pub public_key: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("the CA returned no certificate")]
+    Empty,
+    #[error("the CA returned no trust anchor to publish as the CA file")]
+    NoTrustAnchor,
+    #[error("certificate {index} of the chain is not valid DER X.509: {reason}")]
+    Malformed { index: usize, reason: String },
+    #[error("the certificate's public key is not the key pillion generated for it")]
+    KeyMismatch,
+    #[error("the certificate lacks the requested {kind} {name:?}")]
+    MissingName { kind: &'static str, name: String },
+    #[error("the certificate carries the {kind} {name:?}, which was not requested")]
+    ExtraName { kind: &'static str, name: String },
+    #[error("the certificate's common name is {got:?}, not the requested {want:?}")]
+    CommonName { want: String, got: String },
+    #[error("the certificate is not valid before {} (now {})", fmt_time(*not_before), fmt_time(*now))]
+    NotYetValid {
+        not_before: SystemTime,
+        now: SystemTime,
+    },
+    #[error("the certificate expired at {}", fmt_time(*not_after))]
+    Expired { not_after: SystemTime },
+    #[error("the certificate does not chain to the CA certificate(s) to be published: {0}")]
+    Chain(String),
+}
+
+pub fn fmt_time(t: SystemTime) -> humantime::Rfc3339Timestamp {
+    humantime::format_rfc3339_seconds(t)
+}
+
+/// Splits PEM text into the DER of each `CERTIFICATE` block, in order.
+pub fn certs_from_pem(text: &[u8]) -> Result<Vec<Vec<u8>>, pem::PemError> {
+    Ok(pem::parse_many(text)?
+        .into_iter()
+        .filter(|p| p.tag() == "CERTIFICATE")
+        .map(pem::Pem::into_contents)
+        .collect())
+}
+
+/// PEM text for a list of DER certificates.
+pub fn certs_to_pem(ders: &[Vec<u8>]) -> String {
+    ders.iter()
+        .map(|d| pem::encode(&pem::Pem::new("CERTIFICATE", d.clone())))
+        .collect()
+}
+
+/// Reads the facts of one DER certificate.
+pub fn inspect(der: &[u8]) -> Result<CertInfo, String> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
+    Ok(info(&cert))
+}
+
+fn info(cert: &X509Certificate<'_>) -> CertInfo {
+    let mut names = Names {
+        common_name: cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_owned),
+        ..Names::default()
+    };
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for gn in &san.value.general_names {
+            match gn {
+                GeneralName::DNSName(d) => names.dns_names.push((*d).to_owned()),
+                GeneralName::URI(u) => names.uris.push((*u).to_owned()),
+                GeneralName::IPAddress(bytes) => {
+                    if let Ok(b) = <[u8; 4]>::try_from(*bytes) {
+                        names.ip_addresses.push(IpAddr::from(b));
+                    } else if let Ok(b) = <[u8; 16]>::try_from(*bytes) {
+                        names.ip_addresses.push(IpAddr::from(b));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let time = |t: x509_parser::time::ASN1Time| {
+        let secs = t.timestamp();
+        if secs >= 0 {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64)
+        } else {
+            SystemTime::UNIX_EPOCH
+        }
+    };
+    CertInfo {
+        serial: cert.raw_serial_as_string(),
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        not_before: time(cert.validity().not_before),
+        not_after: time(cert.validity().not_after),
+        names,
+        key_algorithm: KeyAlgorithm::of_spki(cert.public_key()),
+        public_key: cert.public_key().subject_public_key.data.to_vec(),
+    }
+}
+
+/// Checks an issued chain against our public key, the requested names, the
+/// clock and the trust anchors. Returns the leaf's facts.
+///
+/// # Errors
+/// The first check that fails, in the order above.
+pub fn verify(
+    issued: &Issued,
+    public_key: &[u8],
+    requested: &Names,
+    now: SystemTime,
+) -> Result<CertInfo, VerifyError> {
+    let leaf_der = issued.chain.first().ok_or(VerifyError::Empty)?;
+    if issued.ca.is_empty() {
+        return Err(VerifyError::NoTrustAnchor);
+    }
+    for (index, der) in issued.chain.iter().chain(&issued.ca).enumerate() {
+        X509Certificate::from_der(der).map_err(|e| VerifyError::Malformed {
+            index,
+            reason: e.to_string(),
+        })?;
+    }
+    let leaf = inspect(leaf_der).map_err(|reason| VerifyError::Malformed { index: 0, reason })?;
+    if leaf.public_key != public_key {
+        return Err(VerifyError::KeyMismatch);
+    }
+    check_names(requested, &leaf.names)?;
+    if leaf.not_before > now + CLOCK_SKEW {
+        return Err(VerifyError::NotYetValid {
+            not_before: leaf.not_before,
+            now,
+        });
+    }
+    if leaf.not_after <= now {
+        return Err(VerifyError::Expired {
+            not_after: leaf.not_after,
+        });
+    }
+    check_chain(issued, now)?;
+    Ok(leaf)
+}
+
+/// Every requested name must be present. The only extra name accepted is a
+/// DNS name equal to the common name, which CAs such as Vault add themselves.
+fn check_names(want: &Names, got: &Names) -> Result<(), VerifyError> {
+    if let Some(cn) = &want.common_name {
+        if got.common_name.as_deref() != Some(cn.as_str()) {
+            return Err(VerifyError::CommonName {
+                want: cn.clone(),
+                got: got.common_name.clone().unwrap_or_default(),
+            });
+        }
+    }
+    let eq_dns = |a: &String, b: &String| a.eq_ignore_ascii_case(b);
+    for d in &want.dns_names {
+        if !got.dns_names.iter().any(|g| eq_dns(g, d)) {
+            return Err(VerifyError::MissingName {
+                kind: "DNS name",
+                name: d.clone(),
+            });
+        }
+    }
+    for d in &got.dns_names {
+        let is_cn = want.common_name.as_ref().is_some_and(|cn| eq_dns(cn, d));
+        if !is_cn && !want.dns_names.iter().any(|w| eq_dns(w, d)) {
+            return Err(VerifyError::ExtraName {
+                kind: "DNS name",
+                name: d.clone(),
+            });
+        }
+    }
+    for ip in &want.ip_addresses {
+        if !got.ip_addresses.contains(ip) {
+            return Err(VerifyError::MissingName {
+                kind: "IP address",
+                name: ip.to_string(),
+            });
+        }
+    }
+    if let Some(ip) = got
+        .ip_addresses
+        .iter()
+        .find(|ip| !want.ip_addresses.contains(ip))
+    {
+        return Err(VerifyError::ExtraName {
+            kind: "IP address",
+            name: ip.to_string(),
+        });
+    }
+    for u in &want.uris {
+        if !got.uris.contains(u) {
+            return Err(VerifyError::MissingName {
+                kind: "URI",
+                name: u.clone(),
+            });
+        }
+    }
+    if let Some(u) = got.uris.iter().find(|u| !want.uris.contains(u)) {
+        return Err(VerifyError::ExtraName {
+            kind: "URI",
+            name: u.clone(),
+        });
+    }
+    Ok(())
+}
+
+fn check_chain(issued: &Issued, now: SystemTime) -> Result<(), VerifyError> {
+    let ca_ders: Vec<CertificateDer<'_>> = issued
+        .ca
+        .iter()
+        .map(|d| CertificateDer::from(d.as_slice()))
+        .collect();
+    let anchors = ca_ders
+        .iter()
+        .map(webpki::anchor_from_trusted_cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            VerifyError::Chain(format!(
+                "a CA certificate cannot serve as a trust anchor ({e:?})"
+            ))
+        })?;
+    let intermediates: Vec<CertificateDer<'_>> = issued.chain[1..]
+        .iter()
+        .map(|d| CertificateDer::from(d.as_slice()))
+        .collect();
+    let leaf_der = CertificateDer::from(issued.chain[0].as_slice());
+    let leaf = webpki::EndEntityCert::try_from(&leaf_der)
+        .map_err(|e| VerifyError::Chain(format!("{e:?}")))?;
+    // Validity at the edges is checked above with skew; here the path must be
+    // valid at a moment inside the leaf's window.
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        + CLOCK_SKEW;
+    let time = UnixTime::since_unix_epoch(
+        secs.min(
+            inspect(&issued.chain[0])
+                .map(|i| {
+                    i.not_after
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .unwrap_or_default()
+                })
+                .unwrap_or(secs)
+                .saturating_sub(Duration::from_secs(1)),
+        ),
+    );
+    let try_usage = |usage: webpki::KeyUsage| {
+        leaf.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            &intermediates,
+            time,
+            usage,
+            None,
+            None,
+        )
+        .map(|_| ())
+    };
+    try_usage(webpki::KeyUsage::server_auth())
+        .or_else(|_| try_usage(webpki::KeyUsage::client_auth()))
+        .map_err(|e| VerifyError::Chain(explain_webpki(&e)))
+}
+
+fn explain_webpki(e: &webpki::Error) -> String {
+    match e {
+        webpki::Error::UnknownIssuer => "no path from the certificate to the CA (UnknownIssuer)".into(),
+        webpki::Error::CaUsedAsEndEntity => "the leaf is a CA certificate (CaUsedAsEndEntity)".into(),
+        webpki::Error::EndEntityUsedAsCa => "the issuing certificate is not a CA: basicConstraints CA:TRUE is missing (EndEntityUsedAsCa)".into(),
+        webpki::Error::InvalidSignatureForPublicKey => "a signature in the chain does not verify (InvalidSignatureForPublicKey)".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(cn: Option<&str>, dns: &[&str]) -> Names {
+        Names {
+            common_name: cn.map(str::to_owned),
+            dns_names: dns.iter().map(|s| s.to_string()).collect(),
+            ..Names::default()
+        }
+    }
+
+    #[test]
+    fn a_san_equal_to_the_common_name_is_accepted() {
+        assert!(check_names(
+            &names(Some("app.svc"), &["app"]),
+            &names(Some("app.svc"), &["app", "app.svc"])
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn missing_and_extra_names_are_rejected() {
+        let want = names(None, &["a.example", "b.example"]);
+        assert!(matches!(
+            check_names(&want, &names(None, &["a.example"])),
+            Err(VerifyError::MissingName { .. })
+        ));
+        let got = names(None, &["a.example", "b.example", "evil.example"]);
+        assert!(matches!(
+            check_names(&want, &got),
+            Err(VerifyError::ExtraName { .. })
+        ));
+        assert!(check_names(&want, &names(None, &["B.EXAMPLE", "a.example"])).is_ok());
+    }
+}
