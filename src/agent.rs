@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 use zeroize::Zeroizing;
 
-use crate::config::{CertificateSpec, Config, KeyRotation};
+use crate::config::{CertificateSpec, Config, IssuerSpec, KeyRotation};
 use crate::issuers::{Issuer, IssuerError};
 use crate::keys::{KeyError, PrivateKey};
 use crate::output::{read_live, AtomicDir, FileEntry, OutputError, Owner, Published};
@@ -100,17 +100,33 @@ pub fn preflight(
     create: bool,
 ) -> Result<BTreeMap<String, Issuer>, PreflightErrors> {
     let mut errors = Vec::new();
+    if let Err(e) = check_writable(&config.output_dir) {
+        errors.push(format!("outputDir: {e}"));
+    }
     let mut issuers = BTreeMap::new();
     for (name, spec) in &config.issuers {
-        match Issuer::load(spec, &config.state_dir, create) {
+        match Issuer::load(spec, &config.state_dir, false) {
             Ok(issuer) => {
                 issuers.insert(name.clone(), issuer);
             }
             Err(e) => errors.push(format!("issuers.{name}: {}", chain(&e))),
         }
     }
-    if let Err(e) = check_writable(&config.output_dir) {
-        errors.push(format!("outputDir: {e}"));
+    // The development CA is created only once everything else checked out, so
+    // a bad configuration leaves the state directory untouched too.
+    if create && errors.is_empty() {
+        for (name, spec) in config
+            .issuers
+            .iter()
+            .filter(|(_, s)| **s == IssuerSpec::Development)
+        {
+            match Issuer::load(spec, &config.state_dir, true) {
+                Ok(issuer) => {
+                    issuers.insert(name.clone(), issuer);
+                }
+                Err(e) => errors.push(format!("issuers.{name}: {}", chain(&e))),
+            }
+        }
     }
     if errors.is_empty() {
         Ok(issuers)

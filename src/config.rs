@@ -874,7 +874,10 @@ fn check_dirs_disjoint(errs: &mut Errors, certs: &[(usize, CertificateSpec)]) {
                 if collides {
                     errs.add(
                         format!("certificates[{index}].dir"),
-                        format!("{:?} collides with a file of certificate {:?}", inner.dir, outer.name),
+                        format!(
+                            "{:?} collides with a file of certificate {:?}",
+                            inner.dir, outer.name
+                        ),
                     );
                 }
             }

@@ -172,7 +172,15 @@ impl PrivateKey {
             None => {
                 let pair = KeyPair::generate_for(algorithm.signature_algorithm())
                     .map_err(|_| KeyError::Generate(algorithm))?;
-                Zeroizing::new(pair.serialize_der())
+                let der = Zeroizing::new(pair.serialize_der());
+                if algorithm == KeyAlgorithm::Ed25519 {
+                    // ring writes PKCS#8 v2 (RFC 5958, with the public key),
+                    // which OpenSSL 3.0 and so Debian 12's nginx and Python
+                    // cannot read; v1 is what every reader accepts.
+                    der::ed25519_v2_to_v1(&der).ok_or(KeyError::Generate(algorithm))?
+                } else {
+                    der
+                }
             }
         };
         Ok(PrivateKey { pkcs8, algorithm })
@@ -272,6 +280,7 @@ mod der {
     const SEQUENCE: u8 = 0x30;
     const OCTET_STRING: u8 = 0x04;
     const OID: u8 = 0x06;
+    const INTEGER: u8 = 0x02;
     const CONTEXT_0: u8 = 0xa0;
     /// INTEGER 0: the PKCS#8 version.
     const VERSION_0: [u8; 3] = [0x02, 0x01, 0x00];
@@ -282,8 +291,10 @@ mod der {
         0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
     ];
 
-    /// Splits one TLV off the front of `input`: (tag, whole TLV, value, rest).
-    fn read(input: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
+    /// One TLV split off the front of some input: (tag, whole TLV, value, rest).
+    type Tlv<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+
+    fn read(input: &[u8]) -> Option<Tlv<'_>> {
         let (&tag, rest) = input.split_first()?;
         let (&first, rest) = rest.split_first()?;
         let (len, rest) = if first < 0x80 {
@@ -352,6 +363,18 @@ mod der {
         Some(pkcs8(&algorithm, sec1))
     }
 
+    /// Ed25519 PKCS#8 v2 (`OneAsymmetricKey` with the public key) to v1: the
+    /// same algorithm and private key, without the optional public key.
+    pub fn ed25519_v2_to_v1(v2: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+        /// OID 1.3.101.112 (id-Ed25519), no parameters (RFC 8410).
+        const ED25519: [u8; 5] = [0x06, 0x03, 0x2b, 0x65, 0x70];
+        let (tag, _, body, _) = read(v2)?;
+        let (_, _, _, rest) = read(body).filter(|t| t.0 == INTEGER)?; // version
+        let (_, _, algorithm, rest) = read(rest).filter(|t| t.0 == SEQUENCE)?;
+        let (_, _, private_key, _) = read(rest).filter(|t| t.0 == OCTET_STRING)?;
+        (tag == SEQUENCE && algorithm == ED25519).then(|| pkcs8(&ED25519, private_key))
+    }
+
     /// PKCS#1 `RSAPrivateKey` (RFC 8017) to PKCS#8.
     pub fn pkcs1_to_pkcs8(pkcs1: &[u8]) -> Zeroizing<Vec<u8>> {
         pkcs8(&RSA_ENCRYPTION, pkcs1)
@@ -409,6 +432,25 @@ mod tests {
             assert_eq!(back.algorithm(), alg);
             assert_eq!(back.public_key_raw(), key.public_key_raw());
         }
+    }
+
+    #[test]
+    fn ed25519_keys_are_written_as_pkcs8_v1_which_openssl_3_0_reads() {
+        let key = PrivateKey::generate(KeyAlgorithm::Ed25519).unwrap();
+        // SEQUENCE { INTEGER 0, SEQUENCE { id-Ed25519 }, OCTET STRING { OCTET STRING seed } }
+        assert_eq!(key.pkcs8.len(), 48);
+        assert_eq!(
+            &key.pkcs8[..16],
+            &[
+                0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+                0x04, 0x20
+            ]
+        );
+        let csr = key.csr(&Names {
+            dns_names: vec!["a".into()],
+            ..Names::default()
+        });
+        assert!(csr.is_ok(), "the v1 key still signs");
     }
 
     #[test]

@@ -51,6 +51,11 @@ pub enum VerifyError {
     NoTrustAnchor,
     #[error("certificate {index} of the chain is not valid DER X.509: {reason}")]
     Malformed { index: usize, reason: String },
+    #[error("the issuing certificate {subject:?} is not a CA certificate: {reason}")]
+    NotCa {
+        subject: String,
+        reason: &'static str,
+    },
     #[error("the certificate's public key is not the key pillion generated for it")]
     KeyMismatch,
     #[error("the certificate lacks the requested {kind} {name:?}")]
@@ -158,10 +163,15 @@ pub fn verify(
         return Err(VerifyError::NoTrustAnchor);
     }
     for (index, der) in issued.chain.iter().chain(&issued.ca).enumerate() {
-        X509Certificate::from_der(der).map_err(|e| VerifyError::Malformed {
+        let (_, cert) = X509Certificate::from_der(der).map_err(|e| VerifyError::Malformed {
             index,
             reason: e.to_string(),
         })?;
+        // Path validation does not look at the trust anchor's own extensions
+        // (RFC 5280 6.1): check here that every issuing certificate is a CA.
+        if index > 0 {
+            check_is_ca(&cert)?;
+        }
     }
     let leaf = inspect(leaf_der).map_err(|reason| VerifyError::Malformed { index: 0, reason })?;
     if leaf.public_key != public_key {
@@ -181,6 +191,33 @@ pub fn verify(
     }
     check_chain(issued, now)?;
     Ok(leaf)
+}
+
+fn check_is_ca(cert: &X509Certificate<'_>) -> Result<(), VerifyError> {
+    let subject = cert.subject().to_string();
+    let is_ca = cert
+        .basic_constraints()
+        .ok()
+        .flatten()
+        .is_some_and(|bc| bc.value.ca);
+    if !is_ca {
+        return Err(VerifyError::NotCa {
+            subject,
+            reason: "basicConstraints CA:TRUE is missing",
+        });
+    }
+    if cert
+        .key_usage()
+        .ok()
+        .flatten()
+        .is_some_and(|ku| !ku.value.key_cert_sign())
+    {
+        return Err(VerifyError::NotCa {
+            subject,
+            reason: "its keyUsage lacks keyCertSign",
+        });
+    }
+    Ok(())
 }
 
 /// Every requested name must be present. The only extra name accepted is a
