@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The one test command: installs what the integration tests need (nginx, openssl, python3,
+# unshare) when it is missing, then runs every test target. CI calls this via .ci/run.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# apt-get needs root; use sudo when we are not root and it is available.
+SUDO=()
+if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then
+    SUDO=(sudo)
+fi
+
+apt_updated=0
+apt_install() {
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "test.sh: $* missing and apt-get is not available; install it and rerun" >&2
+        exit 1
+    fi
+    if [ "$apt_updated" -eq 0 ]; then
+        "${SUDO[@]}" apt-get update
+        apt_updated=1
+    fi
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"
+}
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# nginx: a real main container that reloads on SIGHUP (tests/nginx.rs). Debian puts it in
+# /usr/sbin, which is not always on a non-root PATH.
+if ! have nginx && [ ! -x /usr/sbin/nginx ]; then
+    apt_install nginx
+    # The package may start the system service (listening on :80) on machines with systemd;
+    # the tests run their own nginx on loopback ports, so stop that one.
+    if have systemctl && [ -d /run/systemd/system ]; then
+        "${SUDO[@]}" systemctl disable --now nginx >/dev/null 2>&1 || true
+    fi
+fi
+
+# openssl: the independent checker (verify, serials, s_client).
+have openssl || apt_install openssl ca-certificates
+# python3: the SIGHUP-counting stand-in application.
+have python3 || apt_install python3
+# unshare: the shared process namespace test (util-linux).
+have unshare || apt_install util-linux
+
+# --no-fail-fast: one failing test binary must not hide the results of the others.
+cargo_args=(test --all-targets --no-fail-fast)
+if [ -f Cargo.lock ]; then
+    cargo_args+=(--locked)
+fi
+
+set +e
+cargo "${cargo_args[@]}" "$@"
+status=$?
+set -e
+exit "$status"
