@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 use zeroize::Zeroizing;
 
@@ -28,10 +28,12 @@ use crate::verify::{
 const ROUND_WINDOW: Duration = Duration::from_secs(1);
 
 /// What the outside world can ask of a running agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Renew every credential now (SIGUSR1).
+    /// Renew every credential now (SIGUSR1, `POST /rotate`).
     RenewAll,
+    /// Renew one credential now (`POST /rotate?name=`).
+    Renew(String),
     /// Stop (SIGTERM, SIGINT).
     Shutdown,
 }
@@ -170,11 +172,20 @@ struct Credential {
     last_error: Option<String>,
 }
 
+/// What the admin endpoint may know of a credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialState {
+    pub name: String,
+    /// The expiry of what is published, if anything is.
+    pub not_after: Option<SystemTime>,
+}
+
 /// The renewal loop for one configuration.
 pub struct Agent {
     config: Config,
     issuers: BTreeMap<String, Issuer>,
     creds: Vec<Credential>,
+    state: watch::Sender<Vec<CredentialState>>,
 }
 
 impl Agent {
@@ -208,10 +219,52 @@ impl Agent {
                 Credential { spec: spec.clone(), out, current, next_attempt, retries: None, last_error: None }
             })
             .collect();
-        Agent {
+        let (state, _) = watch::channel(Vec::new());
+        let agent = Agent {
             config,
             issuers,
             creds,
+            state,
+        };
+        agent.publish_state();
+        agent
+    }
+
+    /// Follows what is published, for the admin endpoint.
+    pub fn subscribe(&self) -> watch::Receiver<Vec<CredentialState>> {
+        self.state.subscribe()
+    }
+
+    fn publish_state(&self) {
+        let states = self
+            .creds
+            .iter()
+            .map(|c| CredentialState {
+                name: c.spec.name.clone(),
+                not_after: c.current.as_ref().map(|i| i.not_after),
+            })
+            .collect();
+        self.state.send_replace(states);
+    }
+
+    /// Marks credentials due now; returns false for a shutdown.
+    fn apply(&mut self, command: Option<Command>) -> bool {
+        match command {
+            Some(Command::RenewAll) => {
+                info!("renewing every credential now, as asked");
+                for c in &mut self.creds {
+                    c.next_attempt = SystemTime::now();
+                }
+                true
+            }
+            Some(Command::Renew(name)) => {
+                info!(cert = %name, "renewing now, as asked");
+                for c in self.creds.iter_mut().filter(|c| c.spec.name == name) {
+                    c.next_attempt = SystemTime::now();
+                }
+                true
+            }
+            Some(Command::Shutdown) | None => false,
         }
     }
 
@@ -250,14 +303,8 @@ impl Agent {
             let wake = deadline.map_or(wake, |(d, _)| wake.min(d));
             tokio::select! {
                 () = tokio::time::sleep_until(wake) => {}
-                cmd = commands.recv() => match cmd {
-                    Some(Command::RenewAll) => {
-                        info!("renewing every credential now, as asked");
-                        for c in &mut self.creds {
-                            c.next_attempt = SystemTime::now();
-                        }
-                    }
-                    Some(Command::Shutdown) | None => return stopped(mode),
+                cmd = commands.recv() => if !self.apply(cmd) {
+                    return stopped(mode);
                 },
             }
             if let Some((d, timeout)) = deadline {
@@ -276,18 +323,28 @@ impl Agent {
                     }
                 }
             }
-            tokio::select! {
-                () = self.round(mode) => {}
-                cmd = commands.recv() => if matches!(cmd, Some(Command::Shutdown) | None) {
-                    info!("stopping during a renewal round; files on disk are complete");
-                    return stopped(mode);
-                } else {
-                    // A RenewAll during a round: the round renews the due ones
-                    // already; everything else is marked due for the next.
-                    for c in &mut self.creds {
-                        c.next_attempt = SystemTime::now();
+            // Only a shutdown interrupts a round; other commands wait for
+            // its end, so a round is never cut between publish and reload.
+            let mut pending = Vec::new();
+            {
+                let round = self.round(mode);
+                tokio::pin!(round);
+                loop {
+                    tokio::select! {
+                        () = &mut round => break,
+                        cmd = commands.recv() => match cmd {
+                            Some(Command::Shutdown) | None => {
+                                info!("stopping during a renewal round; the files on disk are complete");
+                                return stopped(mode);
+                            }
+                            Some(other) => pending.push(other),
+                        },
                     }
-                },
+                }
+            }
+            self.publish_state();
+            for cmd in pending {
+                self.apply(Some(cmd));
             }
         }
     }

@@ -43,6 +43,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "PILLION_LOG_LEVEL", value_name = "LEVEL")]
     pub log_level: Option<String>,
 
+    /// Serve /healthz, /readyz and POST /rotate on this address (overrides server.listen). Off by default.
+    #[arg(long, global = true, env = "PILLION_LISTEN", value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -267,6 +271,7 @@ impl CertArgs {
             issuers,
             certificates: Some(vec![cert]),
             reload,
+            server: None,
         }
     }
 }
@@ -281,7 +286,8 @@ impl Cli {
             .state_dir
             .as_ref()
             .map(|p| p.to_string_lossy().into_owned());
-        match &self.config {
+        let listen = self.listen_flag()?;
+        let mut config = match &self.config {
             Some(path) => {
                 let given = cert.given_flags();
                 if !given.is_empty() {
@@ -299,15 +305,36 @@ impl Cli {
                 if let Some(dir) = &self.state_dir {
                     config.state_dir = dir.clone();
                 }
-                Ok(config)
+                config
             }
             None => Config::from_raw(cert.to_raw(state_dir), Origin::Flags).map_err(|errors| {
                 UsageError::Config(ConfigErrors {
                     source_name: "the command line".into(),
                     errors,
                 })
-            }),
+            })?,
+        };
+        if listen.is_some() {
+            config.listen = listen;
         }
+        Ok(config)
+    }
+}
+
+impl Cli {
+    fn listen_flag(&self) -> Result<Option<std::net::SocketAddr>, UsageError> {
+        let Some(l) = &self.listen else {
+            return Ok(None);
+        };
+        l.parse().map(Some).map_err(|_| {
+            UsageError::Config(ConfigErrors {
+                source_name: "the command line".into(),
+                errors: vec![crate::config::FieldError {
+                    path: "--listen".into(),
+                    message: format!("{l:?} is not an address and port (e.g. 127.0.0.1:9102)"),
+                }],
+            })
+        })
     }
 }
 

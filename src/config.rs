@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -51,6 +51,13 @@ pub struct RawConfig {
     pub issuers: Option<BTreeMap<String, RawIssuer>>,
     pub certificates: Option<Vec<RawCertificate>>,
     pub reload: Option<RawReload>,
+    pub server: Option<RawServer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawServer {
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -175,6 +182,8 @@ pub struct Config {
     pub issuers: BTreeMap<String, IssuerSpec>,
     pub certificates: Vec<CertificateSpec>,
     pub reload: Option<ReloadSpec>,
+    /// Where the admin endpoint listens; `None` turns it off.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -349,6 +358,13 @@ impl Config {
         let certificates: Vec<CertificateSpec> = certificates.into_iter().map(|(_, c)| c).collect();
 
         let reload = raw.reload.and_then(|r| validate_reload(&mut errs, r));
+        let listen = raw.server.and_then(|s| s.listen).and_then(|l| match l.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                errs.add("server.listen", format!("{l:?} is not an address and port (e.g. 127.0.0.1:9102 or 0.0.0.0:9102)"));
+                None
+            }
+        });
 
         if errs.0.is_empty() {
             Ok(Config {
@@ -357,6 +373,7 @@ impl Config {
                 issuers,
                 certificates,
                 reload,
+                listen,
             })
         } else {
             if origin == Origin::Flags {
@@ -395,6 +412,7 @@ impl Config {
                 },
             }],
             reload: None,
+            listen: None,
         }
     }
 
@@ -431,6 +449,7 @@ fn parse_yaml(text: &str) -> Result<RawConfig, Vec<FieldError>> {
             "outputDir" => raw.output_dir = typed(&mut errs, &key, value),
             "stateDir" => raw.state_dir = typed(&mut errs, &key, value),
             "reload" => raw.reload = typed(&mut errs, &key, value),
+            "server" => raw.server = typed(&mut errs, &key, value),
             "issuers" => match value {
                 Value::Mapping(map) => {
                     let mut issuers = BTreeMap::new();
@@ -461,7 +480,7 @@ fn parse_yaml(text: &str) -> Result<RawConfig, Vec<FieldError>> {
             },
             other => errs.add(
                 other,
-                "unknown field (expected one of outputDir, stateDir, issuers, certificates, reload)",
+                "unknown field (expected one of outputDir, stateDir, issuers, certificates, reload, server)",
             ),
         }
     }
@@ -1035,6 +1054,7 @@ fn flag_for_path(path: &str) -> String {
         "reload.command" => "--reload-command",
         "reload.url" => "--reload-url",
         "reload" => "--reload-*",
+        "server.listen" => "--listen",
         "certificates[0]" | "certificates" => "the certificate flags",
         _ => return path.to_owned(),
     };
@@ -1130,8 +1150,12 @@ impl fmt::Display for Config {
             writeln!(f)?;
         }
         match &self.reload {
-            Some(r) => writeln!(f, "reload: {r}"),
-            None => writeln!(f, "reload: none (the app must watch the files itself)"),
+            Some(r) => writeln!(f, "reload: {r}")?,
+            None => writeln!(f, "reload: none (the app must watch the files itself)")?,
+        }
+        match &self.listen {
+            Some(a) => writeln!(f, "admin endpoint: http://{a}/ (healthz, readyz, rotate)"),
+            None => writeln!(f, "admin endpoint: off"),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! CSR) -> [`issuers`] (obtain) -> [`verify`] (check what came back) ->
 //! [`output`] (publish atomically) -> [`reload`] (tell the app) ->
 //! [`schedule`] (when to do it again). [`agent`] runs that loop; [`cli`],
-//! [`signals`] and [`status`] face the user.
+//! [`signals`], [`server`] and [`status`] face the user.
 
 #![forbid(unsafe_code)]
 
@@ -16,6 +16,7 @@ pub mod keys;
 pub mod output;
 pub mod reload;
 pub mod schedule;
+pub mod server;
 pub mod signals;
 pub mod status;
 pub mod verify;

@@ -5,6 +5,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
 use pillion::agent::{self, Agent, Mode};
 use pillion::cli::{Cli, Command};
@@ -73,13 +74,24 @@ fn main() -> ExitCode {
         .expect("a current-thread runtime needs only what every Linux process has");
     let result = runtime.block_on(async {
         let signals = Signals::install()?;
+        let listener =
+            match config.listen {
+                Some(addr) => Some(pillion::server::bind(addr).await.with_context(|| {
+                    format!("failed to listen on {addr} for the admin endpoint")
+                })?),
+                None => None,
+            };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(signals.forward(tx));
-        Agent::new(config, issuers)
-            .run(mode, rx)
-            .await
-            .map_err(anyhow::Error::from)
+        tokio::spawn(signals.forward(tx.clone()));
+        let agent = Agent::new(config, issuers);
+        if let Some(listener) = listener {
+            tokio::spawn(pillion::server::serve(listener, agent.subscribe(), tx));
+        }
+        agent.run(mode, rx).await.map_err(anyhow::Error::from)
     });
+    // Do not wait for an abandoned key generation (RSA-4096 can take seconds):
+    // SIGTERM must stop pillion within a second.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(EXIT_RUNTIME, format!("{e:#}")),
