@@ -89,7 +89,7 @@ fn readyz_turns_ready_exactly_when_the_first_full_set_is_published() {
         "alive while failing"
     );
     assert!(
-        !out.join("..data").exists(),
+        !out.join("web/..data").exists(),
         "nothing published yet:\n{}",
         listing(tmp.path())
     );

@@ -1224,3 +1224,53 @@ pub fn flush() {
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Small additions for the recovery and reload tests
+// ---------------------------------------------------------------------------------------------
+
+/// The lines of `text` (e.g. a daemon's log) that contain every one of `needles`.
+pub fn lines_containing(text: &str, needles: &[&str]) -> Vec<String> {
+    text.lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A serial as `openssl x509 -serial` prints it (`serial=0A1B...`, with or without the prefix),
+/// normalised like [`serial`] and [`serial_of_pem`].
+pub fn normalised_serial(openssl_text: &str) -> String {
+    let hex = openssl_text.trim();
+    normalise_serial(hex.strip_prefix("serial=").unwrap_or(hex))
+}
+
+/// Replaces `path` with `contents` by writing a sibling temp file and renaming it over `path`,
+/// so a reader (pillion re-reading its CA files) never sees a half-written file.
+pub fn replace_file(path: &Path, contents: &[u8]) {
+    let tmp = path.with_extension("replace-tmp");
+    fs::write(&tmp, contents).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
+    fs::rename(&tmp, path)
+        .unwrap_or_else(|e| panic!("rename {} -> {}: {e}", tmp.display(), path.display()));
+}
+
+/// The directory `dir/..data` points at, as its name (None when there is no `..data`).
+pub fn live_generation(dir: &Path) -> Option<String> {
+    fs::read_link(dir.join("..data"))
+        .ok()
+        .map(|t| t.to_string_lossy().into_owned())
+}
+
+/// Names of the hidden entries of `dir` other than `..data` (generation dirs, `..data_tmp`...),
+/// sorted.
+pub fn hidden_entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("..") && n != "..data")
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
