@@ -13,12 +13,13 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 use zeroize::Zeroizing;
 
-use crate::config::{CertificateSpec, Config, IssuerSpec, KeyRotation};
+use crate::config::{CertificateSpec, Config, IssuerSpec, KeyRotation, SecretSpec};
 use crate::issuers::{Issuer, IssuerError};
 use crate::keys::{KeyError, PrivateKey};
 use crate::output::{read_live, AtomicDir, FileEntry, OutputError, Owner, Published};
 use crate::reload;
 use crate::schedule::{renewal_time, retry_delays};
+use crate::secrets::{self, KvMount, SecretError};
 use crate::verify::{
     certs_from_pem, certs_to_pem, fmt_time, verify, CertInfo, Issued, VerifyError,
 };
@@ -60,6 +61,8 @@ pub enum RenewError {
     Verify(#[from] VerifyError),
     #[error("publishing the files failed")]
     Output(#[from] OutputError),
+    #[error("reading the secret failed")]
+    Secret(#[from] SecretError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -163,20 +166,50 @@ fn check_writable(dir: &Path) -> Result<(), String> {
     }
 }
 
+/// What one credential is.
+enum Work {
+    Certificate(CertificateSpec),
+    Secret {
+        spec: SecretSpec,
+        kv: Option<KvMount>,
+    },
+}
+
 struct Credential {
-    spec: CertificateSpec,
+    work: Work,
     out: AtomicDir,
-    current: Option<CertInfo>,
+    /// Something verified is live in `out`.
+    published: bool,
+    /// The live certificate, for certificates.
+    cert: Option<CertInfo>,
     next_attempt: SystemTime,
     retries: Option<Box<dyn Iterator<Item = Duration> + Send>>,
     last_error: Option<String>,
+}
+
+impl Credential {
+    fn name(&self) -> &str {
+        match &self.work {
+            Work::Certificate(c) => &c.name,
+            Work::Secret { spec, .. } => &spec.name,
+        }
+    }
+
+    fn issuer(&self) -> &str {
+        match &self.work {
+            Work::Certificate(c) => &c.issuer,
+            Work::Secret { spec, .. } => &spec.issuer,
+        }
+    }
 }
 
 /// What the admin endpoint may know of a credential.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CredentialState {
     pub name: String,
-    /// The expiry of what is published, if anything is.
+    /// Something verified has been published.
+    pub published: bool,
+    /// The expiry of what is published, for certificates.
     pub not_after: Option<SystemTime>,
 }
 
@@ -191,7 +224,7 @@ pub struct Agent {
 impl Agent {
     /// Builds the agent and looks at what is already on disk: a certificate
     /// that is valid and still matches the configuration is kept, not issued
-    /// again.
+    /// again. Secrets are always read again at start.
     pub fn new(config: Config, issuers: BTreeMap<String, Issuer>) -> Agent {
         let now = SystemTime::now();
         for issuer in issuers.values() {
@@ -199,13 +232,13 @@ impl Agent {
                 warn!("{w}");
             }
         }
-        let creds = config
+        let mut creds: Vec<Credential> = config
             .certificates
             .iter()
             .map(|spec| {
                 let out = AtomicDir::new(spec.target_dir(&config.output_dir));
                 let issuer = &issuers[&spec.issuer];
-                let (current, next_attempt) = match existing(spec, out.path(), issuer, now) {
+                let (cert, next_attempt) = match existing(spec, out.path(), issuer, now) {
                     Ok(info) => {
                         let at = renewal_time(info.not_before, info.not_after, spec.renew, fastrand::f64());
                         info!(cert = %spec.name, serial = %info.serial, not_after = %fmt_time(info.not_after), renew_at = %fmt_time(at), "reusing the valid certificate on disk");
@@ -216,9 +249,29 @@ impl Agent {
                         (None, now)
                     }
                 };
-                Credential { spec: spec.clone(), out, current, next_attempt, retries: None, last_error: None }
+                Credential {
+                    work: Work::Certificate(spec.clone()),
+                    out,
+                    published: cert.is_some(),
+                    cert,
+                    next_attempt,
+                    retries: None,
+                    last_error: None,
+                }
             })
             .collect();
+        creds.extend(config.secrets.iter().map(|spec| Credential {
+            work: Work::Secret {
+                spec: spec.clone(),
+                kv: None,
+            },
+            out: AtomicDir::new(spec.target_dir(&config.output_dir)),
+            published: false,
+            cert: None,
+            next_attempt: now,
+            retries: None,
+            last_error: None,
+        }));
         let (state, _) = watch::channel(Vec::new());
         let agent = Agent {
             config,
@@ -240,8 +293,9 @@ impl Agent {
             .creds
             .iter()
             .map(|c| CredentialState {
-                name: c.spec.name.clone(),
-                not_after: c.current.as_ref().map(|i| i.not_after),
+                name: c.name().to_owned(),
+                published: c.published,
+                not_after: c.cert.as_ref().map(|i| i.not_after),
             })
             .collect();
         self.state.send_replace(states);
@@ -259,7 +313,7 @@ impl Agent {
             }
             Some(Command::Renew(name)) => {
                 info!(cert = %name, "renewing now, as asked");
-                for c in self.creds.iter_mut().filter(|c| c.spec.name == name) {
+                for c in self.creds.iter_mut().filter(|c| c.name() == name) {
                     c.next_attempt = SystemTime::now();
                 }
                 true
@@ -276,7 +330,8 @@ impl Agent {
     /// files are never left half-swapped.
     ///
     /// # Errors
-    /// Only in init mode: the deadline passed before everything was published.
+    /// In init mode: the deadline passed, or a shutdown came, before
+    /// everything was published.
     pub async fn run(
         mut self,
         mode: Mode,
@@ -287,7 +342,7 @@ impl Agent {
             Mode::Run => None,
         };
         loop {
-            if matches!(mode, Mode::Init { .. }) && self.creds.iter().all(|c| c.current.is_some()) {
+            if matches!(mode, Mode::Init { .. }) && self.creds.iter().all(|c| c.published) {
                 info!("all {} credential(s) published", self.creds.len());
                 return Ok(());
             }
@@ -310,11 +365,11 @@ impl Agent {
             if let Some((d, timeout)) = deadline {
                 if tokio::time::Instant::now() >= d {
                     let missing: Vec<&Credential> =
-                        self.creds.iter().filter(|c| c.current.is_none()).collect();
+                        self.creds.iter().filter(|c| !c.published).collect();
                     if !missing.is_empty() {
                         return Err(AgentError::InitDeadline {
                             timeout,
-                            names: missing.iter().map(|c| c.spec.name.clone()).collect(),
+                            names: missing.iter().map(|c| c.name().to_owned()).collect(),
                             last_errors: missing
                                 .iter()
                                 .filter_map(|c| c.last_error.clone())
@@ -350,31 +405,42 @@ impl Agent {
     }
 
     /// Renews every credential that is due, then reloads the app once if
-    /// anything changed.
+    /// any file changed.
     async fn round(&mut self, mode: Mode) {
         let due_by = SystemTime::now() + ROUND_WINDOW;
-        let mut published = Vec::new();
+        let mut changed = Vec::new();
         for c in self.creds.iter_mut().filter(|c| c.next_attempt <= due_by) {
-            let issuer = &self.issuers[&c.spec.issuer];
-            match renew(c, issuer).await {
-                Ok(info) => {
-                    let at = renewal_time(
-                        info.not_before,
-                        info.not_after,
-                        c.spec.renew,
-                        fastrand::f64(),
-                    );
+            let issuer = &self.issuers[c.issuer()];
+            let result = match &mut c.work {
+                Work::Certificate(spec) => renew(spec, &mut c.out, issuer).await.map(|info| {
+                    let at = renewal_time(info.not_before, info.not_after, spec.renew, fastrand::f64());
                     info!(
-                        cert = %c.spec.name,
+                        cert = %spec.name,
                         serial = %info.serial,
                         not_after = %fmt_time(info.not_after),
                         renew_at = %fmt_time(at),
                         dir = %c.out.path().display(),
                         "published a new certificate"
                     );
-                    published.push(c.spec.name.clone());
-                    c.current = Some(info);
-                    c.next_attempt = at;
+                    c.cert = Some(info);
+                    (true, at)
+                }),
+                Work::Secret { spec, kv } => refresh(spec, kv, &mut c.out, issuer).await.map(|fresh| {
+                    if fresh {
+                        info!(secret = %spec.name, path = %spec.path, dir = %c.out.path().display(), "published a new version of the secret");
+                    } else {
+                        debug!(secret = %spec.name, "the secret is unchanged");
+                    }
+                    (fresh, SystemTime::now() + spec.refresh)
+                }),
+            };
+            match result {
+                Ok((fresh, next)) => {
+                    if fresh {
+                        changed.push(c.name().to_owned());
+                    }
+                    c.published = true;
+                    c.next_attempt = next;
                     c.retries = None;
                     c.last_error = None;
                 }
@@ -385,23 +451,32 @@ impl Agent {
                         .next()
                         .unwrap_or(crate::schedule::RETRY_MAX);
                     let message = chain(&e);
-                    error!(cert = %c.spec.name, error = %message, retry_in = %humantime::format_duration(round_secs(delay)), "renewal failed; the files on disk are unchanged");
-                    if let Some(cur) = &c.current {
-                        if cur.not_after <= SystemTime::now() {
-                            error!(cert = %c.spec.name, "the certificate on disk has EXPIRED and could not be renewed");
+                    let retry_in = humantime::format_duration(round_secs(delay));
+                    match &c.work {
+                        Work::Certificate(_) => {
+                            error!(cert = %c.name(), error = %message, %retry_in, "renewal failed; the files on disk are unchanged")
+                        }
+                        Work::Secret { .. } => {
+                            error!(secret = %c.name(), error = %message, %retry_in, "secret refresh failed; the files on disk are unchanged")
                         }
                     }
-                    c.last_error = Some(format!("{}: {message}", c.spec.name));
+                    if c.cert
+                        .as_ref()
+                        .is_some_and(|cur| cur.not_after <= SystemTime::now())
+                    {
+                        error!(cert = %c.name(), "the certificate on disk has EXPIRED and could not be renewed");
+                    }
+                    c.last_error = Some(format!("{}: {message}", c.name()));
                     c.next_attempt = SystemTime::now() + delay;
                 }
             }
         }
-        if published.is_empty() || matches!(mode, Mode::Init { .. }) {
+        if changed.is_empty() || matches!(mode, Mode::Init { .. }) {
             return;
         }
         if let Some(spec) = &self.config.reload {
             match reload::reload(spec).await {
-                Ok(what) => info!(certs = %published.join(","), "reloaded the app: {what}"),
+                Ok(what) => info!(changed = %changed.join(","), "reloaded the app: {what}"),
                 Err(e) => {
                     warn!(error = %chain(&e), "reloading the app failed; the new files are in place")
                 }
@@ -422,22 +497,29 @@ fn round_secs(d: Duration) -> Duration {
 }
 
 /// One attempt: key, CSR, sign, verify, publish.
-async fn renew(c: &mut Credential, issuer: &Issuer) -> Result<CertInfo, RenewError> {
-    let spec = &c.spec;
-    let kept = match spec.key_rotation {
-        KeyRotation::Never => existing_key(spec, c.out.path()),
-        KeyRotation::Always => None,
+async fn renew(
+    spec: &CertificateSpec,
+    out: &mut AtomicDir,
+    issuer: &Issuer,
+) -> Result<CertInfo, RenewError> {
+    let (issued, key) = if issuer.generates_keys() {
+        issuer.issue(spec).await?
+    } else {
+        let kept = match spec.key_rotation {
+            KeyRotation::Never => existing_key(spec, out.path()),
+            KeyRotation::Always => None,
+        };
+        let key = match kept {
+            Some(k) => k,
+            None => {
+                let alg = spec.key_algorithm;
+                // RSA generation takes up to seconds of CPU: keep it off the runtime thread.
+                tokio::task::spawn_blocking(move || PrivateKey::generate(alg)).await??
+            }
+        };
+        let csr = key.csr(&spec.names)?;
+        (issuer.sign(&csr, spec).await?, key)
     };
-    let key = match kept {
-        Some(k) => k,
-        None => {
-            let alg = spec.key_algorithm;
-            // RSA generation takes up to seconds of CPU: keep it off the runtime threads.
-            tokio::task::spawn_blocking(move || PrivateKey::generate(alg)).await??
-        }
-    };
-    let csr = key.csr(&spec.names)?;
-    let issued = issuer.sign(&csr, spec).await?;
     let info = verify(
         &issued,
         &key.public_key_raw(),
@@ -450,13 +532,44 @@ async fn renew(c: &mut Credential, issuer: &Issuer) -> Result<CertInfo, RenewErr
         uid: spec.files.uid,
         gid: spec.files.gid,
     };
-    match c.out.publish(&files, owner)? {
+    match out.publish(&files, owner)? {
         Published::Generation(g) => {
             debug!(cert = %spec.name, generation = %g, "swapped in a new generation")
         }
         Published::Unchanged => debug!(cert = %spec.name, "the files were already up to date"),
     }
     Ok(info)
+}
+
+/// One secret refresh: read, render, publish if changed. True when a new
+/// generation went live.
+async fn refresh(
+    spec: &SecretSpec,
+    kv: &mut Option<KvMount>,
+    out: &mut AtomicDir,
+    issuer: &Issuer,
+) -> Result<bool, RenewError> {
+    let client = issuer
+        .vault()
+        .expect("validation lets secrets name only vault issuers");
+    let mount = match kv {
+        Some(m) => m.clone(),
+        None => {
+            let m = secrets::detect(client, spec).await?;
+            debug!(secret = %spec.name, mount = %m.mount, version = m.version, "found the KV engine");
+            kv.insert(m).clone()
+        }
+    };
+    let data = secrets::read(client, spec, &mount).await?;
+    let files = secrets::render(spec, &data)?;
+    let owner = Owner {
+        uid: spec.uid,
+        gid: spec.gid,
+    };
+    Ok(matches!(
+        out.publish(&files, owner)?,
+        Published::Generation(_)
+    ))
 }
 
 /// The files of a credential: certificate chain, key, CA, and the optional
@@ -540,7 +653,7 @@ fn existing(
         .ok()
         .and_then(|k| PrivateKey::from_pem(k).ok())
         .ok_or("the key on disk is unreadable")?;
-    if key.algorithm() != spec.key_algorithm {
+    if !issuer.generates_keys() && key.algorithm() != spec.key_algorithm {
         return Err(format!(
             "the key on disk is {}, the configuration asks for {}",
             key.algorithm(),

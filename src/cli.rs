@@ -222,6 +222,7 @@ impl CertArgs {
                 "flags".to_owned(),
                 RawIssuer {
                     local_ca: Some(local),
+                    vault: None,
                 },
             )]
             .into_iter()
@@ -270,6 +271,7 @@ impl CertArgs {
             state_dir,
             issuers,
             certificates: Some(vec![cert]),
+            secrets: None,
             reload,
             server: None,
         }

@@ -50,6 +50,7 @@ pub struct RawConfig {
     pub state_dir: Option<String>,
     pub issuers: Option<BTreeMap<String, RawIssuer>>,
     pub certificates: Option<Vec<RawCertificate>>,
+    pub secrets: Option<Vec<RawSecret>>,
     pub reload: Option<RawReload>,
     pub server: Option<RawServer>,
 }
@@ -64,6 +65,76 @@ pub struct RawServer {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawIssuer {
     pub local_ca: Option<RawLocalCa>,
+    pub vault: Option<RawVault>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawVault {
+    pub address: Option<String>,
+    pub ca_file: Option<String>,
+    pub tls_skip_verify_insecure: Option<bool>,
+    pub namespace: Option<String>,
+    pub timeout: Option<String>,
+    pub auth: Option<RawVaultAuth>,
+    pub pki: Option<RawPki>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawVaultAuth {
+    pub token: Option<RawTokenAuth>,
+    pub app_role: Option<RawAppRoleAuth>,
+    pub kubernetes: Option<RawRoleAuth>,
+    pub jwt: Option<RawRoleAuth>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawTokenAuth {
+    pub file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawAppRoleAuth {
+    pub role_id_file: Option<String>,
+    pub secret_id_file: Option<String>,
+    pub mount: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawRoleAuth {
+    pub role: Option<String>,
+    pub mount: Option<String>,
+    pub token_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawPki {
+    pub mount: Option<String>,
+    pub role: Option<String>,
+    pub issuer_ref: Option<String>,
+    pub mode: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawSecret {
+    pub name: Option<String>,
+    pub issuer: Option<String>,
+    pub path: Option<String>,
+    pub kv_version: Option<u8>,
+    pub refresh_interval: Option<String>,
+    pub format: Option<String>,
+    pub key: Option<String>,
+    pub file: Option<String>,
+    pub dir: Option<String>,
+    pub mode: Option<Value>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -181,6 +252,7 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub issuers: BTreeMap<String, IssuerSpec>,
     pub certificates: Vec<CertificateSpec>,
+    pub secrets: Vec<SecretSpec>,
     pub reload: Option<ReloadSpec>,
     /// Where the admin endpoint listens; `None` turns it off.
     pub listen: Option<SocketAddr>,
@@ -195,6 +267,98 @@ pub enum IssuerSpec {
     },
     /// A CA pillion creates and keeps under its state directory. Development only.
     Development,
+    /// A Vault or OpenBao server: PKI certificates and KV secrets.
+    Vault(Box<VaultSpec>),
+}
+
+/// How to reach and log in to a Vault/OpenBao server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultSpec {
+    pub address: url::Url,
+    pub ca_file: Option<PathBuf>,
+    pub tls_skip_verify_insecure: bool,
+    pub namespace: Option<String>,
+    pub timeout: Duration,
+    pub auth: VaultAuth,
+    pub pki: Option<PkiSpec>,
+}
+
+/// The Vault auth methods pillion logs in with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VaultAuth {
+    Token {
+        file: PathBuf,
+    },
+    AppRole {
+        role_id_file: PathBuf,
+        secret_id_file: PathBuf,
+        mount: String,
+    },
+    Kubernetes {
+        role: String,
+        mount: String,
+        token_file: PathBuf,
+    },
+    Jwt {
+        role: String,
+        mount: String,
+        token_file: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PkiSpec {
+    pub mount: String,
+    pub role: String,
+    pub issuer_ref: Option<String>,
+    pub mode: PkiMode,
+}
+
+/// Where the private key of a Vault PKI certificate is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PkiMode {
+    /// In the pod; only the CSR goes to `<mount>/sign/<role>`. The default.
+    Sign,
+    /// By Vault, at `<mount>/issue/<role>`, for roles that demand it.
+    Issue,
+}
+
+/// A KV secret to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretSpec {
+    pub name: String,
+    pub issuer: String,
+    /// As the user writes it for `bao kv get`: mount and path, without `data/`.
+    pub path: String,
+    pub kv_version: Option<u8>,
+    pub refresh: Duration,
+    pub format: SecretFormat,
+    pub dir: PathBuf,
+    pub mode: u32,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretFormat {
+    /// The data object as JSON.
+    Json { file: String },
+    /// `KEY="value"` lines.
+    Env { file: String },
+    /// One file per key.
+    Files,
+    /// One key's value.
+    Raw { key: String, file: String },
+}
+
+impl SecretSpec {
+    pub fn target_dir(&self, output_dir: &Path) -> PathBuf {
+        if self.dir == Path::new(".") {
+            output_dir.to_path_buf()
+        } else {
+            output_dir.join(&self.dir)
+        }
+    }
 }
 
 /// The names a certificate is requested for.
@@ -297,8 +461,8 @@ impl Config {
             if !is_valid_name(&name) {
                 errs.add(&path, format!("{name:?} is not a valid issuer name (use lowercase letters, digits and '-')"));
             }
-            match issuer.local_ca {
-                Some(ca) => {
+            match (issuer.local_ca, issuer.vault) {
+                (Some(ca), None) => {
                     let cert_file =
                         required_path(&mut errs, &format!("{path}.localCa.certFile"), ca.cert_file);
                     let key_file =
@@ -311,7 +475,15 @@ impl Config {
                         },
                     );
                 }
-                None => errs.add(&path, "names no issuer kind (expected localCa)"),
+                (None, Some(v)) => {
+                    if let Some(spec) = validate_vault(&mut errs, &format!("{path}.vault"), v) {
+                        issuers.insert(name, IssuerSpec::Vault(Box::new(spec)));
+                    }
+                }
+                (Some(_), Some(_)) => {
+                    errs.add(&path, "names two issuer kinds: use one of localCa, vault")
+                }
+                (None, None) => errs.add(&path, "names no issuer kind (expected localCa or vault)"),
             }
         }
         let implicit_issuer = match issuers.len() {
@@ -354,7 +526,49 @@ impl Config {
                 certificates.push((i, cert));
             }
         }
-        check_dirs_disjoint(&mut errs, &certificates);
+        for (i, cert) in &certificates {
+            if let Some(IssuerSpec::Vault(v)) = issuers.get(&cert.issuer) {
+                if v.pki.is_none() {
+                    errs.add(
+                        format!("certificates[{i}].issuer"),
+                        format!("issuer {:?} has no pki section: add vault.pki {{mount, role}} to issue certificates", cert.issuer),
+                    );
+                }
+            }
+        }
+        let mut secrets = Vec::new();
+        for (i, rs) in raw.secrets.unwrap_or_default().into_iter().enumerate() {
+            let path = format!("secrets[{i}]");
+            if let Some(secret) = validate_secret(&mut errs, &path, rs, &issuers, origin) {
+                if !seen_names.insert(secret.name.clone()) {
+                    errs.add(
+                        format!("{path}.name"),
+                        format!(
+                            "{:?} is used by another certificate or secret: names must be unique",
+                            secret.name
+                        ),
+                    );
+                }
+                secrets.push((i, secret));
+            }
+        }
+        let mut dirs: Vec<DirUse> = certificates
+            .iter()
+            .map(|(i, c)| DirUse {
+                field: format!("certificates[{i}].dir"),
+                name: c.name.clone(),
+                dir: normal(&c.dir),
+                files: c.files.names().map(str::to_owned).collect(),
+            })
+            .collect();
+        dirs.extend(secrets.iter().map(|(i, s)| DirUse {
+            field: format!("secrets[{i}].dir"),
+            name: s.name.clone(),
+            dir: normal(&s.dir),
+            files: s.format.file().into_iter().map(str::to_owned).collect(),
+        }));
+        check_dirs_disjoint(&mut errs, &dirs);
+        let secrets: Vec<SecretSpec> = secrets.into_iter().map(|(_, s)| s).collect();
         let certificates: Vec<CertificateSpec> = certificates.into_iter().map(|(_, c)| c).collect();
 
         let reload = raw.reload.and_then(|r| validate_reload(&mut errs, r));
@@ -372,6 +586,7 @@ impl Config {
                 state_dir,
                 issuers,
                 certificates,
+                secrets,
                 reload,
                 listen,
             })
@@ -411,6 +626,7 @@ impl Config {
                     gid: None,
                 },
             }],
+            secrets: Vec::new(),
             reload: None,
             listen: None,
         }
@@ -464,6 +680,20 @@ fn parse_yaml(text: &str) -> Result<RawConfig, Vec<FieldError>> {
                 Value::Null => {}
                 _ => errs.add("issuers", "must be a mapping of issuer names to issuers"),
             },
+            "secrets" => match value {
+                Value::Sequence(seq) => {
+                    let mut secrets = Vec::new();
+                    for (i, value) in seq.into_iter().enumerate() {
+                        secrets.push(typed(&mut errs, &format!("secrets[{i}]"), value).unwrap_or_else(|| RawSecret {
+                            name: Some(format!("#invalid-{i}")),
+                            ..RawSecret::default()
+                        }));
+                    }
+                    raw.secrets = Some(secrets);
+                }
+                Value::Null => {}
+                _ => errs.add("secrets", "must be a list of secrets"),
+            },
             "certificates" => match value {
                 Value::Sequence(seq) => {
                     let mut certs = Vec::new();
@@ -480,7 +710,7 @@ fn parse_yaml(text: &str) -> Result<RawConfig, Vec<FieldError>> {
             },
             other => errs.add(
                 other,
-                "unknown field (expected one of outputDir, stateDir, issuers, certificates, reload, server)",
+                "unknown field (expected one of outputDir, stateDir, issuers, certificates, secrets, reload, server)",
             ),
         }
     }
@@ -738,6 +968,340 @@ fn validate_certificate(
     })
 }
 
+fn validate_vault(errs: &mut Errors, path: &str, rv: RawVault) -> Option<VaultSpec> {
+    let before = errs.0.len();
+    let address = match rv.address.as_deref().map(url::Url::parse) {
+        None => {
+            errs.add(
+                format!("{path}.address"),
+                "is required (e.g. https://vault.vault.svc:8200)",
+            );
+            None
+        }
+        Some(Ok(u)) if matches!(u.scheme(), "http" | "https") && u.has_host() => Some(u),
+        Some(_) => {
+            errs.add(
+                format!("{path}.address"),
+                format!(
+                    "{:?} is not an http:// or https:// URL",
+                    rv.address.unwrap_or_default()
+                ),
+            );
+            None
+        }
+    };
+    let timeout = match rv.timeout.as_deref().map(parse_duration) {
+        None => crate::vault::DEFAULT_TIMEOUT,
+        Some(Ok(t)) if !t.is_zero() => t,
+        Some(Ok(_)) => {
+            errs.add(format!("{path}.timeout"), "must be more than zero");
+            crate::vault::DEFAULT_TIMEOUT
+        }
+        Some(Err(e)) => {
+            errs.add(format!("{path}.timeout"), e);
+            crate::vault::DEFAULT_TIMEOUT
+        }
+    };
+    let auth = rv.auth.unwrap_or_default();
+    let apath = format!("{path}.auth");
+    let mount = |m: Option<String>, default: &str, errs: &mut Errors, field: &str| {
+        let m = m.unwrap_or_else(|| default.to_owned());
+        let m = m.trim_matches('/').to_owned();
+        if m.is_empty() || m.contains("..") {
+            errs.add(
+                format!("{apath}.{field}.mount"),
+                format!("{m:?} is not a mount path"),
+            );
+        }
+        m
+    };
+    let mut methods = Vec::new();
+    if let Some(t) = auth.token {
+        let file = required_path(errs, &format!("{apath}.token.file"), t.file);
+        methods.push(VaultAuth::Token { file });
+    }
+    if let Some(a) = auth.app_role {
+        let role_id_file =
+            required_path(errs, &format!("{apath}.appRole.roleIdFile"), a.role_id_file);
+        let secret_id_file = required_path(
+            errs,
+            &format!("{apath}.appRole.secretIdFile"),
+            a.secret_id_file,
+        );
+        let mount = mount(a.mount, "approle", errs, "appRole");
+        methods.push(VaultAuth::AppRole {
+            role_id_file,
+            secret_id_file,
+            mount,
+        });
+    }
+    if let Some(k) = auth.kubernetes {
+        let role = required_string(errs, &format!("{apath}.kubernetes.role"), k.role);
+        let mount = mount(k.mount, "kubernetes", errs, "kubernetes");
+        let token_file = PathBuf::from(
+            k.token_file
+                .unwrap_or_else(|| crate::vault::DEFAULT_KUBERNETES_TOKEN_FILE.to_owned()),
+        );
+        methods.push(VaultAuth::Kubernetes {
+            role,
+            mount,
+            token_file,
+        });
+    }
+    if let Some(j) = auth.jwt {
+        let role = required_string(errs, &format!("{apath}.jwt.role"), j.role);
+        let mount = mount(j.mount, "jwt", errs, "jwt");
+        let token_file = required_path(errs, &format!("{apath}.jwt.tokenFile"), j.token_file);
+        methods.push(VaultAuth::Jwt {
+            role,
+            mount,
+            token_file,
+        });
+    }
+    if methods.len() != 1 {
+        errs.add(
+            &apath,
+            if methods.is_empty() {
+                "names no auth method: set one of token, appRole, kubernetes, jwt"
+            } else {
+                "names more than one auth method: set exactly one of token, appRole, kubernetes, jwt"
+            },
+        );
+    }
+    let pki = rv.pki.map(|p| {
+        let mode = match p.mode.as_deref() {
+            None | Some("sign") => PkiMode::Sign,
+            Some("issue") => PkiMode::Issue,
+            Some(other) => {
+                errs.add(
+                    format!("{path}.pki.mode"),
+                    format!("{other:?} is not a mode (expected sign or issue)"),
+                );
+                PkiMode::Sign
+            }
+        };
+        let mount = p
+            .mount
+            .unwrap_or_else(|| "pki".to_owned())
+            .trim_matches('/')
+            .to_owned();
+        if mount.is_empty() || mount.contains("..") {
+            errs.add(
+                format!("{path}.pki.mount"),
+                format!("{mount:?} is not a mount path"),
+            );
+        }
+        let role = required_string(errs, &format!("{path}.pki.role"), p.role);
+        if role.contains('/') {
+            errs.add(
+                format!("{path}.pki.role"),
+                format!("{role:?} is not a role name"),
+            );
+        }
+        PkiSpec {
+            mount,
+            role,
+            issuer_ref: p.issuer_ref,
+            mode,
+        }
+    });
+    let auth = methods.pop()?;
+    (errs.0.len() == before).then_some(VaultSpec {
+        address: address?,
+        ca_file: rv.ca_file.map(PathBuf::from),
+        tls_skip_verify_insecure: rv.tls_skip_verify_insecure.unwrap_or(false),
+        namespace: rv.namespace.filter(|n| !n.is_empty()),
+        timeout,
+        auth,
+        pki,
+    })
+}
+
+/// How often a secret is read again when the configuration does not say.
+pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
+
+fn validate_secret(
+    errs: &mut Errors,
+    path: &str,
+    rs: RawSecret,
+    issuers: &BTreeMap<String, IssuerSpec>,
+    origin: Origin,
+) -> Option<SecretSpec> {
+    let before = errs.0.len();
+    let name = match rs.name {
+        Some(n) if n.starts_with("#invalid-") => return None,
+        Some(n) if is_valid_name(&n) => n,
+        Some(n) => {
+            errs.add(
+                format!("{path}.name"),
+                format!("{n:?} is not a valid name (use 1-63 lowercase letters, digits and '-')"),
+            );
+            n
+        }
+        None => {
+            errs.add(format!("{path}.name"), "is required");
+            String::new()
+        }
+    };
+    let vaults: Vec<&String> = issuers
+        .iter()
+        .filter(|(_, i)| matches!(i, IssuerSpec::Vault(_)))
+        .map(|(n, _)| n)
+        .collect();
+    let issuer = match rs.issuer {
+        Some(i) if vaults.contains(&&i) => i,
+        Some(i) => {
+            errs.add(
+                format!("{path}.issuer"),
+                format!("{i:?} is not a configured vault issuer"),
+            );
+            i
+        }
+        None if vaults.len() == 1 => vaults[0].clone(),
+        None => {
+            errs.add(
+                format!("{path}.issuer"),
+                "is required: name the vault issuer to read the secret from",
+            );
+            String::new()
+        }
+    };
+    let secret_path = match rs.path {
+        Some(p) if !p.trim_matches('/').is_empty() && !p.split('/').any(|c| c == "..") => {
+            p.trim_matches('/').to_owned()
+        }
+        Some(p) => {
+            errs.add(
+                format!("{path}.path"),
+                format!("{p:?} is not a KV path (e.g. secret/app/db)"),
+            );
+            p
+        }
+        None => {
+            errs.add(format!("{path}.path"), "is required (e.g. secret/app/db)");
+            String::new()
+        }
+    };
+    if let Some(v) = rs.kv_version {
+        if v != 1 && v != 2 {
+            errs.add(
+                format!("{path}.kvVersion"),
+                format!("{v} is not a KV version (1 or 2)"),
+            );
+        }
+    }
+    let refresh = match rs.refresh_interval.as_deref().map(parse_duration) {
+        None => DEFAULT_REFRESH_INTERVAL,
+        Some(Ok(d)) if d >= Duration::from_secs(1) => d,
+        Some(Ok(_)) => {
+            errs.add(format!("{path}.refreshInterval"), "must be at least 1s");
+            DEFAULT_REFRESH_INTERVAL
+        }
+        Some(Err(e)) => {
+            errs.add(format!("{path}.refreshInterval"), e);
+            DEFAULT_REFRESH_INTERVAL
+        }
+    };
+    let file = |default: String, errs: &mut Errors| {
+        let f = rs.file.clone().unwrap_or(default);
+        if let Err(e) = check_relative_path(&f, false) {
+            errs.add(format!("{path}.file"), format!("{f:?} {e}"));
+        }
+        f
+    };
+    let format = match rs.format.as_deref() {
+        None | Some("json") => SecretFormat::Json {
+            file: file(format!("{name}.json"), errs),
+        },
+        Some("env") => SecretFormat::Env {
+            file: file(format!("{name}.env"), errs),
+        },
+        Some("files") => {
+            if rs.file.is_some() {
+                errs.add(
+                    format!("{path}.file"),
+                    "does not apply to format files (each key becomes a file in dir)",
+                );
+            }
+            SecretFormat::Files
+        }
+        Some("raw") => match rs.key.clone() {
+            Some(key) => {
+                let f = file(key.clone(), errs);
+                SecretFormat::Raw { key, file: f }
+            }
+            None => {
+                errs.add(
+                    format!("{path}.key"),
+                    "is required with format raw: name the key whose value to write",
+                );
+                SecretFormat::Files
+            }
+        },
+        Some(other) => {
+            errs.add(
+                format!("{path}.format"),
+                format!("{other:?} is not a format (expected json, env, files or raw)"),
+            );
+            SecretFormat::Files
+        }
+    };
+    if rs.key.is_some() && !matches!(format, SecretFormat::Raw { .. }) {
+        errs.add(format!("{path}.key"), "applies only to format raw");
+    }
+    let dir = match (rs.dir, origin) {
+        (Some(d), _) => {
+            if let Err(e) = check_relative_path(&d, true) {
+                errs.add(format!("{path}.dir"), format!("{d:?} {e}"));
+            }
+            PathBuf::from(d)
+        }
+        (None, _) => PathBuf::from(&name),
+    };
+    let mode = match rs.mode.map(|m| parse_mode(&m)) {
+        None => DEFAULT_KEY_MODE,
+        Some(Ok(m)) => m,
+        Some(Err(e)) => {
+            errs.add(format!("{path}.mode"), e);
+            DEFAULT_KEY_MODE
+        }
+    };
+    (errs.0.len() == before).then_some(SecretSpec {
+        name,
+        issuer,
+        path: secret_path,
+        kv_version: rs.kv_version,
+        refresh,
+        format,
+        dir,
+        mode,
+        uid: rs.uid,
+        gid: rs.gid,
+    })
+}
+
+impl SecretFormat {
+    /// The one file this format writes, if it writes exactly one.
+    pub fn file(&self) -> Option<&str> {
+        match self {
+            SecretFormat::Json { file }
+            | SecretFormat::Env { file }
+            | SecretFormat::Raw { file, .. } => Some(file),
+            SecretFormat::Files => None,
+        }
+    }
+}
+
+fn required_string(errs: &mut Errors, path: &str, value: Option<String>) -> String {
+    match value {
+        Some(v) if !v.is_empty() => v,
+        _ => {
+            errs.add(path, "is required");
+            String::new()
+        }
+    }
+}
+
 fn validate_files(errs: &mut Errors, path: &str, rf: RawFiles) -> FileSpec {
     let mut file = |field: &str, value: Option<String>, default: &str| {
         let v = value.unwrap_or_else(|| default.to_owned());
@@ -862,41 +1426,45 @@ fn validate_reload(errs: &mut Errors, rr: RawReload) -> Option<ReloadSpec> {
     })
 }
 
+/// A directory a credential publishes into, and the files it puts there.
+struct DirUse {
+    field: String,
+    name: String,
+    dir: PathBuf,
+    files: Vec<String>,
+}
+
 /// Two credentials must not publish into the same directory, and a credential
 /// published inside another one's directory must not collide with its files.
-fn check_dirs_disjoint(errs: &mut Errors, certs: &[(usize, CertificateSpec)]) {
-    for (k, (_, a)) in certs.iter().enumerate() {
-        for (j, b) in &certs[k + 1..] {
-            if normal(&a.dir) == normal(&b.dir) {
+fn check_dirs_disjoint(errs: &mut Errors, uses: &[DirUse]) {
+    for (k, a) in uses.iter().enumerate() {
+        for b in &uses[k + 1..] {
+            if a.dir == b.dir {
                 errs.add(
-                    format!("certificates[{j}].dir"),
+                    &b.field,
                     format!(
-                        "{:?} is also the directory of certificate {:?}: give each certificate its own dir",
+                        "{:?} is also the directory of {:?}: give each its own dir",
                         b.dir, a.name
                     ),
                 );
                 continue;
             }
-            for (outer, (index, inner)) in [(a, (*j, b)), (b, (certs[k].0, a))] {
-                let inner_dir = normal(&inner.dir);
-                let Ok(rest) = inner_dir.strip_prefix(normal(&outer.dir)) else {
+            for (outer, inner) in [(a, b), (b, a)] {
+                let Ok(rest) = inner.dir.strip_prefix(&outer.dir) else {
                     continue;
                 };
                 let Some(first) = rest.components().next() else {
                     continue;
                 };
                 let first = first.as_os_str().to_string_lossy();
-                let collides = outer
+                if outer
                     .files
-                    .names()
-                    .any(|n| n.split('/').next() == Some(first.as_ref()));
-                if collides {
+                    .iter()
+                    .any(|n| n.split('/').next() == Some(first.as_ref()))
+                {
                     errs.add(
-                        format!("certificates[{index}].dir"),
-                        format!(
-                            "{:?} collides with a file of certificate {:?}",
-                            inner.dir, outer.name
-                        ),
+                        &inner.field,
+                        format!("{:?} collides with a file of {:?}", inner.dir, outer.name),
                     );
                 }
             }
@@ -1078,6 +1646,41 @@ impl fmt::Display for Config {
                     cert_file.display(),
                     key_file.display()
                 )?,
+                IssuerSpec::Vault(v) => {
+                    write!(
+                        f,
+                        "  {name}: Vault/OpenBao at {}, auth {}",
+                        v.address,
+                        v.auth.name()
+                    )?;
+                    if let Some(ns) = &v.namespace {
+                        write!(f, ", namespace {ns}")?;
+                    }
+                    if let Some(p) = &v.pki {
+                        let mode = match p.mode {
+                            PkiMode::Sign => "sign: the key stays in the pod",
+                            PkiMode::Issue => "issue: Vault makes the key",
+                        };
+                        write!(
+                            f,
+                            ", PKI {}/{}/{} ({mode})",
+                            p.mount,
+                            if p.mode == PkiMode::Sign {
+                                "sign"
+                            } else {
+                                "issue"
+                            },
+                            p.role
+                        )?;
+                    }
+                    if let Some(ca) = &v.ca_file {
+                        write!(f, ", trusting {}", ca.display())?;
+                    }
+                    if v.tls_skip_verify_insecure {
+                        write!(f, ", TLS VERIFICATION OFF")?;
+                    }
+                    writeln!(f)?;
+                }
                 IssuerSpec::Development => writeln!(
                     f,
                     "  {name}: DEVELOPMENT CA kept in {} (not for production)",
@@ -1148,6 +1751,28 @@ impl fmt::Display for Config {
                 write!(f, " owner {}:{}", id(fs.uid), id(fs.gid))?;
             }
             writeln!(f)?;
+        }
+        if !self.secrets.is_empty() {
+            writeln!(f, "secrets:")?;
+        }
+        for sec in &self.secrets {
+            let format = match &sec.format {
+                SecretFormat::Json { file } => format!("JSON in {file}"),
+                SecretFormat::Env { file } => format!("env lines in {file}"),
+                SecretFormat::Files => "one file per key".to_owned(),
+                SecretFormat::Raw { key, file } => format!("the value of {key:?} in {file}"),
+            };
+            writeln!(
+                f,
+                "  {} (issuer {}): KV {}{}, every {}, {format} ({:04o}) in {}",
+                sec.name,
+                sec.issuer,
+                sec.path,
+                sec.kv_version.map_or(String::new(), |v| format!(" v{v}")),
+                humantime::format_duration(sec.refresh),
+                sec.mode,
+                sec.target_dir(&self.output_dir).display()
+            )?;
         }
         match &self.reload {
             Some(r) => writeln!(f, "reload: {r}")?,

@@ -114,9 +114,9 @@ fn readiness(state: &[CredentialState], now: SystemTime) -> Response<Full<Bytes>
     let waiting: Vec<String> = state
         .iter()
         .filter_map(|c| match c.not_after {
-            None => Some(format!("{} (not published yet)", c.name)),
+            _ if !c.published => Some(format!("{} (not published yet)", c.name)),
             Some(t) if t <= now => Some(format!("{} (expired)", c.name)),
-            Some(_) => None,
+            _ => None,
         })
         .collect();
     if waiting.is_empty() {
@@ -156,6 +156,7 @@ mod tests {
     fn cred(name: &str, not_after: Option<SystemTime>) -> CredentialState {
         CredentialState {
             name: name.into(),
+            published: not_after.is_some(),
             not_after,
         }
     }

@@ -95,6 +95,24 @@ pub fn certs_to_pem(ders: &[Vec<u8>]) -> String {
         .collect()
 }
 
+/// Splits CA certificates into intermediates (to follow the leaf in
+/// `tls.crt`) and trust anchors (for `ca.crt`): the self-signed ones, or the
+/// last certificate when none is self-signed.
+pub fn split_chain(chain: &[Vec<u8>]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let self_signed = |der: &Vec<u8>| {
+        X509Certificate::from_der(der)
+            .map(|(_, c)| c.subject().as_raw() == c.issuer().as_raw())
+            .unwrap_or(false)
+    };
+    let (roots, intermediates): (Vec<_>, Vec<_>) = chain.iter().cloned().partition(self_signed);
+    if roots.is_empty() {
+        let last = chain.last().cloned().into_iter().collect();
+        (intermediates, last)
+    } else {
+        (intermediates, roots)
+    }
+}
+
 /// Reads the facts of one DER certificate.
 pub fn inspect(der: &[u8]) -> Result<CertInfo, String> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;

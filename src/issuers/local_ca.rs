@@ -18,7 +18,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use zeroize::Zeroizing;
 
 use crate::keys::{KeyAlgorithm, KeyError, PrivateKey};
-use crate::verify::{certs_from_pem, Issued};
+use crate::verify::{certs_from_pem, split_chain, Issued};
 
 /// The development CA's directory under the state directory.
 pub const DEV_CA_DIR: &str = "dev-ca";
@@ -199,23 +199,6 @@ impl LocalCa {
         let mut chain = vec![leaf.der().to_vec()];
         chain.extend(intermediates);
         Ok(Issued { chain, ca: anchors })
-    }
-}
-
-/// Splits a CA file's certificates into intermediates (to follow the leaf in
-/// `tls.crt`) and trust anchors (for `ca.crt`).
-fn split_chain(chain: &[Vec<u8>]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
-    let self_signed = |der: &Vec<u8>| {
-        X509Certificate::from_der(der)
-            .map(|(_, c)| c.subject().as_raw() == c.issuer().as_raw())
-            .unwrap_or(false)
-    };
-    let (roots, intermediates): (Vec<_>, Vec<_>) = chain.iter().cloned().partition(self_signed);
-    if roots.is_empty() {
-        let last = chain.last().cloned().into_iter().collect();
-        (intermediates, last)
-    } else {
-        (intermediates, roots)
     }
 }
 

@@ -1,39 +1,49 @@
 //! Where certificates come from. Every backend takes a CSR (the key never
 //! leaves the pod) and returns an [`Issued`] chain, which the agent verifies
-//! before publishing.
+//! before publishing; Vault's `issue` mode, for roles that demand it, returns
+//! the key as well.
 //!
-//! Backends are variants of [`Issuer`] rather than implementations of a trait:
-//! there is one kind so far, the local CA (which also serves as the embedded
-//! development CA).
+//! Backends are variants of [`Issuer`], dispatched by `match`.
 
 mod local_ca;
+mod vault_pki;
 
 use std::path::Path;
+use std::sync::Arc;
 
 pub use local_ca::{LocalCa, LocalCaError, DEV_CA_DIR};
+pub use vault_pki::{VaultIssuer, VaultPkiError};
 
 use crate::config::{CertificateSpec, IssuerSpec};
+use crate::keys::PrivateKey;
+use crate::vault::{VaultClient, VaultError};
 use crate::verify::Issued;
 
 /// A configured, loaded issuer.
 #[derive(Debug)]
 pub enum Issuer {
     LocalCa(LocalCa),
+    Vault(VaultIssuer),
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum IssuerError {
     #[error(transparent)]
     LocalCa(#[from] LocalCaError),
+    #[error(transparent)]
+    VaultSetup(#[from] VaultError),
+    #[error(transparent)]
+    Vault(#[from] VaultPkiError),
 }
 
 impl Issuer {
-    /// Loads an issuer and checks it can work: for a local CA, that its files
-    /// read, parse and belong together. With `create`, the development CA is
-    /// created if missing; without, a missing one is reported as "to create".
+    /// Loads an issuer and checks what can be checked without the network:
+    /// for a local CA, that its files read, parse and belong together; for
+    /// Vault, its CA file and auth files. With `create`, the development CA is
+    /// created if missing; without, a missing one is left to create later.
     ///
     /// # Errors
-    /// What is wrong with the issuer's files, naming them.
+    /// What is wrong, naming the file.
     pub fn load(spec: &IssuerSpec, state_dir: &Path, create: bool) -> Result<Issuer, IssuerError> {
         Ok(match spec {
             IssuerSpec::LocalCa {
@@ -41,7 +51,16 @@ impl Issuer {
                 key_file,
             } => Issuer::LocalCa(LocalCa::open(cert_file, key_file)?),
             IssuerSpec::Development => Issuer::LocalCa(LocalCa::development(state_dir, create)?),
+            IssuerSpec::Vault(v) => Issuer::Vault(VaultIssuer::new(v)?),
         })
+    }
+
+    /// True when the issuer makes the private key itself (Vault `issue`).
+    pub fn generates_keys(&self) -> bool {
+        match self {
+            Issuer::LocalCa(_) => false,
+            Issuer::Vault(v) => v.generates_keys(),
+        }
     }
 
     /// Asks the issuer to sign `csr_der` (PKCS#10 DER) for `cert`.
@@ -54,6 +73,23 @@ impl Issuer {
     ) -> Result<Issued, IssuerError> {
         match self {
             Issuer::LocalCa(ca) => Ok(ca.sign(csr_der, cert.duration)?),
+            Issuer::Vault(v) => Ok(v.sign(csr_der, cert).await?),
+        }
+    }
+
+    /// For issuers that [generate keys](Self::generates_keys): a key and its certificate.
+    pub async fn issue(&self, cert: &CertificateSpec) -> Result<(Issued, PrivateKey), IssuerError> {
+        match self {
+            Issuer::LocalCa(_) => unreachable!("the agent asks only issuers that generate keys"),
+            Issuer::Vault(v) => Ok(v.issue(cert).await?),
+        }
+    }
+
+    /// The Vault client, for reading secrets through this issuer.
+    pub fn vault(&self) -> Option<&Arc<VaultClient>> {
+        match self {
+            Issuer::Vault(v) => Some(&v.client),
+            Issuer::LocalCa(_) => None,
         }
     }
 
@@ -63,6 +99,7 @@ impl Issuer {
     pub fn trust_anchors(&self) -> Option<Vec<Vec<u8>>> {
         match self {
             Issuer::LocalCa(ca) => ca.trust_anchors().ok(),
+            Issuer::Vault(_) => None,
         }
     }
 
@@ -70,6 +107,7 @@ impl Issuer {
     pub fn warning(&self) -> Option<String> {
         match self {
             Issuer::LocalCa(ca) => ca.warning(),
+            Issuer::Vault(_) => None,
         }
     }
 }

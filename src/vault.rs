@@ -1,0 +1,518 @@
+//! A client for the Vault / OpenBao HTTP API, and the token it logs in for.
+//!
+//! One [`VaultClient`] per configured Vault issuer; every certificate and
+//! secret of that issuer shares its login. The token lives in a [`Zeroizing`]
+//! string, is renewed (`auth/token/renew-self`) once two thirds of its TTL have
+//! passed, and is replaced by a fresh login when renewal is refused, when it
+//! has expired, or when Vault answers 403 to a request (a revoked token).
+//! Vault's own error messages reach the user verbatim.
+//!
+//! API: <https://openbao.org/api-docs/> (the same paths as HashiCorp Vault's).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tokio::sync::Mutex;
+use tracing::{debug, info, warn};
+use zeroize::Zeroizing;
+
+use crate::config::{VaultAuth, VaultSpec};
+
+/// Where Kubernetes mounts the pod's service-account token.
+pub const DEFAULT_KUBERNETES_TOKEN_FILE: &str =
+    "/var/run/secrets/kubernetes.io/serviceaccount/token";
+/// Per-request timeout when the configuration names none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Error bodies are cut to this many characters in messages.
+const MAX_ERROR_TEXT: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("failed to read the Vault CA file {}", path.display())]
+    ReadCa {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the Vault CA file {} holds no usable PEM certificate", path.display())]
+    BadCa { path: PathBuf },
+    #[error("failed to set up the HTTP client for Vault")]
+    Client(#[source] reqwest::Error),
+    #[error("failed to read the {what} at {}", path.display())]
+    ReadFile {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the {what} at {} is empty", path.display())]
+    EmptyFile { what: &'static str, path: PathBuf },
+    #[error("{method} {url} failed")]
+    Request {
+        method: Method,
+        url: String,
+        source: reqwest::Error,
+    },
+    #[error("Vault answered {status} to {method} {path}: {message}")]
+    Status {
+        method: Method,
+        path: String,
+        status: StatusCode,
+        message: String,
+    },
+    #[error("Vault's answer to {method} {path} is not what the API documents: {reason}")]
+    Malformed {
+        method: Method,
+        path: String,
+        reason: String,
+    },
+}
+
+impl VaultError {
+    /// A 403 or an invalid-token message: the token may have been revoked.
+    fn is_token_rejected(&self) -> bool {
+        match self {
+            VaultError::Status {
+                status, message, ..
+            } => {
+                *status == StatusCode::FORBIDDEN
+                    || (*status == StatusCode::BAD_REQUEST && message.contains("invalid token"))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A Vault token. Its value is zeroized on drop and never printed.
+struct Token {
+    value: Zeroizing<String>,
+    /// When to renew (two thirds of the TTL), or `None` for a token that does not expire.
+    renew_at: Option<Instant>,
+    expires_at: Option<Instant>,
+    renewable: bool,
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("value", &"<redacted>")
+            .field("renewable", &self.renewable)
+            .finish()
+    }
+}
+
+impl Token {
+    fn new(value: Zeroizing<String>, ttl_secs: u64, renewable: bool) -> Token {
+        let now = Instant::now();
+        let (renew_at, expires_at) = if ttl_secs == 0 {
+            (None, None)
+        } else {
+            let ttl = Duration::from_secs(ttl_secs);
+            (Some(now + ttl.mul_f64(2.0 / 3.0)), Some(now + ttl))
+        };
+        Token {
+            value,
+            renew_at,
+            expires_at,
+            renewable,
+        }
+    }
+}
+
+/// An HTTP client for one Vault server, logged in with one auth method.
+#[derive(Debug)]
+pub struct VaultClient {
+    http: reqwest::Client,
+    address: url::Url,
+    namespace: Option<String>,
+    auth: VaultAuth,
+    token: Mutex<Option<Token>>,
+}
+
+impl VaultClient {
+    /// Builds the client: TLS is verified against `caFile` when given (and
+    /// only against it), else the system roots. No network traffic yet.
+    ///
+    /// # Errors
+    /// An unreadable CA file or auth file, or a client that cannot be built.
+    pub fn new(spec: &VaultSpec) -> Result<VaultClient, VaultError> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(spec.timeout)
+            .connect_timeout(spec.timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("pillion/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &spec.ca_file {
+            let pem = std::fs::read(path).map_err(|source| VaultError::ReadCa {
+                path: path.clone(),
+                source,
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| VaultError::BadCa { path: path.clone() })?;
+            builder = builder.tls_built_in_root_certs(false);
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if spec.tls_skip_verify_insecure {
+            warn!(address = %spec.address, "TLS VERIFICATION OF VAULT IS OFF (tlsSkipVerifyInsecure): anyone on the path can read tokens and keys");
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        if spec.address.scheme() == "http" {
+            warn!(address = %spec.address, "Vault is reached over plain HTTP: tokens and certificates travel unencrypted");
+        }
+        for (what, path) in spec.auth.files() {
+            std::fs::metadata(path).map_err(|source| VaultError::ReadFile {
+                what,
+                path: path.to_owned(),
+                source,
+            })?;
+        }
+        Ok(VaultClient {
+            http: builder.build().map_err(VaultError::Client)?,
+            address: spec.address.clone(),
+            namespace: spec.namespace.clone(),
+            auth: spec.auth.clone(),
+            token: Mutex::new(None),
+        })
+    }
+
+    /// Sends an authenticated request to `/v1/<path>` and returns the JSON
+    /// answer (`Value::Null` for 204). A rejected token is replaced by a fresh
+    /// login and the request is sent once more.
+    ///
+    /// Cancel-safe: dropping the future abandons the request; the token stays usable.
+    ///
+    /// # Errors
+    /// Transport failures, Vault's errors (verbatim), or a malformed answer.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, VaultError> {
+        let token = self.token().await?;
+        match self.send(method.clone(), path, body, Some(&token)).await {
+            Err(e) if e.is_token_rejected() => {
+                warn!(error = %e, "Vault rejected pillion's token; logging in again");
+                self.invalidate().await;
+                let token = self.token().await?;
+                self.send(method, path, body, Some(&token)).await
+            }
+            other => other,
+        }
+    }
+
+    async fn invalidate(&self) {
+        *self.token.lock().await = None;
+    }
+
+    /// A usable token: the current one, renewed when due, or a new login.
+    async fn token(&self) -> Result<Zeroizing<String>, VaultError> {
+        let mut guard = self.token.lock().await;
+        let now = Instant::now();
+        if let Some(t) = guard.as_ref() {
+            let expired = t
+                .expires_at
+                .is_some_and(|e| e <= now + Duration::from_secs(1));
+            let due = t.renew_at.is_some_and(|r| r <= now);
+            if !expired && !due {
+                return Ok(t.value.clone());
+            }
+            if !expired && t.renewable {
+                match self.renew_self(&t.value).await {
+                    Ok(renewed) => {
+                        let value = renewed.value.clone();
+                        *guard = Some(renewed);
+                        return Ok(value);
+                    }
+                    Err(e) => {
+                        warn!(error = %crate::agent::chain(&e), "renewing the Vault token failed; logging in again")
+                    }
+                }
+            }
+        }
+        let token = self.login().await?;
+        let value = token.value.clone();
+        *guard = Some(token);
+        Ok(value)
+    }
+
+    async fn renew_self(&self, token: &Zeroizing<String>) -> Result<Token, VaultError> {
+        let answer = self
+            .send(
+                Method::POST,
+                "auth/token/renew-self",
+                Some(&serde_json::json!({})),
+                Some(token),
+            )
+            .await?;
+        let (value, ttl, renewable) = auth_fields(&answer, "auth/token/renew-self")?;
+        debug!(ttl_secs = ttl, "renewed the Vault token");
+        // renew-self answers with the same token.
+        Ok(Token::new(
+            if value.is_empty() {
+                token.clone()
+            } else {
+                value
+            },
+            ttl,
+            renewable,
+        ))
+    }
+
+    /// Logs in with the configured method. Token and JWT files are read
+    /// again at every login: projected service-account tokens rotate.
+    async fn login(&self) -> Result<Token, VaultError> {
+        let (path, body) = match &self.auth {
+            VaultAuth::Token { file } => {
+                let value = read_secret_file("Vault token file", file)?;
+                // A static token: look it up to learn its TTL.
+                let answer = self
+                    .send(Method::GET, "auth/token/lookup-self", None, Some(&value))
+                    .await?;
+                let ttl = answer["data"]["ttl"].as_u64().unwrap_or(0);
+                let renewable = answer["data"]["renewable"].as_bool().unwrap_or(false);
+                info!(method = "token", "logged in to Vault");
+                return Ok(Token::new(value, ttl, renewable));
+            }
+            VaultAuth::AppRole {
+                role_id_file,
+                secret_id_file,
+                mount,
+            } => {
+                let role_id = read_secret_file("AppRole role-id file", role_id_file)?;
+                let secret_id = read_secret_file("AppRole secret-id file", secret_id_file)?;
+                let body = serde_json::json!({"role_id": role_id.as_str(), "secret_id": secret_id.as_str()});
+                (format!("auth/{mount}/login"), body)
+            }
+            VaultAuth::Kubernetes {
+                role,
+                mount,
+                token_file,
+            }
+            | VaultAuth::Jwt {
+                role,
+                mount,
+                token_file,
+            } => {
+                let jwt = read_secret_file("service-account token file", token_file)?;
+                (
+                    format!("auth/{mount}/login"),
+                    serde_json::json!({"role": role, "jwt": jwt.as_str()}),
+                )
+            }
+        };
+        // The body holds credentials: wipe its serialized form after sending.
+        let answer = self.send(Method::POST, &path, Some(&body), None).await;
+        drop(zeroize_json(body));
+        let answer = answer?;
+        let (value, ttl, renewable) = auth_fields(&answer, &path)?;
+        info!(method = self.auth.name(), path = %path, ttl_secs = ttl, "logged in to Vault");
+        Ok(Token::new(value, ttl, renewable))
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        token: Option<&Zeroizing<String>>,
+    ) -> Result<Value, VaultError> {
+        let url = format!("{}/v1/{path}", self.address.as_str().trim_end_matches('/'));
+        let mut request = self.http.request(method.clone(), &url);
+        if let Some(token) = token {
+            let mut header = reqwest::header::HeaderValue::from_str(token).map_err(|_| {
+                VaultError::Malformed {
+                    method: method.clone(),
+                    path: path.to_owned(),
+                    reason: "the token holds characters not allowed in an HTTP header".into(),
+                }
+            })?;
+            header.set_sensitive(true);
+            request = request.header("X-Vault-Token", header);
+        }
+        if let Some(ns) = &self.namespace {
+            request = request.header("X-Vault-Namespace", ns);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|source| VaultError::Request {
+            method: method.clone(),
+            url: url.clone(),
+            source,
+        })?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|source| VaultError::Request {
+                method: method.clone(),
+                url: url.clone(),
+                source,
+            })?;
+        if !status.is_success() {
+            return Err(VaultError::Status {
+                method,
+                path: path.to_owned(),
+                status,
+                message: error_text(&bytes),
+            });
+        }
+        if bytes.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&bytes).map_err(|e| VaultError::Malformed {
+            method,
+            path: path.to_owned(),
+            reason: format!("not JSON ({e})"),
+        })
+    }
+}
+
+/// `auth.client_token`, `auth.lease_duration`, `auth.renewable` of a login answer.
+fn auth_fields(answer: &Value, path: &str) -> Result<(Zeroizing<String>, u64, bool), VaultError> {
+    let auth = &answer["auth"];
+    let token = auth["client_token"]
+        .as_str()
+        .ok_or_else(|| VaultError::Malformed {
+            method: Method::POST,
+            path: path.to_owned(),
+            reason: "no auth.client_token".into(),
+        })?;
+    Ok((
+        Zeroizing::new(token.to_owned()),
+        auth["lease_duration"].as_u64().unwrap_or(0),
+        auth["renewable"].as_bool().unwrap_or(false),
+    ))
+}
+
+/// Vault's `{"errors": [...]}` joined, or the body itself, cut to a sane length.
+fn error_text(body: &[u8]) -> String {
+    let text = match serde_json::from_slice::<Value>(body) {
+        Ok(v) => match v["errors"].as_array() {
+            Some(errors) if !errors.is_empty() => errors
+                .iter()
+                .map(|e| e.as_str().map_or_else(|| e.to_string(), str::to_owned))
+                .collect::<Vec<_>>()
+                .join("; "),
+            _ => v.to_string(),
+        },
+        Err(_) => String::from_utf8_lossy(body).trim().to_owned(),
+    };
+    let text = if text.is_empty() {
+        "(no error message)".to_owned()
+    } else {
+        text
+    };
+    text.chars().take(MAX_ERROR_TEXT).collect()
+}
+
+fn read_secret_file(what: &'static str, path: &Path) -> Result<Zeroizing<String>, VaultError> {
+    let text = std::fs::read_to_string(path)
+        .map(Zeroizing::new)
+        .map_err(|source| VaultError::ReadFile {
+            what,
+            path: path.to_owned(),
+            source,
+        })?;
+    let trimmed = Zeroizing::new(text.trim().to_owned());
+    if trimmed.is_empty() {
+        return Err(VaultError::EmptyFile {
+            what,
+            path: path.to_owned(),
+        });
+    }
+    Ok(trimmed)
+}
+
+/// Overwrites the string values of a JSON body before it is dropped.
+fn zeroize_json(mut v: Value) -> Value {
+    if let Value::Object(map) = &mut v {
+        for value in map.values_mut() {
+            if let Value::String(s) = value {
+                zeroize::Zeroize::zeroize(s);
+            }
+        }
+    }
+    v
+}
+
+impl VaultAuth {
+    /// The files this method reads, for the start-up check.
+    pub fn files(&self) -> Vec<(&'static str, &Path)> {
+        match self {
+            VaultAuth::Token { file } => vec![("Vault token file", file)],
+            VaultAuth::AppRole {
+                role_id_file,
+                secret_id_file,
+                ..
+            } => {
+                vec![
+                    ("AppRole role-id file", role_id_file),
+                    ("AppRole secret-id file", secret_id_file),
+                ]
+            }
+            VaultAuth::Kubernetes { token_file, .. } | VaultAuth::Jwt { token_file, .. } => {
+                vec![("service-account token file", token_file)]
+            }
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            VaultAuth::Token { .. } => "token",
+            VaultAuth::AppRole { .. } => "appRole",
+            VaultAuth::Kubernetes { .. } => "kubernetes",
+            VaultAuth::Jwt { .. } => "jwt",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vault_errors_are_shown_verbatim() {
+        assert_eq!(
+            error_text(br#"{"errors":["permission denied"]}"#),
+            "permission denied"
+        );
+        assert_eq!(error_text(br#"{"errors":["a","b"]}"#), "a; b");
+        assert_eq!(
+            error_text(b"upstream connect error"),
+            "upstream connect error"
+        );
+        assert_eq!(error_text(b""), "(no error message)");
+    }
+
+    #[test]
+    fn a_token_is_renewed_at_two_thirds_of_its_ttl_and_never_printed() {
+        let t = Token::new(Zeroizing::new("s.secret-token".into()), 300, true);
+        let renew_in = t.renew_at.unwrap().duration_since(Instant::now());
+        assert!(
+            renew_in > Duration::from_secs(190) && renew_in <= Duration::from_secs(200),
+            "{renew_in:?}"
+        );
+        assert!(!format!("{t:?}").contains("secret-token"));
+        assert!(Token::new(Zeroizing::new("root".into()), 0, false)
+            .renew_at
+            .is_none());
+    }
+
+    #[test]
+    fn revoked_tokens_are_recognised() {
+        let e = |status, message: &str| VaultError::Status {
+            method: Method::GET,
+            path: "x".into(),
+            status,
+            message: message.into(),
+        };
+        assert!(e(StatusCode::FORBIDDEN, "permission denied").is_token_rejected());
+        assert!(e(StatusCode::BAD_REQUEST, "invalid token").is_token_rejected());
+        assert!(!e(StatusCode::BAD_REQUEST, "common name not allowed").is_token_rejected());
+    }
+}
