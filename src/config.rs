@@ -118,6 +118,7 @@ pub struct RawPki {
     pub role: Option<String>,
     pub issuer_ref: Option<String>,
     pub mode: Option<String>,
+    pub ca_bundle_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -312,6 +313,8 @@ pub struct PkiSpec {
     pub role: String,
     pub issuer_ref: Option<String>,
     pub mode: PkiMode,
+    /// Trust anchors to publish as `ca.crt` instead of the root(s) Vault returns.
+    pub ca_bundle_file: Option<PathBuf>,
 }
 
 /// Where the private key of a Vault PKI certificate is made.
@@ -1103,6 +1106,7 @@ fn validate_vault(errs: &mut Errors, path: &str, rv: RawVault) -> Option<VaultSp
             role,
             issuer_ref: p.issuer_ref,
             mode,
+            ca_bundle_file: p.ca_bundle_file.map(PathBuf::from),
         }
     });
     let auth = methods.pop()?;

@@ -1,4 +1,4 @@
-//! `pillion status`: what is on disk, per credential.
+//! `pillion status`: what is on disk, per certificate and secret.
 
 use std::fmt::Write;
 use std::time::{Duration, SystemTime};
@@ -69,6 +69,40 @@ pub fn render(config: &Config, now: SystemTime) -> String {
             }
         };
         rows.push(row);
+    }
+    for spec in &config.secrets {
+        let dir = spec.target_dir(&config.output_dir);
+        let files = crate::output::AtomicDir::new(&dir)
+            .current()
+            .and_then(|live| {
+                let mut names: Vec<String> = std::fs::read_dir(live)
+                    .ok()?
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                    .collect();
+                names.sort();
+                Some(names.join(","))
+            });
+        rows.push(match files {
+            None => [
+                spec.name.clone(),
+                format!("(nothing published in {})", dir.display()),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ],
+            Some(files) => [
+                spec.name.clone(),
+                format!("secret {}", spec.path),
+                files,
+                spec.issuer.clone(),
+                "-".into(),
+                "-".into(),
+                format!("every {}", humantime::format_duration(spec.refresh)),
+            ],
+        });
     }
     let widths: Vec<usize> = (0..7)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))

@@ -32,6 +32,11 @@ pub enum VaultPkiError {
     Vault(#[from] VaultError),
     #[error("Vault's answer from {path} has no usable {field}")]
     Malformed { path: String, field: &'static str },
+    #[error("failed to read the caBundleFile {}", path.display())]
+    ReadBundle {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("the private key Vault issued is unusable")]
     Key(#[source] KeyError),
 }
@@ -68,7 +73,31 @@ impl VaultIssuer {
             .client
             .request(Method::POST, &path, Some(&body))
             .await?;
-        parse_certificates(&answer["data"], &path)
+        self.with_bundle(parse_certificates(&answer["data"], &path)?)
+    }
+
+    /// Publishes the configured `caBundleFile` as `ca.crt`, when there is one.
+    fn with_bundle(&self, mut issued: Issued) -> Result<Issued, VaultPkiError> {
+        let Some(path) = self.pki.as_ref().and_then(|p| p.ca_bundle_file.as_ref()) else {
+            return Ok(issued);
+        };
+        let pem = std::fs::read(path).map_err(|source| VaultPkiError::ReadBundle {
+            path: path.clone(),
+            source,
+        })?;
+        let anchors = certs_from_pem(&pem)
+            .ok()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| VaultPkiError::ReadBundle {
+                path: path.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "no PEM certificate in it",
+                ),
+            })?;
+        issued.chain.retain(|c| !anchors.contains(c));
+        issued.ca = anchors;
+        Ok(issued)
     }
 
     /// Asks `<mount>/issue/<role>` for a key and a certificate.
@@ -84,7 +113,7 @@ impl VaultIssuer {
             .client
             .request(Method::POST, &path, Some(&body))
             .await?;
-        let issued = parse_certificates(&answer["data"], &path)?;
+        let issued = self.with_bundle(parse_certificates(&answer["data"], &path)?)?;
         // Take the key out of the answer so that no plain copy outlives this call.
         let key_pem = match answer["data"].get_mut("private_key").map(Value::take) {
             Some(Value::String(k)) => Zeroizing::new(k),
