@@ -222,7 +222,7 @@ impl CertArgs {
                 "flags".to_owned(),
                 RawIssuer {
                     local_ca: Some(local),
-                    vault: None,
+                    ..RawIssuer::default()
                 },
             )]
             .into_iter()

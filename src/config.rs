@@ -66,6 +66,37 @@ pub struct RawServer {
 pub struct RawIssuer {
     pub local_ca: Option<RawLocalCa>,
     pub vault: Option<RawVault>,
+    pub kubernetes_csr: Option<RawKubernetesCsr>,
+    pub cert_manager: Option<RawCertManager>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawKubernetesCsr {
+    pub signer_name: Option<String>,
+    pub usages: Option<Vec<String>>,
+    pub ca_file: Option<String>,
+    pub timeout: Option<String>,
+    pub kubeconfig: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawCertManager {
+    pub issuer_ref: Option<RawIssuerRef>,
+    pub namespace: Option<String>,
+    pub usages: Option<Vec<String>>,
+    pub ca_file: Option<String>,
+    pub timeout: Option<String>,
+    pub kubeconfig: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawIssuerRef {
+    pub name: Option<String>,
+    pub kind: Option<String>,
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -270,6 +301,47 @@ pub enum IssuerSpec {
     Development,
     /// A Vault or OpenBao server: PKI certificates and KV secrets.
     Vault(Box<VaultSpec>),
+    /// The Kubernetes CertificateSigningRequest API.
+    KubernetesCsr(KubernetesCsrSpec),
+    /// cert-manager's CertificateRequest.
+    CertManager(CertManagerSpec),
+}
+
+/// Where the pod's service-account CA is mounted; the trust anchor of the
+/// built-in kube-controller-manager signers.
+pub const SERVICE_ACCOUNT_CA_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
+/// How long a cluster CA may take to approve and sign before the attempt is
+/// abandoned (and retried with backoff).
+pub const DEFAULT_CLUSTER_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesCsrSpec {
+    pub signer_name: String,
+    /// Default: digital signature (+ key encipherment for RSA), server auth, client auth.
+    pub usages: Option<Vec<String>>,
+    /// Trust anchors for `ca.crt`; the CSR API returns none.
+    pub ca_file: Option<PathBuf>,
+    pub timeout: Duration,
+    pub kubeconfig: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertManagerSpec {
+    pub issuer_ref: IssuerRef,
+    /// Default: $POD_NAMESPACE, else the client's default namespace.
+    pub namespace: Option<String>,
+    pub usages: Option<Vec<String>>,
+    /// Trust anchors for `ca.crt` when the issuer sets no `status.ca`.
+    pub ca_file: Option<PathBuf>,
+    pub timeout: Duration,
+    pub kubeconfig: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuerRef {
+    pub name: String,
+    pub kind: String,
+    pub group: String,
 }
 
 /// How to reach and log in to a Vault/OpenBao server.
@@ -464,29 +536,77 @@ impl Config {
             if !is_valid_name(&name) {
                 errs.add(&path, format!("{name:?} is not a valid issuer name (use lowercase letters, digits and '-')"));
             }
-            match (issuer.local_ca, issuer.vault) {
-                (Some(ca), None) => {
-                    let cert_file =
-                        required_path(&mut errs, &format!("{path}.localCa.certFile"), ca.cert_file);
-                    let key_file =
-                        required_path(&mut errs, &format!("{path}.localCa.keyFile"), ca.key_file);
-                    issuers.insert(
-                        name,
-                        IssuerSpec::LocalCa {
-                            cert_file,
-                            key_file,
-                        },
-                    );
+            let kinds = [
+                issuer.local_ca.is_some(),
+                issuer.vault.is_some(),
+                issuer.kubernetes_csr.is_some(),
+                issuer.cert_manager.is_some(),
+            ];
+            match kinds.iter().filter(|k| **k).count() {
+                0 => errs.add(&path, "names no issuer kind (expected one of localCa, vault, kubernetesCsr, certManager)"),
+                1 => {}
+                _ => errs.add(&path, "names several issuer kinds: use exactly one of localCa, vault, kubernetesCsr, certManager"),
+            }
+            if let Some(ca) = issuer.local_ca {
+                let cert_file =
+                    required_path(&mut errs, &format!("{path}.localCa.certFile"), ca.cert_file);
+                let key_file =
+                    required_path(&mut errs, &format!("{path}.localCa.keyFile"), ca.key_file);
+                issuers.insert(
+                    name.clone(),
+                    IssuerSpec::LocalCa {
+                        cert_file,
+                        key_file,
+                    },
+                );
+            }
+            if let Some(v) = issuer.vault {
+                if let Some(spec) = validate_vault(&mut errs, &format!("{path}.vault"), v) {
+                    issuers.insert(name.clone(), IssuerSpec::Vault(Box::new(spec)));
                 }
-                (None, Some(v)) => {
-                    if let Some(spec) = validate_vault(&mut errs, &format!("{path}.vault"), v) {
-                        issuers.insert(name, IssuerSpec::Vault(Box::new(spec)));
-                    }
+            }
+            if let Some(k) = issuer.kubernetes_csr {
+                let p = format!("{path}.kubernetesCsr");
+                let signer_name =
+                    required_string(&mut errs, &format!("{p}.signerName"), k.signer_name);
+                if !signer_name.is_empty() && !is_signer_name(&signer_name) {
+                    errs.add(format!("{p}.signerName"), format!("{signer_name:?} is not a signer name (domain/path, e.g. example.com/app-signer)"));
                 }
-                (Some(_), Some(_)) => {
-                    errs.add(&path, "names two issuer kinds: use one of localCa, vault")
-                }
-                (None, None) => errs.add(&path, "names no issuer kind (expected localCa or vault)"),
+                let timeout = cluster_timeout(&mut errs, &p, k.timeout);
+                issuers.insert(
+                    name.clone(),
+                    IssuerSpec::KubernetesCsr(KubernetesCsrSpec {
+                        signer_name,
+                        usages: k.usages,
+                        ca_file: Some(PathBuf::from(
+                            k.ca_file
+                                .unwrap_or_else(|| SERVICE_ACCOUNT_CA_FILE.to_owned()),
+                        )),
+                        timeout,
+                        kubeconfig: k.kubeconfig.map(PathBuf::from),
+                    }),
+                );
+            }
+            if let Some(c) = issuer.cert_manager {
+                let p = format!("{path}.certManager");
+                let r = c.issuer_ref.unwrap_or_default();
+                let issuer_ref = IssuerRef {
+                    name: required_string(&mut errs, &format!("{p}.issuerRef.name"), r.name),
+                    kind: r.kind.unwrap_or_else(|| "Issuer".to_owned()),
+                    group: r.group.unwrap_or_else(|| "cert-manager.io".to_owned()),
+                };
+                let timeout = cluster_timeout(&mut errs, &p, c.timeout);
+                issuers.insert(
+                    name.clone(),
+                    IssuerSpec::CertManager(CertManagerSpec {
+                        issuer_ref,
+                        namespace: c.namespace.filter(|n| !n.is_empty()),
+                        usages: c.usages,
+                        ca_file: c.ca_file.map(PathBuf::from),
+                        timeout,
+                        kubeconfig: c.kubeconfig.map(PathBuf::from),
+                    }),
+                );
             }
         }
         let implicit_issuer = match issuers.len() {
@@ -803,7 +923,20 @@ fn validate_certificate(
         || !rc.ip_addresses.is_empty()
         || !rc.uris.is_empty();
     let mut names = Names::default();
-    if let Some(cn) = rc.common_name {
+    let mut expand_all = |field: &str, values: Vec<String>| -> Vec<String> {
+        values
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| expand_pod_vars(errs, &format!("{path}.{field}[{i}]"), &v))
+            .collect()
+    };
+    let dns_names = expand_all("dnsNames", rc.dns_names);
+    let ip_addresses = expand_all("ipAddresses", rc.ip_addresses);
+    let uris = expand_all("uris", rc.uris);
+    let common_name = rc
+        .common_name
+        .map(|cn| expand_pod_vars(errs, &format!("{path}.commonName"), &cn));
+    if let Some(cn) = common_name {
         if cn.is_empty() || cn.len() > MAX_COMMON_NAME || cn.chars().any(char::is_control) {
             errs.add(
                 format!("{path}.commonName"),
@@ -812,7 +945,7 @@ fn validate_certificate(
         }
         names.common_name = Some(cn);
     }
-    for (i, dns) in rc.dns_names.into_iter().enumerate() {
+    for (i, dns) in dns_names.into_iter().enumerate() {
         if !is_valid_dns_name(&dns) {
             errs.add(
                 format!("{path}.dnsNames[{i}]"),
@@ -821,7 +954,7 @@ fn validate_certificate(
         }
         names.dns_names.push(dns);
     }
-    for (i, ip) in rc.ip_addresses.into_iter().enumerate() {
+    for (i, ip) in ip_addresses.into_iter().enumerate() {
         match ip.parse::<IpAddr>() {
             Ok(ip) => names.ip_addresses.push(ip),
             Err(_) => errs.add(
@@ -830,7 +963,7 @@ fn validate_certificate(
             ),
         }
     }
-    for (i, uri) in rc.uris.into_iter().enumerate() {
+    for (i, uri) in uris.into_iter().enumerate() {
         match url::Url::parse(&uri) {
             Ok(u) if uri.is_ascii() && (u.has_host() || !u.path().is_empty()) => {}
             _ => errs.add(
@@ -1296,6 +1429,28 @@ impl SecretFormat {
     }
 }
 
+fn cluster_timeout(errs: &mut Errors, path: &str, raw: Option<String>) -> Duration {
+    match raw.as_deref().map(parse_duration) {
+        None => DEFAULT_CLUSTER_TIMEOUT,
+        Some(Ok(t)) if !t.is_zero() => t,
+        Some(Ok(_)) => {
+            errs.add(format!("{path}.timeout"), "must be more than zero");
+            DEFAULT_CLUSTER_TIMEOUT
+        }
+        Some(Err(e)) => {
+            errs.add(format!("{path}.timeout"), e);
+            DEFAULT_CLUSTER_TIMEOUT
+        }
+    }
+}
+
+/// A Kubernetes signer name: a domain, a slash, a path (`example.com/signer`).
+fn is_signer_name(n: &str) -> bool {
+    n.split_once('/').is_some_and(|(domain, rest)| {
+        is_valid_dns_name(domain) && !rest.is_empty() && !rest.contains(char::is_whitespace)
+    })
+}
+
 fn required_string(errs: &mut Errors, path: &str, value: Option<String>) -> String {
     match value {
         Some(v) if !v.is_empty() => v,
@@ -1532,6 +1687,54 @@ pub fn check_relative_path(p: &str, allow_dot: bool) -> Result<(), &'static str>
     Ok(())
 }
 
+/// The pod identity variables a name may use, as the downward API exposes
+/// them, so one configuration serves every replica.
+pub const POD_VARIABLES: [&str; 4] = [
+    "POD_NAME",
+    "POD_NAMESPACE",
+    "POD_IP",
+    "SERVICE_ACCOUNT_NAME",
+];
+
+/// Expands `${POD_NAME}`, `${POD_NAMESPACE}`, `${POD_IP}` and
+/// `${SERVICE_ACCOUNT_NAME}` from the environment. An unset or empty
+/// variable is an error, never an empty string.
+fn expand_pod_vars(errs: &mut Errors, path: &str, value: &str) -> String {
+    expand_with(value, |name| {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    })
+    .unwrap_or_else(|e| {
+        errs.add(path, e);
+        value.to_owned()
+    })
+}
+
+fn expand_with(value: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("{value:?} has an unclosed ${{"))?;
+        let name = &after[..end];
+        if !POD_VARIABLES.contains(&name) {
+            return Err(format!(
+                "${{{name}}} is not a variable pillion expands (use one of {})",
+                POD_VARIABLES.map(|v| format!("${{{v}}}")).join(", ")
+            ));
+        }
+        let v = lookup(name).ok_or_else(|| {
+            format!("${{{name}}} is not set: expose it to pillion's container with the downward API (env {name})")
+        })?;
+        out.push_str(&v);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 /// Parses `24h`, `90m`, `1h30m`, `6s`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())
@@ -1685,6 +1888,21 @@ impl fmt::Display for Config {
                     }
                     writeln!(f)?;
                 }
+                IssuerSpec::KubernetesCsr(k) => writeln!(
+                    f,
+                    "  {name}: Kubernetes CertificateSigningRequest API, signer {}, waiting up to {}",
+                    k.signer_name,
+                    humantime::format_duration(k.timeout)
+                )?,
+                IssuerSpec::CertManager(c) => writeln!(
+                    f,
+                    "  {name}: cert-manager CertificateRequest to {} {} ({}), namespace {}, waiting up to {}",
+                    c.issuer_ref.kind,
+                    c.issuer_ref.name,
+                    c.issuer_ref.group,
+                    c.namespace.as_deref().unwrap_or("of the pod"),
+                    humantime::format_duration(c.timeout)
+                )?,
                 IssuerSpec::Development => writeln!(
                     f,
                     "  {name}: DEVELOPMENT CA kept in {} (not for production)",
@@ -1912,6 +2130,23 @@ mod tests {
         ] {
             assert!(!is_valid_dns_name(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn pod_variables_expand_and_unset_ones_are_errors() {
+        let lookup = |n: &str| (n == "POD_NAMESPACE").then(|| "shop".to_owned());
+        assert_eq!(
+            expand_with("app.${POD_NAMESPACE}.svc", lookup).unwrap(),
+            "app.shop.svc"
+        );
+        assert_eq!(expand_with("plain", lookup).unwrap(), "plain");
+        assert!(expand_with("${POD_IP}", lookup)
+            .unwrap_err()
+            .contains("downward API"));
+        assert!(expand_with("${HOME}", lookup)
+            .unwrap_err()
+            .contains("${POD_NAME}"));
+        assert!(expand_with("${POD_NAME", lookup).is_err());
     }
 
     #[test]

@@ -5,12 +5,14 @@
 //!
 //! Backends are variants of [`Issuer`], dispatched by `match`.
 
+mod kubernetes;
 mod local_ca;
 mod vault_pki;
 
 use std::path::Path;
 use std::sync::Arc;
 
+pub use kubernetes::{CertManager, KubeError, KubernetesCsr};
 pub use local_ca::{LocalCa, LocalCaError, DEV_CA_DIR};
 pub use vault_pki::{VaultIssuer, VaultPkiError};
 
@@ -24,6 +26,8 @@ use crate::verify::Issued;
 pub enum Issuer {
     LocalCa(LocalCa),
     Vault(VaultIssuer),
+    KubernetesCsr(KubernetesCsr),
+    CertManager(CertManager),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +38,8 @@ pub enum IssuerError {
     VaultSetup(#[from] VaultError),
     #[error(transparent)]
     Vault(#[from] VaultPkiError),
+    #[error(transparent)]
+    Kube(#[from] KubeError),
 }
 
 impl Issuer {
@@ -52,14 +58,16 @@ impl Issuer {
             } => Issuer::LocalCa(LocalCa::open(cert_file, key_file)?),
             IssuerSpec::Development => Issuer::LocalCa(LocalCa::development(state_dir, create)?),
             IssuerSpec::Vault(v) => Issuer::Vault(VaultIssuer::new(v)?),
+            IssuerSpec::KubernetesCsr(k) => Issuer::KubernetesCsr(KubernetesCsr::new(k)),
+            IssuerSpec::CertManager(c) => Issuer::CertManager(CertManager::new(c)),
         })
     }
 
     /// True when the issuer makes the private key itself (Vault `issue`).
     pub fn generates_keys(&self) -> bool {
         match self {
-            Issuer::LocalCa(_) => false,
             Issuer::Vault(v) => v.generates_keys(),
+            _ => false,
         }
     }
 
@@ -74,14 +82,16 @@ impl Issuer {
         match self {
             Issuer::LocalCa(ca) => Ok(ca.sign(csr_der, cert.duration)?),
             Issuer::Vault(v) => Ok(v.sign(csr_der, cert).await?),
+            Issuer::KubernetesCsr(k) => Ok(k.sign(csr_der, cert).await?),
+            Issuer::CertManager(c) => Ok(c.sign(csr_der, cert).await?),
         }
     }
 
     /// For issuers that [generate keys](Self::generates_keys): a key and its certificate.
     pub async fn issue(&self, cert: &CertificateSpec) -> Result<(Issued, PrivateKey), IssuerError> {
         match self {
-            Issuer::LocalCa(_) => unreachable!("the agent asks only issuers that generate keys"),
             Issuer::Vault(v) => Ok(v.issue(cert).await?),
+            _ => unreachable!("the agent asks only issuers that generate keys"),
         }
     }
 
@@ -89,7 +99,7 @@ impl Issuer {
     pub fn vault(&self) -> Option<&Arc<VaultClient>> {
         match self {
             Issuer::Vault(v) => Some(&v.client),
-            Issuer::LocalCa(_) => None,
+            _ => None,
         }
     }
 
@@ -99,7 +109,7 @@ impl Issuer {
     pub fn trust_anchors(&self) -> Option<Vec<Vec<u8>>> {
         match self {
             Issuer::LocalCa(ca) => ca.trust_anchors().ok(),
-            Issuer::Vault(_) => None,
+            _ => None,
         }
     }
 
@@ -107,7 +117,7 @@ impl Issuer {
     pub fn warning(&self) -> Option<String> {
         match self {
             Issuer::LocalCa(ca) => ca.warning(),
-            Issuer::Vault(_) => None,
+            _ => None,
         }
     }
 }

@@ -1,0 +1,624 @@
+//! Cluster CAs reached through the Kubernetes API with the `kube` client: the
+//! built-in CertificateSigningRequest API (`certificates.k8s.io/v1`) and
+//! cert-manager's `CertificateRequest` (`cert-manager.io/v1`). Only the CSR
+//! goes to the API; the key stays in the pod.
+//!
+//! Both create a request object, watch it (resuming the watch when the API
+//! server ends it or goes away) until it is signed, refused or the deadline
+//! passes, and delete it once done.
+
+use std::fmt::Debug;
+use std::path::PathBuf;
+use std::pin::pin;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::certificates::v1::{
+    CertificateSigningRequest, CertificateSigningRequestSpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, PostParams};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Resource;
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use tracing::{debug, info, warn};
+
+use crate::config::{CertManagerSpec, CertificateSpec, KubernetesCsrSpec};
+use crate::keys::KeyAlgorithm;
+use crate::verify::{certs_from_pem, split_chain, Issued};
+
+/// The Kubernetes API refuses CSR lifetimes shorter than this
+/// (`spec.expirationSeconds` minimum).
+pub const MIN_EXPIRATION: Duration = Duration::from_secs(600);
+/// Where the policies pillion needs are kept, for RBAC error messages.
+const RBAC_POLICY_FILE: &str = "policies/kubernetes/";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error(
+        "failed to configure the Kubernetes client (in-cluster, $KUBECONFIG or ~/.kube/config)"
+    )]
+    Config(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("RBAC forbids pillion to {verb} {resource}: {message}. Grant it with the Role/ClusterRole in {RBAC_POLICY_FILE}")]
+    Forbidden {
+        verb: &'static str,
+        resource: String,
+        message: String,
+    },
+    #[error("the Kubernetes API refused to {verb} {resource}: {message} ({reason}, {code})")]
+    Api {
+        verb: &'static str,
+        resource: String,
+        message: String,
+        reason: String,
+        code: u16,
+    },
+    #[error("failed to {verb} {resource} through the Kubernetes API")]
+    Transport {
+        verb: &'static str,
+        resource: String,
+        source: kube::Error,
+    },
+    #[error("{resource} was denied ({reason}): {message}")]
+    Denied {
+        resource: String,
+        reason: String,
+        message: String,
+    },
+    #[error("{resource} failed ({reason}): {message}")]
+    Failed {
+        resource: String,
+        reason: String,
+        message: String,
+    },
+    #[error("{resource} was deleted before it was signed")]
+    Deleted { resource: String },
+    #[error("{resource}: {state} within {}", humantime::format_duration(*timeout))]
+    Deadline {
+        resource: String,
+        state: String,
+        timeout: Duration,
+    },
+    #[error("{resource} carries a certificate that is not PEM")]
+    BadCertificate { resource: String },
+    #[error("failed to read the CA file {}", path.display())]
+    ReadCa {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{resource} is signed but no CA certificate is known to publish: set caFile")]
+    NoCa { resource: String },
+}
+
+/// A Kubernetes API client, connected lazily on first use.
+pub struct Cluster {
+    kubeconfig: Option<PathBuf>,
+    client: tokio::sync::OnceCell<(kube::Client, String)>,
+}
+
+impl Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("kubeconfig", &self.kubeconfig)
+            .field("connected", &self.client.initialized())
+            .finish()
+    }
+}
+
+impl Cluster {
+    pub fn new(kubeconfig: Option<PathBuf>) -> Cluster {
+        Cluster {
+            kubeconfig,
+            client: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The client and its default namespace: from the configured kubeconfig,
+    /// else `$KUBECONFIG` / `~/.kube/config`, else the pod's in-cluster config.
+    async fn client(&self) -> Result<&(kube::Client, String), KubeError> {
+        self.client
+            .get_or_try_init(|| async {
+                let config = match &self.kubeconfig {
+                    Some(path) => {
+                        let kc = kube::config::Kubeconfig::read_from(path)
+                            .map_err(|e| KubeError::Config(Box::new(e)))?;
+                        kube::Config::from_custom_kubeconfig(
+                            kc,
+                            &kube::config::KubeConfigOptions::default(),
+                        )
+                        .await
+                        .map_err(|e| KubeError::Config(Box::new(e)))?
+                    }
+                    None => kube::Config::infer()
+                        .await
+                        .map_err(|e| KubeError::Config(Box::new(e)))?,
+                };
+                let namespace = config.default_namespace.clone();
+                let client =
+                    kube::Client::try_from(config).map_err(|e| KubeError::Config(Box::new(e)))?;
+                Ok((client, namespace))
+            })
+            .await
+    }
+}
+
+/// Maps a client error to what the user should know: RBAC, the API's own
+/// words, or a transport failure.
+fn api_error(e: kube::Error, verb: &'static str, resource: &str) -> KubeError {
+    match e {
+        kube::Error::Api(status) if status.code == 403 => KubeError::Forbidden {
+            verb,
+            resource: resource.to_owned(),
+            message: status.message.clone(),
+        },
+        kube::Error::Api(status) => KubeError::Api {
+            verb,
+            resource: resource.to_owned(),
+            message: status.message.clone(),
+            reason: status.reason.clone(),
+            code: status.code,
+        },
+        other => KubeError::Transport {
+            verb,
+            resource: resource.to_owned(),
+            source: other,
+        },
+    }
+}
+
+/// What a request object says about its progress.
+enum Progress {
+    /// Still waiting; the text says on what, for the deadline message.
+    Pending(String),
+    Signed(Issued),
+    Refused(KubeError),
+}
+
+/// Watches one object until `check` is no longer pending or `timeout`
+/// passes. The watch is resumed (with backoff) when the server ends it or the
+/// API is unreachable; those interruptions are logged, not fatal.
+async fn wait_for<K>(
+    api: Api<K>,
+    name: &str,
+    resource: &str,
+    timeout: Duration,
+    check: impl Fn(&K) -> Progress,
+) -> Result<Issued, KubeError>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let fields = format!("metadata.name={name}");
+    let mut stream =
+        pin!(watcher(api, watcher::Config::default().fields(&fields)).default_backoff());
+    let mut state = "no answer yet".to_owned();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let event = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) => {
+                return Err(KubeError::Deadline {
+                    resource: resource.to_owned(),
+                    state,
+                    timeout,
+                })
+            }
+            Ok(None) => {
+                return Err(KubeError::Deleted {
+                    resource: resource.to_owned(),
+                })
+            }
+            Ok(Some(e)) => e,
+        };
+        match event {
+            Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => match check(&obj) {
+                Progress::Pending(s) => {
+                    if s != state {
+                        debug!(%resource, state = %s, "waiting");
+                    }
+                    state = s;
+                }
+                Progress::Signed(issued) => return Ok(issued),
+                Progress::Refused(e) => return Err(e),
+            },
+            Ok(watcher::Event::Delete(_)) => {
+                return Err(KubeError::Deleted {
+                    resource: resource.to_owned(),
+                })
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
+            Err(e) => {
+                warn!(%resource, error = %crate::agent::chain(&e), "watching the request was interrupted; resuming")
+            }
+        }
+    }
+}
+
+/// The certificate chain a request object carries, with the anchors from
+/// the response or the configured CA file.
+fn chain_from(
+    pem_bytes: &[u8],
+    ca: Option<&[u8]>,
+    ca_file: Option<&PathBuf>,
+    resource: &str,
+) -> Result<Issued, KubeError> {
+    let bad = || KubeError::BadCertificate {
+        resource: resource.to_owned(),
+    };
+    let mut certs = certs_from_pem(pem_bytes).map_err(|_| bad())?;
+    if certs.is_empty() {
+        return Err(bad());
+    }
+    let leaf = certs.remove(0);
+    let mut anchors = match ca {
+        Some(ca) if !ca.is_empty() => certs_from_pem(ca).map_err(|_| bad())?,
+        _ => Vec::new(),
+    };
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|source| KubeError::ReadCa {
+            path: path.clone(),
+            source,
+        })?;
+        anchors = certs_from_pem(&pem).map_err(|_| bad())?;
+    }
+    let (intermediates, roots) = split_chain(&certs);
+    if anchors.is_empty() {
+        anchors = roots
+            .into_iter()
+            .filter(|r| intermediates.is_empty() || !intermediates.contains(r))
+            .collect();
+    }
+    if anchors.is_empty() {
+        return Err(KubeError::NoCa {
+            resource: resource.to_owned(),
+        });
+    }
+    let mut chain = vec![leaf];
+    chain.extend(certs.into_iter().filter(|c| !anchors.contains(c)));
+    Ok(Issued { chain, ca: anchors })
+}
+
+/// Key usages (RFC 5280 names as Kubernetes spells them) for a TLS server
+/// and client certificate of this key type.
+fn usages(alg: KeyAlgorithm) -> Vec<String> {
+    let mut u = vec!["digital signature".to_owned()];
+    if matches!(
+        alg,
+        KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096
+    ) {
+        u.push("key encipherment".to_owned());
+    }
+    u.extend(["server auth".to_owned(), "client auth".to_owned()]);
+    u
+}
+
+/// Labels saying which pod and credential a request is for.
+fn labels(cert: &CertificateSpec) -> std::collections::BTreeMap<String, String> {
+    let mut labels = std::collections::BTreeMap::from([
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            "pillion".to_owned(),
+        ),
+        ("pillion.dev/credential".to_owned(), label_value(&cert.name)),
+    ]);
+    for (env, key) in [
+        ("POD_NAME", "pillion.dev/pod"),
+        ("POD_NAMESPACE", "pillion.dev/namespace"),
+    ] {
+        if let Ok(v) = std::env::var(env) {
+            labels.insert(key.to_owned(), label_value(&v));
+        }
+    }
+    labels
+}
+
+/// A label value: at most 63 of [A-Za-z0-9-_.], starting and ending alphanumeric.
+fn label_value(v: &str) -> String {
+    let cleaned: String = v
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    cleaned
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_owned()
+}
+
+fn pem_csr(csr_der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", csr_der.to_vec()))
+}
+
+/// The built-in CSR API: <https://kubernetes.io/docs/reference/access-authn-authz/certificate-signing-requests/>.
+#[derive(Debug)]
+pub struct KubernetesCsr {
+    spec: KubernetesCsrSpec,
+    cluster: Cluster,
+}
+
+impl KubernetesCsr {
+    pub fn new(spec: &KubernetesCsrSpec) -> KubernetesCsr {
+        KubernetesCsr {
+            spec: spec.clone(),
+            cluster: Cluster::new(spec.kubeconfig.clone()),
+        }
+    }
+
+    /// Creates a CertificateSigningRequest, waits for it, deletes it.
+    pub async fn sign(&self, csr_der: &[u8], cert: &CertificateSpec) -> Result<Issued, KubeError> {
+        let (client, _) = self.cluster.client().await?;
+        let api: Api<CertificateSigningRequest> = Api::all(client.clone());
+        let expiration = cert
+            .duration
+            .max(MIN_EXPIRATION)
+            .as_secs()
+            .min(i32::MAX as u64) as i32;
+        let object = CertificateSigningRequest {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("pillion-{}-", cert.name)),
+                labels: Some(labels(cert)),
+                ..ObjectMeta::default()
+            },
+            spec: CertificateSigningRequestSpec {
+                request: k8s_openapi::ByteString(pem_csr(csr_der).into_bytes()),
+                signer_name: self.spec.signer_name.clone(),
+                usages: Some(
+                    self.spec
+                        .usages
+                        .clone()
+                        .unwrap_or_else(|| usages(cert.key_algorithm)),
+                ),
+                expiration_seconds: Some(expiration),
+                ..CertificateSigningRequestSpec::default()
+            },
+            status: None,
+        };
+        let created = api
+            .create(&PostParams::default(), &object)
+            .await
+            .map_err(|e| {
+                api_error(
+                    e,
+                    "create",
+                    "certificatesigningrequests.certificates.k8s.io",
+                )
+            })?;
+        let name = created.metadata.name.clone().unwrap_or_default();
+        let resource = format!("CertificateSigningRequest {name}");
+        info!(%resource, signer = %self.spec.signer_name, "created a CertificateSigningRequest; waiting for approval and signing");
+        let ca_file = self.spec.ca_file.clone();
+        let signer = self.spec.signer_name.clone();
+        let result = wait_for(api.clone(), &name, &resource, self.spec.timeout, |csr: &CertificateSigningRequest| {
+            let status = csr.status.as_ref();
+            for c in status.and_then(|s| s.conditions.as_ref()).into_iter().flatten() {
+                if c.status != "True" {
+                    continue;
+                }
+                let reason = c.reason.clone().unwrap_or_default();
+                let message = c.message.clone().unwrap_or_default();
+                match c.type_.as_str() {
+                    "Denied" => return Progress::Refused(KubeError::Denied { resource: resource.clone(), reason, message }),
+                    "Failed" => return Progress::Refused(KubeError::Failed { resource: resource.clone(), reason, message }),
+                    _ => {}
+                }
+            }
+            if let Some(cert) = status.and_then(|s| s.certificate.as_ref()).filter(|c| !c.0.is_empty()) {
+                return match chain_from(&cert.0, None, ca_file.as_ref(), &resource) {
+                    Ok(issued) => Progress::Signed(issued),
+                    Err(e) => Progress::Refused(e),
+                };
+            }
+            let approved = status
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Approved" && c.status == "True"));
+            Progress::Pending(if approved {
+                format!("approved but not signed: is a signer for {signer} running?")
+            } else {
+                format!("not approved: approve it (kubectl certificate approve {name}) or run an approver for {signer}")
+            })
+        })
+        .await;
+        // The request has served its purpose either way; deleting it keeps
+        // the cluster tidy. A failure here is only worth a warning.
+        if let Err(e) = api.delete(&name, &DeleteParams::default()).await {
+            warn!(%resource, error = %api_error(e, "delete", "certificatesigningrequests.certificates.k8s.io"), "could not delete the request");
+        }
+        result
+    }
+}
+
+/// cert-manager's CertificateRequest: <https://cert-manager.io/docs/usage/certificaterequest/>.
+#[derive(Debug)]
+pub struct CertManager {
+    spec: CertManagerSpec,
+    cluster: Cluster,
+}
+
+fn certificate_request_resource() -> ApiResource {
+    ApiResource {
+        group: "cert-manager.io".into(),
+        version: "v1".into(),
+        api_version: "cert-manager.io/v1".into(),
+        kind: "CertificateRequest".into(),
+        plural: "certificaterequests".into(),
+    }
+}
+
+impl CertManager {
+    pub fn new(spec: &CertManagerSpec) -> CertManager {
+        CertManager {
+            spec: spec.clone(),
+            cluster: Cluster::new(spec.kubeconfig.clone()),
+        }
+    }
+
+    /// Creates a CertificateRequest, waits for Ready, deletes it.
+    pub async fn sign(&self, csr_der: &[u8], cert: &CertificateSpec) -> Result<Issued, KubeError> {
+        let (client, default_ns) = self.cluster.client().await?;
+        let namespace = self
+            .spec
+            .namespace
+            .clone()
+            .or_else(|| {
+                std::env::var("POD_NAMESPACE")
+                    .ok()
+                    .filter(|n| !n.is_empty())
+            })
+            .unwrap_or_else(|| default_ns.clone());
+        let ar = certificate_request_resource();
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &ar);
+        let mut object = DynamicObject::new("", &ar);
+        object.metadata = ObjectMeta {
+            name: None,
+            generate_name: Some(format!("pillion-{}-", cert.name)),
+            namespace: Some(namespace.clone()),
+            labels: Some(labels(cert)),
+            ..ObjectMeta::default()
+        };
+        let r = &self.spec.issuer_ref;
+        object.data = json!({
+            "spec": {
+                "request": base64_encode(pem_csr(csr_der).as_bytes()),
+                "issuerRef": {"name": r.name, "kind": r.kind, "group": r.group},
+                "duration": format!("{}s", cert.duration.as_secs()),
+                "usages": self.spec.usages.clone().unwrap_or_else(|| usages(cert.key_algorithm)),
+            }
+        });
+        let resource_kind = "certificaterequests.cert-manager.io";
+        let created = api
+            .create(&PostParams::default(), &object)
+            .await
+            .map_err(|e| {
+                api_error(
+                    e,
+                    "create",
+                    &format!("{resource_kind} in namespace {namespace}"),
+                )
+            })?;
+        let name = created.metadata.name.clone().unwrap_or_default();
+        let resource = format!("CertificateRequest {namespace}/{name}");
+        info!(%resource, issuer = %r.name, "created a cert-manager CertificateRequest; waiting for it to be Ready");
+        let ca_file = self.spec.ca_file.clone();
+        let result = wait_for(
+            api.clone(),
+            &name,
+            &resource,
+            self.spec.timeout,
+            |cr: &DynamicObject| {
+                certificate_request_progress(&cr.data["status"], &resource, ca_file.as_ref())
+            },
+        )
+        .await;
+        if let Err(e) = api.delete(&name, &DeleteParams::default()).await {
+            warn!(%resource, error = %api_error(e, "delete", resource_kind), "could not delete the request");
+        }
+        result
+    }
+}
+
+/// Reads a CertificateRequest's status: Ready with a certificate, or one of
+/// cert-manager's refusals (Denied, InvalidRequest, Ready=False/Failed).
+fn certificate_request_progress(
+    status: &Value,
+    resource: &str,
+    ca_file: Option<&PathBuf>,
+) -> Progress {
+    let conditions = status["conditions"].as_array().cloned().unwrap_or_default();
+    let find = |t: &str| conditions.iter().find(|c| c["type"] == t);
+    let text = |c: &Value, k: &str| c[k].as_str().unwrap_or_default().to_owned();
+    for kind in ["Denied", "InvalidRequest"] {
+        if let Some(c) = find(kind).filter(|c| c["status"] == "True") {
+            let (reason, message) = (text(c, "reason"), text(c, "message"));
+            return Progress::Refused(if kind == "Denied" {
+                KubeError::Denied {
+                    resource: resource.to_owned(),
+                    reason,
+                    message,
+                }
+            } else {
+                KubeError::Failed {
+                    resource: resource.to_owned(),
+                    reason: format!("InvalidRequest: {reason}"),
+                    message,
+                }
+            });
+        }
+    }
+    if let Some(ready) = find("Ready") {
+        let reason = text(ready, "reason");
+        if ready["status"] == "True" {
+            let decode = |v: &Value| v.as_str().and_then(base64_decode);
+            let Some(cert) = decode(&status["certificate"]) else {
+                return Progress::Pending("Ready but without a certificate".into());
+            };
+            let ca = decode(&status["ca"]);
+            return match chain_from(&cert, ca.as_deref(), ca_file, resource) {
+                Ok(issued) => Progress::Signed(issued),
+                Err(e) => Progress::Refused(e),
+            };
+        }
+        if matches!(reason.as_str(), "Failed" | "Denied" | "InvalidRequest") {
+            let message = text(ready, "message");
+            return Progress::Refused(KubeError::Failed {
+                resource: resource.to_owned(),
+                reason,
+                message,
+            });
+        }
+        return Progress::Pending(format!("not Ready ({reason}: {})", text(ready, "message")));
+    }
+    let approved = find("Approved").is_some_and(|c| c["status"] == "True");
+    Progress::Pending(if approved {
+        "approved but not signed: is the issuer ready?".into()
+    } else {
+        "not approved: is cert-manager's approver (or approver-policy) allowing it?".into()
+    })
+}
+
+fn base64_encode(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_valid_kubernetes_labels() {
+        assert_eq!(label_value("web-0"), "web-0");
+        assert_eq!(label_value("a/b:c"), "a-b-c");
+        assert_eq!(label_value(&"x".repeat(80)).len(), 63);
+        assert_eq!(label_value("-x-"), "x");
+    }
+
+    #[test]
+    fn cert_manager_refusals_are_told_apart() {
+        let denied = json!({"conditions": [{"type": "Denied", "status": "True", "reason": "Policy", "message": "no"}]});
+        assert!(matches!(
+            certificate_request_progress(&denied, "cr", None),
+            Progress::Refused(KubeError::Denied { .. })
+        ));
+        let invalid = json!({"conditions": [{"type": "InvalidRequest", "status": "True", "reason": "BadCSR", "message": "x"}]});
+        assert!(matches!(
+            certificate_request_progress(&invalid, "cr", None),
+            Progress::Refused(KubeError::Failed { .. })
+        ));
+        let pending = json!({"conditions": [{"type": "Approved", "status": "True"}]});
+        assert!(matches!(
+            certificate_request_progress(&pending, "cr", None),
+            Progress::Pending(_)
+        ));
+    }
+}
