@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
@@ -20,6 +21,7 @@ use crate::output::{read_live, AtomicDir, FileEntry, OutputError, Owner, Publish
 use crate::reload;
 use crate::schedule::{renewal_time, retry_delays};
 use crate::secrets::{self, KvMount, SecretError};
+use crate::telemetry::Metrics;
 use crate::verify::{
     certs_from_pem, certs_to_pem, fmt_time, verify, CertInfo, Issued, VerifyError,
 };
@@ -219,13 +221,14 @@ pub struct Agent {
     issuers: BTreeMap<String, Issuer>,
     creds: Vec<Credential>,
     state: watch::Sender<Vec<CredentialState>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Agent {
     /// Builds the agent and looks at what is already on disk: a certificate
     /// that is valid and still matches the configuration is kept, not issued
     /// again. Secrets are always read again at start.
-    pub fn new(config: Config, issuers: BTreeMap<String, Issuer>) -> Agent {
+    pub fn new(config: Config, issuers: BTreeMap<String, Issuer>, metrics: Arc<Metrics>) -> Agent {
         let now = SystemTime::now();
         for issuer in issuers.values() {
             if let Some(w) = issuer.warning() {
@@ -242,6 +245,7 @@ impl Agent {
                     Ok(info) => {
                         let at = renewal_time(info.not_before, info.not_after, spec.renew, fastrand::f64());
                         info!(cert = %spec.name, serial = %info.serial, not_after = %fmt_time(info.not_after), renew_at = %fmt_time(at), "reusing the valid certificate on disk");
+                        metrics.certificate(&spec.name, info.not_after, at);
                         (Some(info), at)
                     }
                     Err(reason) => {
@@ -278,6 +282,7 @@ impl Agent {
             issuers,
             creds,
             state,
+            metrics,
         };
         agent.publish_state();
         agent
@@ -411,17 +416,22 @@ impl Agent {
         let mut changed = Vec::new();
         for c in self.creds.iter_mut().filter(|c| c.next_attempt <= due_by) {
             let issuer = &self.issuers[c.issuer()];
+            let started = std::time::Instant::now();
+            let metrics = &self.metrics;
             let result = match &mut c.work {
                 Work::Certificate(spec) => renew(spec, &mut c.out, issuer).await.map(|info| {
                     let at = renewal_time(info.not_before, info.not_after, spec.renew, fastrand::f64());
                     info!(
                         cert = %spec.name,
+                        issuer = %spec.issuer,
                         serial = %info.serial,
                         not_after = %fmt_time(info.not_after),
                         renew_at = %fmt_time(at),
                         dir = %c.out.path().display(),
                         "published a new certificate"
                     );
+                    metrics.certificate(&spec.name, info.not_after, at);
+                    metrics.renewal(&spec.name, true, started.elapsed(), at);
                     c.cert = Some(info);
                     (true, at)
                 }),
@@ -431,6 +441,7 @@ impl Agent {
                     } else {
                         debug!(secret = %spec.name, "the secret is unchanged");
                     }
+                    metrics.secret_refresh(&spec.name, Some(fresh));
                     (fresh, SystemTime::now() + spec.refresh)
                 }),
             };
@@ -468,6 +479,13 @@ impl Agent {
                     }
                     c.last_error = Some(format!("{}: {message}", c.name()));
                     c.next_attempt = SystemTime::now() + delay;
+                    match &c.work {
+                        Work::Certificate(_) => {
+                            self.metrics
+                                .renewal(c.name(), false, started.elapsed(), c.next_attempt)
+                        }
+                        Work::Secret { .. } => self.metrics.secret_refresh(c.name(), None),
+                    }
                 }
             }
         }
@@ -475,7 +493,9 @@ impl Agent {
             return;
         }
         if let Some(spec) = &self.config.reload {
-            match reload::reload(spec).await {
+            let outcome = reload::reload(spec).await;
+            self.metrics.reload(spec.target.kind(), outcome.is_ok());
+            match outcome {
                 Ok(what) => info!(changed = %changed.join(","), "reloaded the app: {what}"),
                 Err(e) => {
                     warn!(error = %chain(&e), "reloading the app failed; the new files are in place")

@@ -43,7 +43,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "PILLION_LOG_LEVEL", value_name = "LEVEL")]
     pub log_level: Option<String>,
 
-    /// Serve /healthz, /readyz and POST /rotate on this address (overrides server.listen). Off by default.
+    /// Log format: text (human-readable) or json (one object per line).
+    #[arg(long, global = true, env = "PILLION_LOG_FORMAT", value_name = "FORMAT", value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
+    pub log_format: crate::telemetry::LogFormat,
+
+    /// Serve /healthz, /readyz, /metrics and POST /rotate on this address (overrides server.listen). Off by default.
     #[arg(long, global = true, env = "PILLION_LISTEN", value_name = "ADDR:PORT")]
     pub listen: Option<String>,
 

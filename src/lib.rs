@@ -20,5 +20,6 @@ pub mod secrets;
 pub mod server;
 pub mod signals;
 pub mod status;
+pub mod telemetry;
 pub mod vault;
 pub mod verify;

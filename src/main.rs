@@ -17,7 +17,7 @@ const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_level.as_deref());
+    pillion::telemetry::init_logging(cli.log_level.as_deref(), cli.log_format);
 
     let (cert, mode) = match &cli.command {
         Command::Status(args) => {
@@ -83,9 +83,15 @@ fn main() -> ExitCode {
             };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(signals.forward(tx.clone()));
-        let agent = Agent::new(config, issuers);
+        let metrics = std::sync::Arc::new(pillion::telemetry::Metrics::new());
+        let agent = Agent::new(config, issuers, metrics.clone());
         if let Some(listener) = listener {
-            tokio::spawn(pillion::server::serve(listener, agent.subscribe(), tx));
+            tokio::spawn(pillion::server::serve(
+                listener,
+                agent.subscribe(),
+                tx,
+                metrics,
+            ));
         }
         agent.run(mode, rx).await.map_err(anyhow::Error::from)
     });
@@ -101,21 +107,4 @@ fn main() -> ExitCode {
 fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {message}");
     ExitCode::from(code)
-}
-
-fn init_logging(level: Option<&str>) {
-    use tracing_subscriber::EnvFilter;
-    let filter = match level {
-        Some(l) => EnvFilter::try_new(l).unwrap_or_else(|_| {
-            eprintln!("warning: --log-level {l:?} is not a level or filter; using info");
-            EnvFilter::new("info")
-        }),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-    };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(filter)
-        .init();
 }

@@ -106,6 +106,19 @@ pub enum ReloadTarget {
     Url(url::Url),
 }
 
+impl ReloadTarget {
+    /// The kind of target, as configured (`process`, `url`, ...), for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReloadTarget::Process(_) => "process",
+            ReloadTarget::ProcessRegex(_) => "processRegex",
+            ReloadTarget::PidFile(_) => "pidFile",
+            ReloadTarget::Command(_) => "command",
+            ReloadTarget::Url(_) => "url",
+        }
+    }
+}
+
 impl fmt::Display for ReloadSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.target {

@@ -1,5 +1,5 @@
 //! The admin endpoint (off unless `server.listen` or `--listen` is set):
-//! `GET /healthz`, `GET /readyz`, `POST /rotate[?name=]`.
+//! `GET /healthz`, `GET /readyz`, `GET /metrics`, `POST /rotate[?name=]`.
 //!
 //! `/readyz` is what a native sidecar's startup probe points at: it turns 200
 //! once every credential has been published and none has expired, so the app
@@ -7,6 +7,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use http_body_util::Full;
@@ -17,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::agent::{Command, CredentialState};
+use crate::telemetry::Metrics;
 
 /// Binds the admin endpoint before any work starts, so that a busy port is
 /// reported at once.
@@ -33,9 +35,10 @@ pub async fn serve(
     listener: TcpListener,
     state: watch::Receiver<Vec<CredentialState>>,
     commands: mpsc::UnboundedSender<Command>,
+    metrics: Arc<Metrics>,
 ) {
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "admin endpoint listening: /healthz /readyz /rotate");
+        info!(%addr, "admin endpoint listening: /healthz /readyz /metrics /rotate");
     }
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -47,9 +50,10 @@ pub async fn serve(
         };
         let state = state.clone();
         let commands = commands.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let response = handle(&req, &state.borrow(), &commands);
+                let response = handle(&req, &state.borrow(), &commands, &metrics);
                 async move { Ok::<_, Infallible>(response) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
@@ -67,8 +71,19 @@ fn handle(
     req: &Request<Incoming>,
     state: &[CredentialState],
     commands: &mpsc::UnboundedSender<Command>,
+    metrics: &Metrics,
 ) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            let mut response = text(StatusCode::OK, metrics.encode());
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            response
+        }
         (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n".into()),
         (&Method::GET | &Method::HEAD, "/readyz") => readiness(state, SystemTime::now()),
         (&Method::POST, "/rotate") => {
@@ -100,6 +115,7 @@ fn handle(
             }
         }
         (_, "/healthz" | "/readyz") => method_not_allowed("GET, HEAD"),
+        (_, "/metrics") => method_not_allowed("GET"),
         (_, "/rotate") => method_not_allowed("POST"),
         _ => text(
             StatusCode::NOT_FOUND,
