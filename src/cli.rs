@@ -17,7 +17,7 @@ use crate::config::{
 /// a stuck init container is noticed.
 pub const DEFAULT_INIT_TIMEOUT: &str = "2m";
 
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(
     name = "pillion",
     version,
@@ -55,7 +55,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Obtain, publish and keep renewing until stopped (SIGTERM/SIGINT). SIGUSR1 renews everything now.
     Run(CertArgs),
@@ -67,7 +67,7 @@ pub enum Command {
     Status(StatusArgs),
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct InitArgs {
     #[command(flatten)]
     pub cert: CertArgs,
@@ -76,7 +76,7 @@ pub struct InitArgs {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
     /// Output directory to inspect when no --config is given.
     #[arg(long, env = "PILLION_OUTPUT_DIR", value_name = "DIR")]
@@ -88,7 +88,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// The one-certificate flags. None of them may be combined with --config.
-#[derive(Debug, Args, Default)]
+#[derive(Debug, Clone, Args, Default)]
 #[command(next_help_heading = "Certificate (without --config)")]
 pub struct CertArgs {
     /// Directory shared with the app; the files land directly in it.

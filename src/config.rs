@@ -214,6 +214,16 @@ pub struct RawFiles {
     pub key_mode: Option<Value>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    pub pkcs12: Option<RawPkcs12>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawPkcs12 {
+    pub keystore: Option<String>,
+    pub truststore: Option<String>,
+    pub password_file: Option<String>,
+    pub alias: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -478,6 +488,18 @@ pub struct FileSpec {
     pub key_mode: u32,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    pub pkcs12: Option<Pkcs12Spec>,
+}
+
+/// PKCS#12 files for Java apps: a keystore (key + chain) and/or a
+/// truststore (the CA), encrypted with the password in `password_file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pkcs12Spec {
+    pub keystore: Option<String>,
+    pub truststore: Option<String>,
+    pub password_file: PathBuf,
+    /// The keystore alias of the key entry.
+    pub alias: String,
 }
 
 impl CertificateSpec {
@@ -619,10 +641,10 @@ impl Config {
         };
 
         let raw_certs = raw.certificates.unwrap_or_default();
-        if raw_certs.is_empty() {
+        if raw_certs.is_empty() && raw.secrets.as_ref().is_none_or(Vec::is_empty) {
             errs.add(
                 "certificates",
-                "is empty: configure at least one certificate",
+                "is empty: configure at least one certificate or secret",
             );
         }
         let mut certificates = Vec::new();
@@ -747,6 +769,7 @@ impl Config {
                     key_mode: DEFAULT_KEY_MODE,
                     uid: None,
                     gid: None,
+                    pkcs12: None,
                 },
             }],
             secrets: Vec::new(),
@@ -1473,7 +1496,32 @@ fn validate_files(errs: &mut Errors, path: &str, rf: RawFiles) -> FileSpec {
     let private_key = file("privateKey", rf.private_key, DEFAULT_PRIVATE_KEY_FILE);
     let ca = file("ca", rf.ca, DEFAULT_CA_FILE);
     let bundle = rf.bundle.map(|b| file("bundle", Some(b), ""));
+    let pkcs12 = rf.pkcs12.map(|p| {
+        let keystore = p.keystore.map(|k| file("pkcs12.keystore", Some(k), ""));
+        let truststore = p.truststore.map(|t| file("pkcs12.truststore", Some(t), ""));
+        (keystore, truststore, p.password_file, p.alias)
+    });
+    let pkcs12 = pkcs12.map(|(keystore, truststore, password_file, alias)| {
+        if keystore.is_none() && truststore.is_none() {
+            errs.add(
+                format!("{path}.pkcs12"),
+                "names no file: set keystore, truststore or both",
+            );
+        }
+        let password_file =
+            required_path(errs, &format!("{path}.pkcs12.passwordFile"), password_file);
+        Pkcs12Spec {
+            keystore,
+            truststore,
+            password_file,
+            alias: alias.unwrap_or_else(|| "tls".to_owned()),
+        }
+    });
     let mut seen = BTreeSet::new();
+    let p12_names = pkcs12
+        .as_ref()
+        .map(|p| [p.keystore.as_ref(), p.truststore.as_ref()])
+        .unwrap_or_default();
     for n in [
         Some(&certificate),
         Some(&private_key),
@@ -1481,6 +1529,7 @@ fn validate_files(errs: &mut Errors, path: &str, rf: RawFiles) -> FileSpec {
         bundle.as_ref(),
     ]
     .into_iter()
+    .chain(p12_names)
     .flatten()
     {
         if !seen.insert(n) {
@@ -1510,6 +1559,7 @@ fn validate_files(errs: &mut Errors, path: &str, rf: RawFiles) -> FileSpec {
         key_mode,
         uid: rf.uid,
         gid: rf.gid,
+        pkcs12,
     }
 }
 
@@ -1640,6 +1690,11 @@ fn normal(p: &Path) -> PathBuf {
 impl FileSpec {
     /// Every file name this credential publishes.
     pub fn names(&self) -> impl Iterator<Item = &str> {
+        let p12 = self
+            .pkcs12
+            .as_ref()
+            .map(|p| [p.keystore.as_ref(), p.truststore.as_ref()])
+            .unwrap_or_default();
         [
             Some(&self.certificate),
             Some(&self.private_key),
@@ -1647,6 +1702,7 @@ impl FileSpec {
             self.bundle.as_ref(),
         ]
         .into_iter()
+        .chain(p12)
         .flatten()
         .map(String::as_str)
     }
@@ -2130,6 +2186,76 @@ mod tests {
         ] {
             assert!(!is_valid_dns_name(bad), "{bad}");
         }
+    }
+
+    /// The field names serde accepts for `T`, read from its unknown-field
+    /// error, so that the list cannot drift from the types.
+    fn fields_of<T: for<'de> Deserialize<'de>>() -> Vec<String> {
+        let err = serde_yaml_ng::from_str::<T>("__probe__: 1")
+            .err()
+            .expect("every raw type denies unknown fields");
+        let text = err.to_string();
+        let expected = text.split("expected").nth(1).unwrap_or_default();
+        expected
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_documents_every_configuration_key() {
+        let readme = include_str!("../README.md");
+        let all = [
+            fields_of::<RawConfig>(),
+            fields_of::<RawIssuer>(),
+            fields_of::<RawLocalCa>(),
+            fields_of::<RawVault>(),
+            fields_of::<RawVaultAuth>(),
+            fields_of::<RawTokenAuth>(),
+            fields_of::<RawAppRoleAuth>(),
+            fields_of::<RawRoleAuth>(),
+            fields_of::<RawPki>(),
+            fields_of::<RawKubernetesCsr>(),
+            fields_of::<RawCertManager>(),
+            fields_of::<RawIssuerRef>(),
+            fields_of::<RawCertificate>(),
+            fields_of::<RawPrivateKey>(),
+            fields_of::<RawFiles>(),
+            fields_of::<RawPkcs12>(),
+            fields_of::<RawSecret>(),
+            fields_of::<RawReload>(),
+            fields_of::<RawServer>(),
+        ];
+        let mut missing = Vec::new();
+        for field in all.iter().flatten() {
+            let documented =
+                readme.contains(&format!("{field}:")) || readme.contains(&format!("{{{field}:"));
+            if !documented {
+                missing.push(field.clone());
+            }
+        }
+        assert!(
+            all.iter().all(|f| !f.is_empty()),
+            "could not read the field lists: {all:?}"
+        );
+        assert_eq!(
+            all[0],
+            [
+                "outputDir",
+                "stateDir",
+                "issuers",
+                "certificates",
+                "secrets",
+                "reload",
+                "server"
+            ]
+        );
+        assert!(
+            missing.is_empty(),
+            "README.md does not document these configuration keys: {missing:?}"
+        );
     }
 
     #[test]

@@ -217,6 +217,11 @@ impl PrivateKey {
         self.algorithm
     }
 
+    /// The PKCS#8 DER of the key, for writers that encode it themselves.
+    pub(crate) fn pkcs8_der(&self) -> &[u8] {
+        &self.pkcs8
+    }
+
     /// The key as a PKCS#8 PEM document (`-----BEGIN PRIVATE KEY-----`).
     pub fn to_pem(&self) -> Zeroizing<String> {
         let block = pem::Pem::new("PRIVATE KEY", self.pkcs8.to_vec());

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod issuers;
 pub mod keys;
+pub mod keystore;
 pub mod output;
 pub mod reload;
 pub mod schedule;

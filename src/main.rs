@@ -84,7 +84,17 @@ fn main() -> ExitCode {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(signals.forward(tx.clone()));
         let metrics = std::sync::Arc::new(pillion::telemetry::Metrics::new());
-        let agent = Agent::new(config, issuers, metrics.clone());
+        let mut agent = Agent::new(config, issuers, metrics.clone());
+        if cli.config.is_some() {
+            let cli = cli.clone();
+            agent = agent.with_config_loader(Box::new(move || {
+                let config = cli
+                    .load_config(&Default::default())
+                    .map_err(|e| e.to_string())?;
+                let issuers = agent::preflight(&config, true).map_err(|e| e.to_string())?;
+                Ok((config, issuers))
+            }));
+        }
         if let Some(listener) = listener {
             tokio::spawn(pillion::server::serve(
                 listener,

@@ -37,10 +37,7 @@ impl Signals {
                 _ = self.term.recv() => { info!("SIGTERM received: stopping"); Command::Shutdown }
                 _ = self.int.recv() => { info!("SIGINT received: stopping"); Command::Shutdown }
                 _ = self.usr1.recv() => { info!("SIGUSR1 received: renewing everything now"); Command::RenewAll }
-                _ = self.hup.recv() => {
-                    info!("SIGHUP received: re-reading the configuration is not supported yet; restart pillion to apply a new one");
-                    continue;
-                }
+                _ = self.hup.recv() => { info!("SIGHUP received: re-reading the configuration"); Command::ReloadConfig }
             };
             if tx.send(command).is_err() {
                 return;

@@ -128,6 +128,9 @@ pub struct VaultClient {
     namespace: Option<String>,
     auth: VaultAuth,
     token: Mutex<Option<Token>>,
+    /// Signalled when a new token is stored, so that [`VaultClient::keep_alive`]
+    /// learns its renewal time.
+    new_token: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl VaultClient {
@@ -175,6 +178,7 @@ impl VaultClient {
             namespace: spec.namespace.clone(),
             auth: spec.auth.clone(),
             token: Mutex::new(None),
+            new_token: std::sync::Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -225,6 +229,7 @@ impl VaultClient {
                     Ok(renewed) => {
                         let value = renewed.value.clone();
                         *guard = Some(renewed);
+                        self.new_token.notify_one();
                         return Ok(value);
                     }
                     Err(e) => {
@@ -236,7 +241,62 @@ impl VaultClient {
         let token = self.login().await?;
         let value = token.value.clone();
         *guard = Some(token);
+        self.new_token.notify_one();
         Ok(value)
+    }
+
+    /// Keeps the token alive between uses: renews it once two thirds of its
+    /// TTL have passed (or logs in again when it cannot be renewed), so that
+    /// a token that cannot be obtained again, such as one from a file, does
+    /// not lapse between certificate renewals. Failures are retried with
+    /// backoff. Returns when the client is dropped.
+    pub async fn keep_alive(client: std::sync::Weak<VaultClient>) {
+        let mut failures: Option<Box<dyn Iterator<Item = Duration> + Send>> = None;
+        loop {
+            let Some(c) = client.upgrade() else { return };
+            let renew_in = {
+                let guard = c.token.lock().await;
+                guard
+                    .as_ref()
+                    .and_then(|t| t.renew_at)
+                    .map(|r| r.saturating_duration_since(Instant::now()))
+            };
+            // Hold no strong reference while waiting: the task must end
+            // when the client is dropped (after a configuration reload).
+            let new_token = c.new_token.clone();
+            drop(c);
+            /// How often a waiting task checks whether its client still exists.
+            const RECHECK: Duration = Duration::from_secs(60);
+            match renew_in {
+                // No token yet, or one that never expires: wait for a new one.
+                None => {
+                    tokio::select! {
+                        () = new_token.notified() => {}
+                        () = tokio::time::sleep(RECHECK) => {}
+                    }
+                    continue;
+                }
+                Some(wait) => {
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = new_token.notified() => continue,
+                    }
+                    let Some(c) = client.upgrade() else { return };
+                    match c.token().await {
+                        Ok(_) => failures = None,
+                        Err(e) => {
+                            let delay = failures
+                                .get_or_insert_with(|| Box::new(crate::schedule::retry_delays()))
+                                .next()
+                                .unwrap_or(crate::schedule::RETRY_MAX);
+                            warn!(error = %crate::agent::chain(&e), retry_in = ?delay, "keeping the Vault token alive failed");
+                            drop(c);
+                            tokio::time::sleep(delay).await;
+                        }
+                    }
+                }
+            }
+        }
     }
 
     async fn renew_self(&self, token: &Zeroizing<String>) -> Result<Token, VaultError> {

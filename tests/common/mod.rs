@@ -8,6 +8,10 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod fake_kube;
+pub mod kube_case;
+pub mod openbao;
+
 use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::fs;

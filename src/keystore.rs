@@ -1,0 +1,80 @@
+//! PKCS#12 files for Java and other apps that want a keystore: the key with
+//! its chain (a keystore) and the CA certificates (a truststore), both
+//! encrypted with a password read from a file. Written with the pure-Rust
+//! `p12-keystore` crate (PBES2 with AES-256 and HMAC-SHA256, which `keytool`
+//! and OpenSSL 3 read).
+
+use std::path::{Path, PathBuf};
+
+use p12_keystore::{Certificate, KeyStore, KeyStoreEntry, PrivateKeyChain};
+use zeroize::Zeroizing;
+
+use crate::keys::PrivateKey;
+use crate::verify::Issued;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeystoreError {
+    #[error("failed to read the PKCS#12 password file {}", path.display())]
+    ReadPassword {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("failed to build the PKCS#12 file: {0}")]
+    Encode(String),
+}
+
+/// Reads a password file; a trailing newline is not part of the password.
+pub fn read_password(path: &Path) -> Result<Zeroizing<String>, KeystoreError> {
+    let mut text = std::fs::read_to_string(path)
+        .map(Zeroizing::new)
+        .map_err(|source| KeystoreError::ReadPassword {
+            path: path.to_owned(),
+            source,
+        })?;
+    while text.ends_with('\n') || text.ends_with('\r') {
+        text.pop();
+    }
+    Ok(text)
+}
+
+fn encode(e: impl std::fmt::Display) -> KeystoreError {
+    KeystoreError::Encode(e.to_string())
+}
+
+/// A keystore holding `key` and the chain (leaf first), under `alias`.
+pub fn keystore(
+    key: &PrivateKey,
+    issued: &Issued,
+    alias: &str,
+    password: &str,
+) -> Result<Zeroizing<Vec<u8>>, KeystoreError> {
+    let certs = issued
+        .chain
+        .iter()
+        .map(|der| Certificate::from_der(der).map_err(encode))
+        .collect::<Result<Vec<_>, _>>()?;
+    let p12_key = p12_keystore::PrivateKey::from_der(key.pkcs8_der()).map_err(encode)?;
+    // The local key ID ties the key to its certificate inside the file.
+    let key_id =
+        ring::digest::digest(&ring::digest::SHA256, &issued.chain[0]).as_ref()[..20].to_vec();
+    let mut store = KeyStore::new();
+    store.add_entry(
+        alias,
+        KeyStoreEntry::PrivateKeyChain(PrivateKeyChain::new(key_id, p12_key, certs)),
+    );
+    store
+        .writer(password)
+        .write()
+        .map(Zeroizing::new)
+        .map_err(encode)
+}
+
+/// A truststore holding the trust anchors as trusted certificate entries.
+pub fn truststore(issued: &Issued, password: &str) -> Result<Vec<u8>, KeystoreError> {
+    let mut store = KeyStore::new();
+    for (i, der) in issued.ca.iter().enumerate() {
+        let cert = Certificate::from_der(der).map_err(encode)?;
+        store.add_entry(&format!("ca-{i}"), KeyStoreEntry::Certificate(cert));
+    }
+    store.writer(password).write().map_err(encode)
+}

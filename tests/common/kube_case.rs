@@ -1,0 +1,253 @@
+//! One test's pillion pointed at the fake Kubernetes API server ([`super::fake_kube`]): its temp
+//! dirs and config, pillion commands with a controlled pod environment (`POD_NAME`,
+//! `POD_NAMESPACE`, `POD_IP`, `SERVICE_ACCOUNT_NAME`, `KUBECONFIG` never leak in from the
+//! developer's shell), and the independent checks on what the fake received: the request
+//! objects pillion created, the PKCS#10 request inside them (read by the openssl CLI), and the
+//! fields of pillion's log lines.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use super::fake_kube::{FakeKube, RecordedRequest};
+use super::{listing, run_bounded, Daemon, Ran, COMMAND_DEADLINE};
+
+/// The variables pillion expands in names, plus `KUBECONFIG`: removed from every command this
+/// module builds, so a test sets exactly the ones it means.
+pub const POD_ENVIRONMENT: [&str; 5] = [
+    "POD_NAME",
+    "POD_NAMESPACE",
+    "POD_IP",
+    "SERVICE_ACCOUNT_NAME",
+    "KUBECONFIG",
+];
+
+/// API path of the cluster-scoped CSR collection.
+pub const CSR_COLLECTION: &str = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
+
+/// API path of the CertificateRequest collection in `namespace`.
+pub fn certificate_request_collection(namespace: &str) -> String {
+    format!("/apis/cert-manager.io/v1/namespaces/{namespace}/certificaterequests")
+}
+
+/// One test's pillion set-up: a temp dir holding the config, the state dir and the output dir.
+pub struct KubeCase {
+    pub dir: tempfile::TempDir,
+    pub out: PathBuf,
+    pub state: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Default for KubeCase {
+    fn default() -> Self {
+        KubeCase::new()
+    }
+}
+
+impl KubeCase {
+    pub fn new() -> KubeCase {
+        let dir = tempfile::tempdir().expect("create test dir");
+        let out = dir.path().join("out");
+        let state = dir.path().join("state");
+        let config = dir.path().join("pillion.yaml");
+        KubeCase {
+            dir,
+            out,
+            state,
+            config,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes the config: `outputDir`, then `body` (`issuers:`, `certificates:`) verbatim.
+    pub fn write_config(&self, body: &str) {
+        let yaml = format!("outputDir: \"{}\"\n{body}", self.out.display());
+        fs::write(&self.config, yaml).expect("write config");
+    }
+
+    /// `pillion --config C --state-dir S <args>` (not run), with no pod variable or KUBECONFIG
+    /// but those in `env`.
+    pub fn pillion(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
+        let mut cmd = super::pillion();
+        for var in POD_ENVIRONMENT {
+            cmd.env_remove(var);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.arg("--config")
+            .arg(&self.config)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .args(args);
+        cmd
+    }
+
+    /// `pillion init --timeout <timeout>`, bounded; also returns how long it took.
+    pub fn init(&self, timeout: &str, env: &[(&str, &str)]) -> (Ran, Duration) {
+        let started = Instant::now();
+        let ran = run_bounded(
+            &mut self.pillion(&["init", "--timeout", timeout], env),
+            COMMAND_DEADLINE,
+        );
+        (ran, started.elapsed())
+    }
+
+    /// `pillion run` as a daemon.
+    pub fn run(&self, env: &[(&str, &str)]) -> Daemon {
+        Daemon::spawn(self.pillion(&["run"], env))
+    }
+
+    /// The config and the output dir listing, for failure messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "--- config {} ---\n{}\n{}",
+            self.config.display(),
+            fs::read_to_string(&self.config).unwrap_or_default(),
+            listing(&self.out)
+        )
+    }
+}
+
+/// The POSTs the fake received on `collection` (an API path), in order.
+pub fn posts(fake: &FakeKube, collection: &str) -> Vec<RecordedRequest> {
+    fake.requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == collection)
+        .collect()
+}
+
+/// The bodies of the objects created on `collection` (POSTs answered 201).
+pub fn created(fake: &FakeKube, collection: &str) -> Vec<Value> {
+    posts(fake, collection)
+        .into_iter()
+        .filter(|r| r.status == 201)
+        .map(|r| r.body.expect("a JSON body"))
+        .collect()
+}
+
+/// Watch requests the fake received on `collection`.
+pub fn watches(fake: &FakeKube, collection: &str) -> Vec<RecordedRequest> {
+    fake.requests()
+        .into_iter()
+        .filter(|r| r.is_watch() && r.path == collection)
+        .collect()
+}
+
+/// `/metadata/name` etc. of a JSON object, as a string ("" when missing).
+pub fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+/// Standard base64 (with or without padding, whitespace ignored).
+pub fn base64_decode(text: &str) -> Vec<u8> {
+    super::fake_kube::b64_decode(text.trim()).unwrap_or_else(|| panic!("not base64: {text:?}"))
+}
+
+/// What `openssl req -noout -text -verify` says about the PEM request `pem` (written to a
+/// scratch file in `dir`); panics unless openssl reads it and its self-signature verifies.
+pub fn openssl_req_text(dir: &Path, pem: &[u8]) -> String {
+    let path = dir.join(format!(
+        "request-{}.csr",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_nanos()
+    ));
+    fs::write(&path, pem).expect("write the CSR");
+    let ran = run_bounded(
+        Command::new("openssl")
+            .args(["req", "-noout", "-text", "-verify", "-in"])
+            .arg(&path),
+        COMMAND_DEADLINE,
+    );
+    assert!(
+        ran.status.success() && ran.stderr.contains("verify OK"),
+        "openssl cannot read the CSR pillion sent, or its signature does not verify\n{}\n--- CSR ---\n{}",
+        ran.describe(),
+        String::from_utf8_lossy(pem)
+    );
+    ran.stdout
+}
+
+/// The subject alternative names in openssl's text output (of `req -text` or
+/// `x509 -ext subjectAltName`): `DNS:x`, `IP Address:1.2.3.4`, `URI:spiffe://...`.
+pub fn san_entries(openssl_text: &str) -> BTreeSet<String> {
+    let mut lines = openssl_text.lines();
+    while let Some(line) = lines.next() {
+        if line.contains("X509v3 Subject Alternative Name") {
+            return lines
+                .next()
+                .unwrap_or("")
+                .split(", ")
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
+    }
+    BTreeSet::new()
+}
+
+/// The `Subject:` line of openssl's `-text` output, trimmed (`CN = app.example.test`).
+pub fn subject_line(openssl_text: &str) -> String {
+    openssl_text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Subject:"))
+        .unwrap_or("")
+        .trim()
+        .to_owned()
+}
+
+/// A set of SAN entries from string literals.
+pub fn names(entries: &[&str]) -> BTreeSet<String> {
+    entries.iter().map(|s| s.to_string()).collect()
+}
+
+/// The value of `key=` in a tracing log line (`key=value`, unquoted), or None.
+pub fn log_field(line: &str, key: &str) -> Option<String> {
+    let needle = format!(" {key}=");
+    let start = line.find(&needle)? + needle.len();
+    let rest = &line[start..];
+    let value = if let Some(quoted) = rest.strip_prefix('"') {
+        quoted.split('"').next().unwrap_or("")
+    } else {
+        rest.split_whitespace().next().unwrap_or("")
+    };
+    Some(value.to_owned())
+}
+
+/// Seconds since the epoch of an RFC 3339 time as pillion logs it.
+pub fn rfc3339_secs(text: &str) -> i64 {
+    let t = humantime::parse_rfc3339_weak(text)
+        .unwrap_or_else(|e| panic!("{text:?} is not an RFC 3339 time: {e}"));
+    t.duration_since(UNIX_EPOCH).expect("after 1970").as_secs() as i64
+}
+
+/// (notBefore, notAfter) of the first certificate in the PEM file, in seconds since the epoch.
+pub fn validity(cert: &Path) -> (i64, i64) {
+    let text = fs::read(cert).unwrap_or_else(|e| panic!("read {}: {e}", cert.display()));
+    let block = pem::parse(&text).expect("a PEM certificate");
+    let (_, x509) =
+        x509_parser::parse_x509_certificate(block.contents()).expect("a DER certificate");
+    (
+        x509.validity().not_before.timestamp(),
+        x509.validity().not_after.timestamp(),
+    )
+}
+
+/// The DER of each certificate in PEM text.
+pub fn cert_ders_of(pem_text: &[u8]) -> Vec<Vec<u8>> {
+    pem::parse_many(pem_text)
+        .expect("PEM text")
+        .into_iter()
+        .filter(|p| p.tag() == "CERTIFICATE")
+        .map(|p| p.into_contents())
+        .collect()
+}
