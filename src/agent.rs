@@ -474,29 +474,34 @@ impl Agent {
             }
             if let Some((d, timeout)) = deadline {
                 if tokio::time::Instant::now() >= d {
-                    let missing: Vec<&Credential> =
-                        self.creds.iter().filter(|c| !c.published).collect();
-                    if !missing.is_empty() {
-                        return Err(AgentError::InitDeadline {
-                            timeout,
-                            names: missing.iter().map(|c| c.name().to_owned()).collect(),
-                            last_errors: missing
-                                .iter()
-                                .filter_map(|c| c.last_error.clone())
-                                .collect(),
-                        });
+                    if let Some(e) = self.deadline_error(timeout) {
+                        return Err(e);
                     }
                 }
             }
             // Only a shutdown interrupts a round; other commands wait for
             // its end, so a round is never cut between publish and reload.
+            // In init mode the deadline also cuts a round short: an issuer
+            // may wait minutes for a signer that never comes.
             let mut pending = Vec::new();
+            let mut timed_out = None;
             {
                 let round = self.round(mode);
                 tokio::pin!(round);
+                let cutoff = async {
+                    match deadline {
+                        Some((d, _)) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::pin!(cutoff);
                 loop {
                     tokio::select! {
                         () = &mut round => break,
+                        () = &mut cutoff => {
+                            timed_out = deadline.map(|(_, t)| t);
+                            break;
+                        }
                         cmd = commands.recv() => match cmd {
                             Some(Command::Shutdown) | None => {
                                 info!("stopping during a renewal round; the files on disk are complete");
@@ -507,11 +512,31 @@ impl Agent {
                     }
                 }
             }
+            if let Some(e) = timed_out.and_then(|t| self.deadline_error(t)) {
+                return Err(e);
+            }
             self.publish_state();
             for cmd in pending {
                 self.apply(Some(cmd));
             }
         }
+    }
+
+    /// The init deadline's error, if anything is still unpublished.
+    fn deadline_error(&self, timeout: Duration) -> Option<AgentError> {
+        let missing: Vec<&Credential> = self.creds.iter().filter(|c| !c.published).collect();
+        (!missing.is_empty()).then(|| AgentError::InitDeadline {
+            timeout,
+            names: missing.iter().map(|c| c.name().to_owned()).collect(),
+            last_errors: missing
+                .iter()
+                .map(|c| {
+                    c.last_error
+                        .clone()
+                        .unwrap_or_else(|| format!("{}: still waiting for its issuer", c.name()))
+                })
+                .collect(),
+        })
     }
 
     /// Renews every credential that is due, then reloads the app once if

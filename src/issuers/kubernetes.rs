@@ -181,6 +181,7 @@ enum Progress {
 async fn wait_for<K>(
     api: Api<K>,
     name: &str,
+    api_resource: &str,
     resource: &str,
     timeout: Duration,
     check: impl Fn(&K) -> Progress,
@@ -227,6 +228,26 @@ where
             }
             Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
             Err(e) => {
+                // A 403 will not heal by retrying: report it as the RBAC gap it is.
+                let forbidden = match &e {
+                    watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 403 => {
+                        Some(("list", s.message.clone()))
+                    }
+                    watcher::Error::WatchStartFailed(kube::Error::Api(s)) if s.code == 403 => {
+                        Some(("watch", s.message.clone()))
+                    }
+                    watcher::Error::WatchError(s) if s.code == 403 => {
+                        Some(("watch", s.message.clone()))
+                    }
+                    _ => None,
+                };
+                if let Some((verb, message)) = forbidden {
+                    return Err(KubeError::Forbidden {
+                        verb,
+                        resource: api_resource.to_owned(),
+                        message,
+                    });
+                }
                 warn!(%resource, error = %crate::agent::chain(&e), "watching the request was interrupted; resuming")
             }
         }
@@ -392,7 +413,7 @@ impl KubernetesCsr {
         info!(%resource, signer = %self.spec.signer_name, "created a CertificateSigningRequest; waiting for approval and signing");
         let ca_file = self.spec.ca_file.clone();
         let signer = self.spec.signer_name.clone();
-        let result = wait_for(api.clone(), &name, &resource, self.spec.timeout, |csr: &CertificateSigningRequest| {
+        let result = wait_for(api.clone(), &name, "certificatesigningrequests.certificates.k8s.io", &resource, self.spec.timeout, |csr: &CertificateSigningRequest| {
             let status = csr.status.as_ref();
             for c in status.and_then(|s| s.conditions.as_ref()).into_iter().flatten() {
                 if c.status != "True" {
@@ -506,6 +527,7 @@ impl CertManager {
         let result = wait_for(
             api.clone(),
             &name,
+            resource_kind,
             &resource,
             self.spec.timeout,
             |cr: &DynamicObject| {
