@@ -77,7 +77,8 @@ fn parse(text: &str) -> Result<BTreeMap<String, f64>, String> {
             return Err(format!("bad metric name in {line:?}"));
         }
         if let Some(labels) = series.strip_prefix(name) {
-            if !labels.is_empty() && !(labels.starts_with('{') && labels.ends_with('}')) {
+            let braced = labels.starts_with('{') && labels.ends_with('}');
+            if !labels.is_empty() && !braced {
                 return Err(format!("bad labels in {line:?}"));
             }
         }
