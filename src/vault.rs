@@ -164,7 +164,11 @@ impl VaultClient {
         }
         if spec.address.scheme() == "http" {
             warn!(address = %spec.address, "Vault is reached over plain HTTP: tokens and certificates travel unencrypted");
+            // Without TLS there is nothing to verify: skip loading the system
+            // roots, which reads every file under /etc/ssl/certs.
+            builder = builder.tls_built_in_root_certs(false);
         }
+
         for (what, path) in spec.auth.files() {
             std::fs::metadata(path).map_err(|source| VaultError::ReadFile {
                 what,
