@@ -16,6 +16,17 @@ const EXIT_RUNTIME: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
+    // In a pod with shareProcessNamespace, an app running as the same UID
+    // could otherwise read pillion's memory (tokens, keys) and reach its
+    // filesystem through /proc/<pid>/{mem,root}. Not dumpable makes /proc
+    // of this process root-owned and refuses ptrace to same-UID peers.
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        eprintln!(
+            "warning: could not mark pillion non-dumpable ({e}); same-UID processes may inspect it"
+        );
+    }
     let cli = Cli::parse();
     pillion::telemetry::init_logging(cli.log_level.as_deref(), cli.log_format);
 

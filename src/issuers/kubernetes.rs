@@ -274,7 +274,9 @@ fn chain_from(
         Some(ca) if !ca.is_empty() => certs_from_pem(ca).map_err(|_| bad())?,
         _ => Vec::new(),
     };
-    if let Some(path) = ca_file {
+    // The configured CA file is used when the response carries no CA (always
+    // for the CSR API; for cert-manager when the issuer sets no status.ca).
+    if let Some(path) = ca_file.filter(|_| anchors.is_empty()) {
         let pem = std::fs::read(path).map_err(|source| KubeError::ReadCa {
             path: path.clone(),
             source,

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Builds pillion as one static release binary: the build the Dockerfile runs, runnable without
+# Docker. Prints the binary's size and checks with `file` and `ldd` that it is static.
+#
+# Usage: scripts/build-static.sh [--out PATH]
+#
+#   --out PATH   also copy the binary to PATH (the Dockerfile uses /out/pillion)
+#
+# Environment:
+#   PILLION_STATIC_TARGET      the Rust target; default <arch>-unknown-linux-musl when that target is
+#                              installed (or `rustup target add` can install it), otherwise
+#                              <arch>-unknown-linux-gnu with glibc linked statically (+crt-static)
+#                              (musl needs a musl C compiler for ring: Debian's musl-tools)
+#   PILLION_STATIC_TARGET_DIR  cargo's target directory; default target/static, apart from the
+#                              development build's target/ so the two never wait on each other's
+#                              lock or throw away each other's cache
+#
+# musl is the target the Dockerfile uses and the one to ship. The glibc fallback links, since
+# pillion's dependencies are pure Rust apart from ring's C and assembly, but it is a fallback
+# only: glibc's getaddrinfo (the DNS lookups of Vault's and the API server's names) loads NSS
+# modules at run time, and a statically linked glibc binary finds none in distroless/static or
+# scratch (glibc's linker warning about getaddrinfo says so; cargo does not show it). Such a
+# binary is fine on a machine with the same glibc, not in the image.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+out=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --out) out=${2:?--out needs a path}; shift 2 ;;
+        --out=*) out=${1#--out=}; shift ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+        *) echo "build-static.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+arch=$(uname -m)
+target_dir=${PILLION_STATIC_TARGET_DIR:-target/static}
+
+installed_targets() { rustup target list --installed 2>/dev/null || true; }
+
+target=${PILLION_STATIC_TARGET:-}
+if [ -z "$target" ]; then
+    musl="$arch-unknown-linux-musl"
+    if installed_targets | grep -qx "$musl"; then
+        target=$musl
+    elif command -v rustup >/dev/null 2>&1 && rustup target add "$musl" >/dev/null 2>&1; then
+        target=$musl
+    else
+        echo "build-static.sh: the $musl target is not available; linking glibc statically instead" >&2
+        target="$arch-unknown-linux-gnu"
+    fi
+fi
+
+# ring compiles some C and assembly. For a musl target cc-rs looks for <arch>-linux-musl-gcc,
+# which Debian does not ship; Debian's musl-tools ships musl-gcc, a gcc wrapper using musl's
+# headers. Point cc-rs at it unless the caller chose a compiler.
+case "$target" in
+    *-linux-musl)
+        cc_var="CC_${target//-/_}"
+        if [ -z "${!cc_var:-}" ] && ! command -v "$arch-linux-musl-gcc" >/dev/null 2>&1; then
+            if command -v musl-gcc >/dev/null 2>&1; then
+                export "$cc_var=musl-gcc"
+            else
+                echo "build-static.sh: no C compiler for $target: install musl-tools (apt-get install musl-tools)" >&2
+                echo "  or set $cc_var, or PILLION_STATIC_TARGET=$arch-unknown-linux-gnu to link glibc statically" >&2
+                exit 1
+            fi
+        fi
+        ;;
+esac
+
+# --target keeps RUSTFLAGS away from build scripts and proc macros, which must stay dynamic
+# host binaries; only pillion itself is linked with +crt-static (musl's default anyway).
+export RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C target-feature=+crt-static"
+
+cargo_args=(build --release --target "$target" --target-dir "$target_dir" --bin pillion)
+if [ -f Cargo.lock ]; then
+    cargo_args+=(--locked)
+fi
+
+echo "build-static.sh: cargo ${cargo_args[*]} (RUSTFLAGS=$RUSTFLAGS)" >&2
+start=$(date +%s)
+cargo "${cargo_args[@]}"
+end=$(date +%s)
+
+bin="$target_dir/$target/release/pillion"
+if [ ! -x "$bin" ]; then
+    echo "build-static.sh: cargo finished but $bin is missing" >&2
+    exit 1
+fi
+
+# Static means: no program interpreter, no shared libraries.
+static=1
+if command -v file >/dev/null 2>&1; then
+    desc=$(file -L "$bin")
+    echo "file: ${desc#*: }"
+    case "$desc" in
+        *"statically linked"* | *"static-pie linked"*) ;;
+        *) echo "build-static.sh: file does not call $bin static" >&2; static=0 ;;
+    esac
+else
+    echo "build-static.sh: file(1) is not installed; skipping that check" >&2
+fi
+if command -v ldd >/dev/null 2>&1; then
+    # glibc's ldd says "not a dynamic executable" (exit 1) or "statically linked".
+    deps=$(ldd "$bin" 2>&1 || true)
+    echo "ldd: $deps"
+    case "$deps" in
+        *"not a dynamic executable"* | *"statically linked"*) ;;
+        *) echo "build-static.sh: ldd lists shared libraries for $bin" >&2; static=0 ;;
+    esac
+else
+    echo "build-static.sh: ldd is not installed; skipping that check" >&2
+fi
+if [ "$static" -ne 1 ]; then
+    exit 1
+fi
+
+# It must run, with nothing around it.
+version=$(env -i "$bin" --version)
+
+size=$(stat -c %s "$bin")
+echo "binary: $bin"
+echo "target: $target"
+echo "version: $version"
+echo "size: $size bytes ($(awk -v s="$size" 'BEGIN { printf "%.2f MiB", s / 1048576 }'))"
+echo "build time: $((end - start)) s"
+
+if [ -n "$out" ]; then
+    mkdir -p "$(dirname "$out")"
+    cp "$bin" "$out"
+    echo "copied to: $out"
+fi
