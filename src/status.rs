@@ -8,6 +8,14 @@ use crate::output::read_live;
 use crate::schedule::renewal_time;
 use crate::verify::{certs_from_pem, fmt_time, inspect};
 
+/// A row for a credential with nothing on disk yet.
+fn unpublished(name: &str, dir: &std::path::Path) -> [String; 7] {
+    let mut row: [String; 7] = std::array::from_fn(|_| "-".to_owned());
+    row[0] = name.to_owned();
+    row[1] = format!("(nothing published in {})", dir.display());
+    row
+}
+
 /// Renders the status table for every certificate of `config`.
 pub fn render(config: &Config, now: SystemTime) -> String {
     let mut rows = vec![[
@@ -27,15 +35,7 @@ pub fn render(config: &Config, now: SystemTime) -> String {
             .and_then(|pem| certs_from_pem(&pem).ok()?.into_iter().next())
             .and_then(|der| inspect(&der).ok());
         let row = match leaf {
-            None => [
-                spec.name.clone(),
-                format!("(nothing published in {})", dir.display()),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-            ],
+            None => unpublished(&spec.name, &dir),
             Some(info) => {
                 let n = &info.names;
                 let names: Vec<String> = n
@@ -84,15 +84,7 @@ pub fn render(config: &Config, now: SystemTime) -> String {
                 Some(names.join(","))
             });
         rows.push(match files {
-            None => [
-                spec.name.clone(),
-                format!("(nothing published in {})", dir.display()),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-            ],
+            None => unpublished(&spec.name, &dir),
             Some(files) => [
                 spec.name.clone(),
                 format!("secret {}", spec.path),
