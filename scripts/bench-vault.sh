@@ -12,6 +12,7 @@
 #   and the idle memory (VmRSS, VmHWM) of `pillion run` and of a long-running `bao agent`, 2 s after
 #   each has written its files.
 # Usage: scripts/bench-vault.sh [runs]   (default 20)
+#        PILLION_BIN=target/static/x86_64-unknown-linux-musl/release/pillion scripts/bench-vault.sh
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
@@ -34,9 +35,15 @@ if [ -z "$bao" ] || [ ! -x "$bao" ]; then
     bao=$(bao_path)
 fi
 
-# Another cargo (tests, the lead's build) may hold the lock: cargo waits for it by itself.
-cargo build --release --quiet
-bin=$root/target/release/pillion
+# PILLION_BIN measures another build, e.g. the static musl binary the image ships
+# (scripts/build-static.sh). Otherwise the release build is used; another cargo may hold the
+# lock: cargo waits for it by itself.
+if [ -n "${PILLION_BIN:-}" ]; then
+    bin=$PILLION_BIN
+else
+    cargo build --release --quiet
+    bin=$root/target/release/pillion
+fi
 
 # No VAULT_*/BAO_* variable from the caller's shell may steer bao, agent or pillion.
 while IFS= read -r var; do unset "$var"; done < <(compgen -e | grep -E '^(VAULT_|BAO_)' || true)

@@ -663,8 +663,13 @@ async fn renew(
             Some(k) => k,
             None => {
                 let alg = spec.key_algorithm;
-                // RSA generation takes up to seconds of CPU: keep it off the runtime thread.
-                tokio::task::spawn_blocking(move || PrivateKey::generate(alg)).await??
+                if alg.is_rsa() {
+                    // RSA generation takes up to seconds of CPU: keep it off the runtime thread.
+                    tokio::task::spawn_blocking(move || PrivateKey::generate(alg)).await??
+                } else {
+                    // EC and Ed25519 keys take microseconds; a thread would cost more.
+                    PrivateKey::generate(alg)?
+                }
             }
         };
         let csr = key.csr(&spec.names)?;

@@ -62,6 +62,10 @@ impl KeyAlgorithm {
         }
     }
 
+    pub fn is_rsa(self) -> bool {
+        self.rsa_bits().is_some()
+    }
+
     fn rsa_bits(self) -> Option<usize> {
         match self {
             KeyAlgorithm::Rsa2048 => Some(2048),
