@@ -894,16 +894,10 @@ fn required_path(errs: &mut Errors, path: &str, value: Option<String>) -> PathBu
     }
 }
 
-fn validate_certificate(
-    errs: &mut Errors,
-    path: &str,
-    rc: RawCertificate,
-    issuers: &BTreeMap<String, IssuerSpec>,
-    implicit_issuer: Option<&str>,
-    origin: Origin,
-) -> Option<CertificateSpec> {
-    let before = errs.0.len();
-    let name = match rc.name {
+/// A certificate's or secret's name; `None` for an entry whose shape was
+/// already reported as invalid (its placeholder name starts with `#invalid-`).
+fn credential_name(errs: &mut Errors, path: &str, raw: Option<String>) -> Option<String> {
+    Some(match raw {
         Some(n) if n.starts_with("#invalid-") => return None,
         Some(n) if is_valid_name(&n) => n,
         Some(n) => {
@@ -917,7 +911,19 @@ fn validate_certificate(
             errs.add(format!("{path}.name"), "is required");
             String::new()
         }
-    };
+    })
+}
+
+fn validate_certificate(
+    errs: &mut Errors,
+    path: &str,
+    rc: RawCertificate,
+    issuers: &BTreeMap<String, IssuerSpec>,
+    implicit_issuer: Option<&str>,
+    origin: Origin,
+) -> Option<CertificateSpec> {
+    let before = errs.0.len();
+    let name = credential_name(errs, path, rc.name)?;
     let issuer = match (rc.issuer, implicit_issuer) {
         (Some(i), _) if issuers.contains_key(&i) => i,
         (Some(i), _) => {
@@ -1288,21 +1294,7 @@ fn validate_secret(
     origin: Origin,
 ) -> Option<SecretSpec> {
     let before = errs.0.len();
-    let name = match rs.name {
-        Some(n) if n.starts_with("#invalid-") => return None,
-        Some(n) if is_valid_name(&n) => n,
-        Some(n) => {
-            errs.add(
-                format!("{path}.name"),
-                format!("{n:?} is not a valid name (use 1-63 lowercase letters, digits and '-')"),
-            );
-            n
-        }
-        None => {
-            errs.add(format!("{path}.name"), "is required");
-            String::new()
-        }
-    };
+    let name = credential_name(errs, path, rs.name)?;
     let vaults: Vec<&String> = issuers
         .iter()
         .filter(|(_, i)| matches!(i, IssuerSpec::Vault(_)))
