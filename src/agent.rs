@@ -805,27 +805,20 @@ fn existing(
     now: SystemTime,
 ) -> Result<CertInfo, String> {
     let f = &spec.files;
+    // Every file this credential publishes, read from one resolved
+    // generation so that they belong together.
+    let p12 = f.pkcs12.as_ref();
+    let optional = [
+        ("the bundle", f.bundle.as_deref()),
+        ("the keystore", p12.and_then(|p| p.keystore.as_deref())),
+        ("the truststore", p12.and_then(|p| p.truststore.as_deref())),
+    ];
     let mut names = vec![
         f.certificate.as_str(),
         f.private_key.as_str(),
         f.ca.as_str(),
     ];
-    names.extend(f.bundle.as_deref());
-    if let Some(p12) = &f.pkcs12 {
-        for (what, file) in [
-            ("the keystore", &p12.keystore),
-            ("the truststore", &p12.truststore),
-        ] {
-            if let Some(file) = file {
-                let live = AtomicDir::new(dir)
-                    .current()
-                    .ok_or("no certificate on disk yet")?;
-                if !live.join(file).exists() {
-                    return Err(format!("{what} is missing on disk"));
-                }
-            }
-        }
-    }
+    names.extend(optional.iter().filter_map(|(_, n)| *n));
     let files = read_live(dir, &names).ok_or("no certificate on disk yet")?;
     let mut it = files.into_iter();
     let mut next = |what: &str| {
@@ -838,8 +831,8 @@ fn existing(
         next("the key")?,
         next("the CA file")?,
     );
-    if f.bundle.is_some() {
-        next("the bundle")?;
+    for (what, _) in optional.iter().filter(|(_, n)| n.is_some()) {
+        next(what)?;
     }
     let chain = certs_from_pem(&cert_pem).map_err(|_| "the certificate on disk is not PEM")?;
     let ca = certs_from_pem(&ca_pem).map_err(|_| "the CA file on disk is not PEM")?;

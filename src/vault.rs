@@ -26,6 +26,8 @@ pub const DEFAULT_KUBERNETES_TOKEN_FILE: &str =
     "/var/run/secrets/kubernetes.io/serviceaccount/token";
 /// Per-request timeout when the configuration names none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest answer accepted from Vault; real ones are a few kilobytes.
+const MAX_RESPONSE_BYTES: usize = 4 << 20;
 /// Error bodies are cut to this many characters in messages.
 const MAX_ERROR_TEXT: usize = 1000;
 
@@ -409,14 +411,28 @@ impl VaultClient {
             source,
         })?;
         let status = response.status();
-        let bytes = response
-            .bytes()
+        // A misbehaving server (or something answering in its name) must not
+        // make pillion buffer without bound: Vault's answers are kilobytes.
+        let mut response = response;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
             .map_err(|source| VaultError::Request {
                 method: method.clone(),
                 url: url.clone(),
                 source,
-            })?;
+            })?
+        {
+            if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(VaultError::Malformed {
+                    method,
+                    path: path.to_owned(),
+                    reason: format!("the answer is larger than {} MiB", MAX_RESPONSE_BYTES >> 20),
+                });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
         if !status.is_success() {
             return Err(VaultError::Status {
                 method,
