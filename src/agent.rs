@@ -62,7 +62,7 @@ pub enum Mode {
 pub enum RenewError {
     #[error("failed to generate the private key")]
     Key(#[from] KeyError),
-    #[error("the key generation task failed")]
+    #[error("a background task (key generation or file writing) failed")]
     Task(#[from] tokio::task::JoinError),
     #[error("the issuer failed")]
     Issuer(#[from] IssuerError),
@@ -464,13 +464,31 @@ impl Agent {
                 .min()
                 .unwrap_or(now + Duration::from_secs(3600));
             let wait = next.duration_since(now).unwrap_or_default();
-            let wake = tokio::time::Instant::now() + wait;
-            let wake = deadline.map_or(wake, |(d, _)| wake.min(d));
-            tokio::select! {
-                () = tokio::time::sleep_until(wake) => {}
-                cmd = commands.recv() => if !self.apply(cmd) {
-                    return stopped(mode);
-                },
+            if wait.is_zero() {
+                // Due now. A sleep, even of zero, would wait for the timer's
+                // next 1 ms tick: only take a command that is already queued.
+                match commands.try_recv() {
+                    Ok(cmd) => {
+                        if !self.apply(Some(cmd)) {
+                            return stopped(mode);
+                        }
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => {}
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        if !self.apply(None) {
+                            return stopped(mode);
+                        }
+                    }
+                }
+            } else {
+                let wake = tokio::time::Instant::now() + wait;
+                let wake = deadline.map_or(wake, |(d, _)| wake.min(d));
+                tokio::select! {
+                    () = tokio::time::sleep_until(wake) => {}
+                    cmd = commands.recv() => if !self.apply(cmd) {
+                        return stopped(mode);
+                    },
+                }
             }
             if let Some((d, timeout)) = deadline {
                 if tokio::time::Instant::now() >= d {
@@ -675,19 +693,28 @@ async fn renew(
         let csr = key.csr(&spec.names)?;
         (issuer.sign(&csr, spec).await?, key)
     };
-    let info = verify(
-        &issued,
-        &key.public_key_raw(),
-        &spec.names,
-        SystemTime::now(),
-    )?;
-    debug!(cert = %spec.name, serial = %info.serial, "the issued certificate passed verification");
     let files = payload(spec, &key, &issued)?;
     let owner = Owner {
         uid: spec.files.uid,
         gid: spec.files.gid,
     };
-    match out.publish(&files, owner)? {
+    // The files go into a hidden generation on a blocking thread while the
+    // certificate is verified here: on a real disk the fsyncs take longer than
+    // the verification. Nothing is visible until the commit below, and a
+    // generation that is not committed (verification failed, or this future
+    // was dropped) is removed when the staging result is dropped.
+    let dir = out.path().to_owned();
+    let staging = tokio::task::spawn_blocking(move || AtomicDir::stage(&dir, &files, owner));
+    let verified = verify(
+        &issued,
+        &key.public_key_raw(),
+        &spec.names,
+        SystemTime::now(),
+    );
+    let staged = staging.await;
+    let info = verified?;
+    debug!(cert = %spec.name, serial = %info.serial, "the issued certificate passed verification");
+    match out.commit(staged??)? {
         Published::Generation(g) => {
             debug!(cert = %spec.name, generation = %g, "swapped in a new generation")
         }

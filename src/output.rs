@@ -7,6 +7,12 @@
 //! rename(2), which is atomic. The names the app sees (`tls.crt`, ...) are
 //! symlinks through `..data`, so they switch together.
 //!
+//! So even a power cut never leaves a visible file short or empty. The swap
+//! itself is not fsynced (the kubelet fsyncs nothing at all): after a crash
+//! `..data` names either the new generation or the one before, both complete,
+//! and pillion checks what it finds when it starts again. That saves a
+//! journal commit, about 0.4 ms on ext4, on every publish.
+//!
 //! Unlike the kubelet, the generation just replaced is not deleted at once: a
 //! reader that resolved `..data` a moment before the swap still finds its
 //! files for [`GRACE`]. And files are created with their final mode and owner
@@ -99,20 +105,33 @@ impl AtomicDir {
     /// The live generation's directory, resolved once: files read from it
     /// belong together.
     pub fn current(&self) -> Option<PathBuf> {
-        let target = std::fs::read_link(self.dir.join(DATA_LINK)).ok()?;
-        Some(self.dir.join(target))
+        live_generation(&self.dir)
     }
 
-    /// Publishes `files` as the new content of the directory.
+    /// Publishes `files` as the new content of the directory: [`AtomicDir::stage`]
+    /// then [`AtomicDir::commit`].
     ///
-    /// Either the new generation becomes live, complete and fsynced, or
-    /// (on any error, e.g. a full disk) the live one stays untouched and the
+    /// Either the new generation becomes live, complete and its files durable,
+    /// or (on any error, e.g. a full disk) the live one stays untouched and the
     /// partial new one is removed. This function does not await: it cannot be
     /// cancelled half-way.
     ///
     /// # Errors
     /// The step that failed and the path involved.
     pub fn publish(&mut self, files: &[FileEntry], owner: Owner) -> Result<Published, OutputError> {
+        let staged = Self::stage(&self.dir, files, owner)?;
+        self.commit(staged)
+    }
+
+    /// Writes `files` into a new hidden generation of `dir`, durable but not
+    /// yet visible; nothing the app reads changes. Takes only the path, so
+    /// that it can run on another thread while the caller does other work
+    /// (verification, in [`crate::agent`]). Dropping the result without
+    /// [`AtomicDir::commit`] removes the generation again.
+    ///
+    /// # Errors
+    /// The step that failed and the path involved; nothing is left behind.
+    pub fn stage(dir: &Path, files: &[FileEntry], owner: Owner) -> Result<Staged, OutputError> {
         for f in files {
             check_relative_path(&f.path, false).map_err(|reason| OutputError::BadPath {
                 path: f.path.clone(),
@@ -122,23 +141,23 @@ impl AtomicDir {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
-            .create(&self.dir)
-            .map_err(io("create the directory", &self.dir))?;
+            .create(dir)
+            .map_err(io("create the directory", dir))?;
 
-        let old = self.current();
-        let old_name = old
-            .as_ref()
-            .and_then(|p| p.file_name())
-            .map(|n| n.to_string_lossy().into_owned());
+        let old = live_generation(dir);
         if let Some(old) = &old {
             if same_content(old, files, owner) {
-                return Ok(Published::Unchanged);
+                return Ok(Staged {
+                    dir: dir.to_owned(),
+                    generation: None,
+                    top: BTreeSet::new(),
+                });
             }
         }
 
-        let new_top: BTreeSet<String> = files.iter().map(|f| top_level(&f.path)).collect();
-        for name in &new_top {
-            let visible = self.dir.join(name);
+        let top: BTreeSet<String> = files.iter().map(|f| top_level(&f.path)).collect();
+        for name in &top {
+            let visible = dir.join(name);
             if visible
                 .symlink_metadata()
                 .is_ok_and(|m| !m.file_type().is_symlink())
@@ -147,15 +166,43 @@ impl AtomicDir {
             }
         }
 
-        let (gen_name, gen_dir) = self.make_generation_dir()?;
-        if let Err(e) = write_generation(&gen_dir, files, owner) {
-            let _ = std::fs::remove_dir_all(&gen_dir);
-            return Err(e);
-        }
-        if let Err(e) = self.swap_data_link(&gen_name) {
-            let _ = std::fs::remove_dir_all(&gen_dir);
-            return Err(e);
-        }
+        let (gen_name, gen_dir) = make_generation_dir(dir)?;
+        // From here on, an early return drops `staged`, which removes the directory.
+        let staged = Staged {
+            dir: dir.to_owned(),
+            generation: Some(gen_name),
+            top,
+        };
+        write_generation(&gen_dir, files, owner)?;
+        Ok(staged)
+    }
+
+    /// Makes a staged generation live: swaps `..data` to it, points the
+    /// visible names through it and tidies up. Synchronous, so never cut
+    /// half-way.
+    ///
+    /// # Errors
+    /// The step that failed; until the swap, the live generation is untouched.
+    ///
+    /// # Panics
+    /// When `staged` was made for another directory.
+    pub fn commit(&mut self, mut staged: Staged) -> Result<Published, OutputError> {
+        assert_eq!(
+            staged.dir, self.dir,
+            "a generation is committed where it was staged"
+        );
+        let Some(gen_name) = staged.generation.clone() else {
+            return Ok(Published::Unchanged);
+        };
+        let old = self.current();
+        let old_name = old
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned());
+        // On failure `staged` is dropped and the new generation removed.
+        self.swap_data_link(&gen_name)?;
+        staged.generation = None;
+        let new_top = std::mem::take(&mut staged.top);
 
         // From here on the new generation is live; what follows tidies up.
         for name in &new_top {
@@ -181,35 +228,12 @@ impl AtomicDir {
         Ok(Published::Generation(gen_name))
     }
 
-    fn make_generation_dir(&self) -> Result<(String, PathBuf), OutputError> {
-        let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-            .to_string()
-            .replace(['-', ':', 'T'], "_")
-            .trim_end_matches('Z')
-            .to_owned();
-        loop {
-            let name = format!("..{stamp}.{:09}", fastrand::u32(..1_000_000_000));
-            let path = self.dir.join(&name);
-            match std::fs::DirBuilder::new().mode(0o755).create(&path) {
-                Ok(()) => {
-                    // The umask may have narrowed the mode; the app must be able to traverse.
-                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-                        .map_err(io("set the mode of", &path))?;
-                    return Ok((name, path));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(io("create the directory", &path)(e)),
-            }
-        }
-    }
-
     fn swap_data_link(&self, gen_name: &str) -> Result<(), OutputError> {
         let tmp = self.dir.join(DATA_TMP_LINK);
         let _ = std::fs::remove_file(&tmp);
         std::os::unix::fs::symlink(gen_name, &tmp).map_err(io("create the symlink", &tmp))?;
         let data = self.dir.join(DATA_LINK);
-        std::fs::rename(&tmp, &data).map_err(io("swap in", &data))?;
-        fsync_dir(&self.dir)
+        std::fs::rename(&tmp, &data).map_err(io("swap in", &data))
     }
 
     /// Makes `name` a symlink to `..data/name`, replacing a stale symlink
@@ -260,6 +284,53 @@ impl AtomicDir {
     }
 }
 
+/// A generation written by [`AtomicDir::stage`] and not yet live.
+#[derive(Debug)]
+#[must_use = "a staged generation is removed again unless committed"]
+pub struct Staged {
+    dir: PathBuf,
+    /// `None` when the payload equals what is live (nothing was written),
+    /// and once committed.
+    generation: Option<String>,
+    /// The visible names the generation holds.
+    top: BTreeSet<String>,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(name) = self.generation.take() {
+            let _ = std::fs::remove_dir_all(self.dir.join(name));
+        }
+    }
+}
+
+fn live_generation(dir: &Path) -> Option<PathBuf> {
+    let target = std::fs::read_link(dir.join(DATA_LINK)).ok()?;
+    Some(dir.join(target))
+}
+
+fn make_generation_dir(dir: &Path) -> Result<(String, PathBuf), OutputError> {
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .replace(['-', ':', 'T'], "_")
+        .trim_end_matches('Z')
+        .to_owned();
+    loop {
+        let name = format!("..{stamp}.{:09}", fastrand::u32(..1_000_000_000));
+        let path = dir.join(&name);
+        match std::fs::DirBuilder::new().mode(0o755).create(&path) {
+            Ok(()) => {
+                // The umask may have narrowed the mode; the app must be able to traverse.
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                    .map_err(io("set the mode of", &path))?;
+                return Ok((name, path));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io("create the directory", &path)(e)),
+        }
+    }
+}
+
 fn top_level(path: &str) -> String {
     path.split('/').next().unwrap_or(path).to_owned()
 }
@@ -277,6 +348,7 @@ fn list_top_level(dir: &Path) -> Vec<String> {
 
 fn write_generation(gen_dir: &Path, files: &[FileEntry], owner: Owner) -> Result<(), OutputError> {
     let mut dirs = BTreeSet::from([gen_dir.to_path_buf()]);
+    let mut written = Vec::with_capacity(files.len());
     for f in files {
         let path = gen_dir.join(&f.path);
         let parent = path
@@ -305,8 +377,20 @@ fn write_generation(gen_dir: &Path, files: &[FileEntry], owner: Owner) -> Result
                 .map_err(io("change the owner of", &path))?;
         }
         file.write_all(&f.data).map_err(io("write", &path))?;
-        file.sync_all().map_err(io("sync", &path))?;
+        written.push((file, path));
     }
+    // Every file is durable before the swap can make it visible. Starting the
+    // write-back of all of them first lets the first fsync commit them all in
+    // one journal transaction, where one fsync after each write would cost a
+    // commit each (on ext4, 0.4 ms or more apiece). POSIX_FADV_DONTNEED starts
+    // that write-back on Linux; should it not, fsync still does all the work.
+    for (file, _) in &written {
+        let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed);
+    }
+    for (file, path) in &written {
+        file.sync_all().map_err(io("sync", path))?;
+    }
+    drop(written);
     for d in dirs.iter().rev() {
         fsync_dir(d)?;
     }
@@ -468,6 +552,60 @@ mod tests {
             out.publish(&changed_mode, Owner::default()).unwrap(),
             Published::Generation(_)
         ));
+    }
+
+    /// The hidden generation directories under `dir`.
+    fn generations(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("..2"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_staged_generation_is_invisible_until_committed_and_gone_if_dropped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut out = AtomicDir::new(tmp.path());
+        out.publish(&[entry("a", "old", 0o644)], Owner::default())
+            .unwrap();
+        let live = generations(tmp.path());
+
+        // Staged, then dropped (as when verification fails): the live files
+        // never change and the staged directory is removed.
+        let staged =
+            AtomicDir::stage(tmp.path(), &[entry("a", "new", 0o644)], Owner::default()).unwrap();
+        assert_eq!(
+            generations(tmp.path()).len(),
+            2,
+            "the staged generation is on disk"
+        );
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join("a")).unwrap(),
+            "old"
+        );
+        drop(staged);
+        assert_eq!(generations(tmp.path()), live);
+
+        // Staged, then committed: the new content is live.
+        let staged =
+            AtomicDir::stage(tmp.path(), &[entry("a", "new", 0o644)], Owner::default()).unwrap();
+        assert!(matches!(
+            out.commit(staged).unwrap(),
+            Published::Generation(_)
+        ));
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join("a")).unwrap(),
+            "new"
+        );
+
+        // Staging what is already live writes nothing.
+        let staged =
+            AtomicDir::stage(tmp.path(), &[entry("a", "new", 0o644)], Owner::default()).unwrap();
+        assert_eq!(out.commit(staged).unwrap(), Published::Unchanged);
     }
 
     #[test]
