@@ -670,6 +670,12 @@ async fn renew(
     out: &mut AtomicDir,
     issuer: &Issuer,
 ) -> Result<CertInfo, RenewError> {
+    // A first publish creates the directory; doing that (and its journal
+    // commit) while the issuer works keeps it off the path after the answer.
+    let preparing = (!out.path().exists()).then(|| {
+        let dir = out.path().to_owned();
+        tokio::task::spawn_blocking(move || AtomicDir::prepare(&dir))
+    });
     let (issued, key) = if issuer.generates_keys() {
         issuer.issue(spec).await?
     } else {
@@ -703,6 +709,10 @@ async fn renew(
     // the verification. Nothing is visible until the commit below, and a
     // generation that is not committed (verification failed, or this future
     // was dropped) is removed when the staging result is dropped.
+    if let Some(preparing) = preparing {
+        // Its errors, if any, come again from the staging.
+        let _ = preparing.await;
+    }
     let dir = out.path().to_owned();
     let staging = tokio::task::spawn_blocking(move || AtomicDir::stage(&dir, &files, owner));
     let verified = verify(

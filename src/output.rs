@@ -123,6 +123,35 @@ impl AtomicDir {
         self.commit(staged)
     }
 
+    /// Creates `dir` (and its parents) and makes the new entries durable,
+    /// ahead of a first [`AtomicDir::stage`] that would otherwise pay for it.
+    ///
+    /// # Errors
+    /// A directory that cannot be created or synced.
+    pub fn prepare(dir: &Path) -> Result<(), OutputError> {
+        let mut created = Vec::new();
+        let mut d = dir;
+        while !d.exists() {
+            created.push(d);
+            match d.parent() {
+                Some(p) => d = p,
+                None => break,
+            }
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(io("create the directory", dir))?;
+        // Each new directory's entry lives in its parent.
+        for c in created {
+            if let Some(parent) = c.parent() {
+                fsync_dir(parent)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Writes `files` into a new hidden generation of `dir`, durable but not
     /// yet visible; nothing the app reads changes. Takes only the path, so
     /// that it can run on another thread while the caller does other work
