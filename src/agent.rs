@@ -24,7 +24,7 @@ use crate::schedule::{renewal_time, retry_delays};
 use crate::secrets::{self, KvMount, SecretError};
 use crate::telemetry::Metrics;
 use crate::verify::{
-    certs_from_pem, certs_to_pem, fmt_time, verify, CertInfo, Issued, VerifyError,
+    certs_from_pem, certs_to_pem, fmt_time, inspect, verify, CertInfo, Issued, VerifyError,
 };
 
 /// Credentials due within this window of each other are renewed in the same
@@ -724,6 +724,13 @@ async fn renew(
     let staged = staging.await;
     let info = verified?;
     debug!(cert = %spec.name, serial = %info.serial, "the issued certificate passed verification");
+    if let Some(change) = out
+        .current()
+        .and_then(|live| std::fs::read(live.join(&spec.files.ca)).ok())
+        .and_then(|old| anchors_changed(&old, &issued.ca))
+    {
+        warn!(cert = %spec.name, before = %change.0, after = %change.1, "the trust anchors in {} changed: peers that trust only the old ones will reject this certificate until they load the new {0}", spec.files.ca);
+    }
     match out.commit(staged??)? {
         Published::Generation(g) => {
             debug!(cert = %spec.name, generation = %g, "swapped in a new generation")
@@ -731,6 +738,23 @@ async fn renew(
         Published::Unchanged => debug!(cert = %spec.name, "the files were already up to date"),
     }
     Ok(info)
+}
+
+/// The subjects of the anchors before and after, when the CA file being
+/// replaced (`old`, PEM) holds other anchors than `new`: a rotated or
+/// replaced CA, which the operator should hear about.
+fn anchors_changed(old: &[u8], new: &[Vec<u8>]) -> Option<(String, String)> {
+    let old = certs_from_pem(old).ok().filter(|o| !o.is_empty())?;
+    if old == new {
+        return None;
+    }
+    let subjects = |ders: &[Vec<u8>]| {
+        ders.iter()
+            .map(|d| inspect(d).map_or_else(|_| "(unparsable)".to_owned(), |i| i.subject))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    Some((subjects(&old), subjects(new)))
 }
 
 /// One secret refresh: read, render, publish if changed. True when a new
@@ -895,4 +919,34 @@ fn existing(
         }
     }
     Ok(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca(name: &str) -> Vec<u8> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn a_replaced_trust_anchor_is_noticed_and_an_unchanged_one_is_not() {
+        let (a, b) = (ca("root A"), ca("root B"));
+        let pem_a = certs_to_pem(std::slice::from_ref(&a));
+        assert_eq!(
+            anchors_changed(pem_a.as_bytes(), std::slice::from_ref(&a)),
+            None
+        );
+        let (before, after) = anchors_changed(pem_a.as_bytes(), &[b]).unwrap();
+        assert!(before.contains("root A"), "{before}");
+        assert!(after.contains("root B"), "{after}");
+        // Nothing published before (or an unreadable file): nothing to compare.
+        assert_eq!(anchors_changed(b"", &[a]), None);
+    }
 }

@@ -50,6 +50,10 @@ fn failures(daemon: &Daemon) -> Vec<String> {
     lines_containing(&daemon.logs(), &["ERROR", RENEWAL_FAILED])
 }
 
+fn anchor_warnings(daemon: &Daemon) -> Vec<String> {
+    lines_containing(&daemon.logs(), &["the trust anchors in ca.crt changed"])
+}
+
 fn publishes(daemon: &Daemon) -> usize {
     lines_containing(&daemon.logs(), &[PUBLISHED]).len()
 }
@@ -209,6 +213,46 @@ fn renewal_keeps_the_old_files_while_the_ca_is_broken_and_recovers_by_itself() {
     eprintln!(
         "{failed_total} failed attempt(s) before recovery; old serial {old_serial}, new {}",
         renewed.unwrap()
+    );
+    assert!(
+        anchor_warnings(&daemon).is_empty(),
+        "the same CA throughout: no trust-anchor warning
+{}",
+        ctx()
+    );
+
+    // 4. A different CA altogether (a rotated root): it works, and the operator hears that the
+    // trust anchors in ca.crt changed, before and after named.
+    let published = publishes(&daemon);
+    replace_file(&live_key, &fs::read(&stranger.key).unwrap());
+    replace_file(&live_crt, &fs::read(&stranger.cert).unwrap());
+    daemon.signal(Signal::USR1);
+    daemon.wait_for("a certificate from the new CA", DEADLINE, || {
+        publishes(&daemon) > published
+    });
+    openssl_verify(&stranger.cert, &crt).unwrap_or_else(|e| {
+        panic!(
+            "{e}
+{}",
+            ctx()
+        )
+    });
+    let warnings = anchor_warnings(&daemon);
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one warning for one change
+{}",
+        ctx()
+    );
+    assert!(
+        warnings[0].contains("WARN")
+            && warnings[0].contains("before=")
+            && warnings[0].contains("after="),
+        "the warning should name the anchors before and after: {}
+{}",
+        warnings[0],
+        ctx()
     );
 
     let status = daemon.stop();
