@@ -688,8 +688,17 @@ async fn renew(
             None => {
                 let alg = spec.key_algorithm;
                 if alg.is_rsa() {
-                    // RSA generation takes up to seconds of CPU: keep it off the runtime thread.
-                    tokio::task::spawn_blocking(move || PrivateKey::generate(alg)).await??
+                    // RSA generation takes up to seconds of CPU: on a blocking
+                    // thread, while the issuer's login round trip runs here.
+                    // A failed login returns at once; the key is then dropped unused.
+                    let generating = async {
+                        Ok::<_, RenewError>(
+                            tokio::task::spawn_blocking(move || PrivateKey::generate(alg))
+                                .await??,
+                        )
+                    };
+                    let logging_in = async { Ok::<_, RenewError>(issuer.log_in().await?) };
+                    tokio::try_join!(logging_in, generating)?.1
                 } else {
                     // EC and Ed25519 keys take microseconds; a thread would cost more.
                     PrivateKey::generate(alg)?

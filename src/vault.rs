@@ -218,6 +218,14 @@ impl VaultClient {
         *self.token.lock().await = None;
     }
 
+    /// Gets a usable token ahead of the requests that need it.
+    ///
+    /// # Errors
+    /// Logging in (or renewing) failed.
+    pub async fn ensure_token(&self) -> Result<(), VaultError> {
+        self.token().await.map(drop)
+    }
+
     /// A usable token: the current one, renewed when due, or a new login.
     async fn token(&self) -> Result<Zeroizing<String>, VaultError> {
         let mut guard = self.token.lock().await;

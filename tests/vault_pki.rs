@@ -165,6 +165,68 @@ fn issue_mode_certificate_verifies_and_openbao_sent_the_key() {
     );
 }
 
+/// An RSA key is generated on a blocking thread while pillion logs in; the CSR then goes to a
+/// role that takes any key type.
+#[test]
+fn an_rsa_key_made_while_logging_in_is_signed_by_a_role_taking_any_key_type() {
+    let bao = OpenBao::shared();
+    bao.bao_ok([
+        "write",
+        "pki/roles/any-key",
+        "allowed_domains=localhost",
+        "allow_localhost=true",
+        "allow_ip_sans=true",
+        "max_ttl=72h",
+        "key_type=any",
+    ]);
+    let case = Case::new();
+    // The shipped policy names role `app` only; this role gets its own grant.
+    let grant = write(
+        case.path(),
+        "any-key.hcl",
+        "path \"pki/sign/any-key\" { capabilities = [\"update\"] }\n",
+    );
+    bao.bao_ok([
+        "policy".as_ref(),
+        "write".as_ref(),
+        "pillion-any-key".as_ref(),
+        grant.as_os_str(),
+    ]);
+    let login = bao.approle(case.path(), "pki-rsa");
+    bao.bao_ok([
+        "write",
+        "auth/approle/role/pki-rsa",
+        "token_policies=pillion,pillion-any-key",
+    ]);
+    let mut issuer = bao.issuer(Auth::AppRole(login)).yaml();
+    assert!(issuer.contains("role: app\n"), "{issuer}");
+    issuer = issuer.replace("role: app\n", "role: any-key\n");
+    std::fs::write(
+        &case.config,
+        format!(
+            "outputDir: \"{}\"\n{issuer}certificates:\n{}    privateKey: {{algorithm: RSA-2048}}\n",
+            case.out.display(),
+            cert_yaml("web", "1h")
+        ),
+    )
+    .unwrap();
+
+    let ran = case.init(INIT_TIMEOUT);
+    ran.assert_success();
+    let web = case.out.join("web");
+    openssl_verify(&bao.root_ca, &web.join("tls.crt"))
+        .unwrap_or_else(|e| panic!("{e}\n{}", ctx(&case, &ran, bao)));
+    key_pair_check(&web.join("tls.crt"), &web.join("tls.key"))
+        .unwrap_or_else(|e| panic!("{e}\n{}", ctx(&case, &ran, bao)));
+    let key = key_text(&web.join("tls.key"));
+    assert!(
+        key.contains("Private-Key: (2048 bit"),
+        "tls.key should be RSA-2048: {}\n{}",
+        key.lines().next().unwrap_or(""),
+        ctx(&case, &ran, bao)
+    );
+}
+
 #[test]
 fn intermediate_mount_puts_leaf_and_intermediate_in_tls_crt_and_only_the_root_in_ca_crt() {
     let bao = OpenBao::shared();

@@ -71,6 +71,19 @@ impl Issuer {
         }
     }
 
+    /// Makes sure the issuer holds a usable login (Vault: a token, logging
+    /// in when there is none), so that it can be done while a key is being
+    /// generated. A no-op for issuers without one.
+    ///
+    /// # Errors
+    /// The login failed.
+    pub async fn log_in(&self) -> Result<(), IssuerError> {
+        match self {
+            Issuer::Vault(v) => Ok(v.client.ensure_token().await?),
+            _ => Ok(()),
+        }
+    }
+
     /// Asks the issuer to sign `csr_der` (PKCS#10 DER) for `cert`.
     ///
     /// Cancel-safe: dropping the future leaves nothing behind.
