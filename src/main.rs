@@ -116,9 +116,11 @@ fn main() -> ExitCode {
         }
         agent.run(mode, rx).await.map_err(anyhow::Error::from)
     });
-    // Do not wait for an abandoned key generation (RSA-4096 can take seconds):
-    // SIGTERM must stop pillion within a second.
-    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    // Wait for no blocking thread: an abandoned RSA-4096 generation can take
+    // seconds (SIGTERM must stop pillion within one), an idle one would only
+    // delay the exit, and a generation being staged is hidden until committed
+    // (a leftover is removed at the next start).
+    runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(EXIT_RUNTIME, format!("{e:#}")),
