@@ -119,7 +119,7 @@ fn main() -> ExitCode {
     // Wait for no blocking thread: an abandoned RSA-4096 generation can take
     // seconds (SIGTERM must stop pillion within one), an idle one would only
     // delay the exit, and a generation being staged is hidden until committed
-    // (a leftover is removed at the next start).
+    // (a leftover is removed by the next publish).
     runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
