@@ -490,6 +490,9 @@ fn error_text(body: &[u8]) -> String {
         },
         Err(_) => String::from_utf8_lossy(body).trim().to_owned(),
     };
+    // Vault's multi-errors span lines ("1 error occurred:\n\t* permission
+    // denied\n\n"): the same words on one line keep a log line a line.
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
     let text = if text.is_empty() {
         "(no error message)".to_owned()
     } else {
@@ -575,6 +578,10 @@ mod tests {
             "upstream connect error"
         );
         assert_eq!(error_text(b""), "(no error message)");
+        assert_eq!(
+            error_text(br#"{"errors":["1 error occurred:\n\t* permission denied\n\n"]}"#),
+            "1 error occurred: * permission denied"
+        );
     }
 
     #[test]
