@@ -670,43 +670,45 @@ async fn renew(
     out: &mut AtomicDir,
     issuer: &Issuer,
 ) -> Result<CertInfo, RenewError> {
-    // A first publish creates the directory; doing that (and its journal
-    // commit) while the issuer works keeps it off the path after the answer.
-    let preparing = (!out.path().exists()).then(|| {
-        let dir = out.path().to_owned();
-        tokio::task::spawn_blocking(move || AtomicDir::prepare(&dir))
-    });
-    let (issued, key) = if issuer.generates_keys() {
-        issuer.issue(spec).await?
+    let (issued, key, preparing) = if issuer.generates_keys() {
+        let preparing = prepare_in_background(out.path());
+        let (issued, key) = issuer.issue(spec).await?;
+        (issued, key, preparing)
     } else {
         let kept = match spec.key_rotation {
             KeyRotation::Never => existing_key(spec, out.path()),
             KeyRotation::Always => None,
         };
-        let key = match kept {
-            Some(k) => k,
-            None => {
-                let alg = spec.key_algorithm;
-                if alg.is_rsa() {
-                    // RSA generation takes up to seconds of CPU: on a blocking
-                    // thread, while the issuer's login round trip runs here.
-                    // A failed login returns at once; the key is then dropped unused.
-                    let generating = async {
-                        Ok::<_, RenewError>(
-                            tokio::task::spawn_blocking(move || PrivateKey::generate(alg))
-                                .await??,
-                        )
-                    };
-                    let logging_in = async { Ok::<_, RenewError>(issuer.log_in().await?) };
-                    tokio::try_join!(logging_in, generating)?.1
-                } else {
-                    // EC and Ed25519 keys take microseconds; a thread would cost more.
-                    PrivateKey::generate(alg)?
+        let alg = spec.key_algorithm;
+        let logs_in = issuer.vault().is_some();
+        let dir = out.path();
+        // The key, the CSR and the directory are made while the issuer logs
+        // in (Vault): the login goes out first and the server works on it
+        // meanwhile. A failed login returns at once; the key is then dropped.
+        let making_key = async {
+            if logs_in {
+                // A few turns of the runtime let the login connect and put its
+                // request on the wire before this CPU work.
+                for _ in 0..LOGIN_HEAD_START {
+                    tokio::task::yield_now().await;
                 }
             }
+            let preparing = prepare_in_background(dir);
+            let key = match kept {
+                Some(k) => k,
+                // RSA generation takes up to seconds of CPU: a blocking thread.
+                None if alg.is_rsa() => {
+                    tokio::task::spawn_blocking(move || PrivateKey::generate(alg)).await??
+                }
+                // EC and Ed25519 keys take microseconds; a thread would cost more.
+                None => PrivateKey::generate(alg)?,
+            };
+            let csr = key.csr(&spec.names)?;
+            Ok::<_, RenewError>((key, csr, preparing))
         };
-        let csr = key.csr(&spec.names)?;
-        (issuer.sign(&csr, spec).await?, key)
+        let logging_in = async { Ok::<_, RenewError>(issuer.log_in().await?) };
+        let ((), (key, csr, preparing)) = tokio::try_join!(logging_in, making_key)?;
+        (issuer.sign(&csr, spec).await?, key, preparing)
     };
     let files = payload(spec, &key, &issued)?;
     let owner = Owner {
@@ -747,6 +749,21 @@ async fn renew(
         Published::Unchanged => debug!(cert = %spec.name, "the files were already up to date"),
     }
     Ok(info)
+}
+
+/// Turns of the runtime a login gets before the key is made: enough to
+/// connect (on loopback at once), hand the request to the connection task
+/// and write it.
+const LOGIN_HEAD_START: usize = 3;
+
+/// Creates a first publish's directory (and commits it to the disk's
+/// journal) on a blocking thread while the issuer works, keeping that off
+/// the path after the answer. `None` when the directory exists.
+fn prepare_in_background(dir: &Path) -> Option<tokio::task::JoinHandle<Result<(), OutputError>>> {
+    (!dir.exists()).then(|| {
+        let dir = dir.to_owned();
+        tokio::task::spawn_blocking(move || AtomicDir::prepare(&dir))
+    })
 }
 
 /// The subjects of the anchors before and after, when the CA file being
