@@ -715,15 +715,15 @@ async fn renew(
         uid: spec.files.uid,
         gid: spec.files.gid,
     };
+    if let Some(preparing) = preparing {
+        // Its errors, if any, come again from the staging.
+        let _ = preparing.await;
+    }
     // The files go into a hidden generation on a blocking thread while the
     // certificate is verified here: on a real disk the fsyncs take longer than
     // the verification. Nothing is visible until the commit below, and a
     // generation that is not committed (verification failed, or this future
     // was dropped) is removed when the staging result is dropped.
-    if let Some(preparing) = preparing {
-        // Its errors, if any, come again from the staging.
-        let _ = preparing.await;
-    }
     let dir = out.path().to_owned();
     let staging = tokio::task::spawn_blocking(move || AtomicDir::stage(&dir, &files, owner));
     let verified = verify(

@@ -13,6 +13,16 @@ use common::*;
 
 const INIT_TIMEOUT: &str = "30s";
 
+/// Config, output listing, the command's output and the server's tail, for failure messages.
+fn ctx(case: &Case, ran: &Ran, bao: &OpenBao) -> String {
+    format!(
+        "{}\n{}\n{}",
+        case.describe(),
+        ran.describe(),
+        bao.describe()
+    )
+}
+
 /// `bao <args>` as root inside namespace `ns`, panicking unless it succeeds; returns stdout.
 fn bao_in(bao: &OpenBao, ns: &str, args: &[&str]) -> String {
     let mut cmd: Command = bao.cmd();
@@ -151,14 +161,7 @@ fn certificates_and_secrets_come_from_the_configured_namespace() {
     write_config(bao, &case, login, Some("team-a"));
 
     let ran = case.init(INIT_TIMEOUT);
-    let ctx = || {
-        format!(
-            "{}\n{}\n{}",
-            case.describe(),
-            ran.describe(),
-            bao.describe()
-        )
-    };
+    let ctx = || ctx(&case, &ran, bao);
     assert!(ran.status.success(), "{}", ctx());
 
     // Signed by the namespace's own root, which is also what ca.crt holds.
@@ -193,14 +196,7 @@ fn without_the_namespace_the_login_fails_with_openbaos_message_and_nothing_is_wr
     write_config(bao, &case, login, None);
 
     let ran = case.init("4s");
-    let ctx = || {
-        format!(
-            "{}\n{}\n{}",
-            case.describe(),
-            ran.describe(),
-            bao.describe()
-        )
-    };
+    let ctx = || ctx(&case, &ran, bao);
     assert_eq!(ran.status.code(), Some(1), "{}", ctx());
     assert!(
         ran.stderr.contains("auth/approle/login")
