@@ -22,15 +22,6 @@ fn web_cert() -> String {
     format!("certificates:\n{}", cert_yaml("web", "1h"))
 }
 
-fn ctx(case: &Case, ran: &Ran, bao: &OpenBao) -> String {
-    format!(
-        "{}\n{}\n{}",
-        case.describe(),
-        ran.describe(),
-        bao.describe()
-    )
-}
-
 /// The certificate in `case`'s `web` dir chains to OpenBao's root and matches its key.
 fn assert_verified(case: &Case, bao: &OpenBao, context: &dyn Fn() -> String) {
     let web = case.out.join("web");

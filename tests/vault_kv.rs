@@ -50,15 +50,6 @@ fn reads(bao: &OpenBao, role: &str, api_path: &str) -> usize {
     bao.approle_responses(role, api_path).len()
 }
 
-fn ctx(case: &Case, ran: &Ran, bao: &OpenBao) -> String {
-    format!(
-        "{}\n{}\n{}",
-        case.describe(),
-        ran.describe(),
-        bao.describe()
-    )
-}
-
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }

@@ -13,16 +13,6 @@ use common::*;
 
 const INIT_TIMEOUT: &str = "30s";
 
-/// Config, output listing, the command's output and the server's tail, for failure messages.
-fn ctx(case: &Case, ran: &Ran, bao: &OpenBao) -> String {
-    format!(
-        "{}\n{}\n{}",
-        case.describe(),
-        ran.describe(),
-        bao.describe()
-    )
-}
-
 /// `bao <args>` as root inside namespace `ns`, panicking unless it succeeds; returns stdout.
 fn bao_in(bao: &OpenBao, ns: &str, args: &[&str]) -> String {
     let mut cmd: Command = bao.cmd();

@@ -15,16 +15,6 @@ fn web_cert() -> String {
     format!("certificates:\n{}", cert_yaml("web", "1h"))
 }
 
-/// Config, output listing, the command's output and the server's tail, for failure messages.
-fn ctx(case: &Case, ran: &Ran, bao: &OpenBao) -> String {
-    format!(
-        "{}\n{}\n{}",
-        case.describe(),
-        ran.describe(),
-        bao.describe()
-    )
-}
-
 #[test]
 fn sign_mode_certificate_verifies_against_openbaos_root_and_openbao_issued_it() {
     let bao = OpenBao::shared();

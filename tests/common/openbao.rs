@@ -786,6 +786,17 @@ impl VaultIssuer {
 // One test's pillion: its temp dirs, config and commands
 // ---------------------------------------------------------------------------------------------
 
+/// The config and output listing, the command's output and the server's tail, for failure
+/// messages.
+pub fn ctx(case: &Case, ran: &Ran, bao: &OpenBao) -> String {
+    format!(
+        "{}\n{}\n{}",
+        case.describe(),
+        ran.describe(),
+        bao.describe()
+    )
+}
+
 /// A certificate entry for the issuer `bao`: `localhost` and `127.0.0.1`.
 pub fn cert_yaml(name: &str, duration: &str) -> String {
     format!(
