@@ -229,7 +229,7 @@ impl PrivateKey {
     /// The key as a PKCS#8 PEM document (`-----BEGIN PRIVATE KEY-----`).
     pub fn to_pem(&self) -> Zeroizing<String> {
         let block = pem::Pem::new("PRIVATE KEY", self.pkcs8.to_vec());
-        let text = Zeroizing::new(pem::encode(&block));
+        let text = Zeroizing::new(pem_encode(&block));
         // `Pem` owns a copy of the key that is not zeroized on drop; wipe it.
         let mut contents = block.into_contents();
         zeroize::Zeroize::zeroize(&mut contents);
@@ -279,6 +279,22 @@ impl Names {
         }
         Ok(sans)
     }
+}
+
+/// A CSR from [`PrivateKey::csr`] as PEM (`CERTIFICATE REQUEST`), the form
+/// Vault and the Kubernetes APIs take.
+pub fn csr_pem(csr_der: &[u8]) -> String {
+    pem_encode(&pem::Pem::new("CERTIFICATE REQUEST", csr_der.to_vec()))
+}
+
+/// PEM with LF line ends, as openssl, cert-manager and the kubelet write it.
+/// (The `pem` crate's default is CRLF, which shows in every diff and `cat -A`
+/// of the published files.)
+pub fn pem_encode(block: &pem::Pem) -> String {
+    pem::encode_config(
+        block,
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
 }
 
 /// Just enough DER to re-wrap the legacy key formats openssl writes into
@@ -437,7 +453,12 @@ mod tests {
             KeyAlgorithm::Rsa2048,
         ] {
             let key = PrivateKey::generate(alg).unwrap();
-            let back = PrivateKey::from_pem(&key.to_pem()).unwrap();
+            let pem = key.to_pem();
+            assert!(
+                !pem.contains('\r'),
+                "PEM lines end in LF, as openssl writes them"
+            );
+            let back = PrivateKey::from_pem(&pem).unwrap();
             assert_eq!(back.algorithm(), alg);
             assert_eq!(back.public_key_raw(), key.public_key_raw());
         }

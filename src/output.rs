@@ -138,11 +138,7 @@ impl AtomicDir {
                 None => break,
             }
         }
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(dir)
-            .map_err(io("create the directory", dir))?;
+        create_dir_all(dir)?;
         // Each new directory's entry lives in its parent.
         for c in created {
             if let Some(parent) = c.parent() {
@@ -167,11 +163,7 @@ impl AtomicDir {
                 reason,
             })?;
         }
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(dir)
-            .map_err(io("create the directory", dir))?;
+        create_dir_all(dir)?;
 
         let old = live_generation(dir);
         if let Some(old) = &old {
@@ -385,11 +377,7 @@ fn write_generation(gen_dir: &Path, files: &[FileEntry], owner: Owner) -> Result
             .expect("payload paths are relative and non-empty")
             .to_path_buf();
         if dirs.insert(parent.clone()) {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(&parent)
-                .map_err(io("create the directory", &parent))?;
+            create_dir_all(&parent)?;
         }
         let mut file = std::fs::OpenOptions::new()
             .write(true)
@@ -424,6 +412,15 @@ fn write_generation(gen_dir: &Path, files: &[FileEntry], owner: Owner) -> Result
         fsync_dir(d)?;
     }
     Ok(())
+}
+
+/// `mkdir -p` with mode 0755 (narrowed by the umask).
+fn create_dir_all(dir: &Path) -> Result<(), OutputError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(io("create the directory", dir))
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), OutputError> {

@@ -91,7 +91,7 @@ pub fn certs_from_pem(text: &[u8]) -> Result<Vec<Vec<u8>>, pem::PemError> {
 /// PEM text for a list of DER certificates.
 pub fn certs_to_pem(ders: &[Vec<u8>]) -> String {
     ders.iter()
-        .map(|d| pem::encode(&pem::Pem::new("CERTIFICATE", d.clone())))
+        .map(|d| crate::keys::pem_encode(&pem::Pem::new("CERTIFICATE", d.clone())))
         .collect()
 }
 

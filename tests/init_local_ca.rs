@@ -88,6 +88,14 @@ fn assert_published(p: &Published, ca: Option<&OpensslCa>) {
     assert_eq!(mode_of(&key), 0o600, "tls.key mode\n{}", p.context());
     assert_eq!(mode_of(&crt), 0o644, "tls.crt mode\n{}", p.context());
     assert_eq!(mode_of(&ca_crt), 0o644, "ca.crt mode\n{}", p.context());
+    for f in [&crt, &key, &ca_crt] {
+        assert!(
+            !fs::read_to_string(f).unwrap().contains('\r'),
+            "{} should end its lines in LF, as openssl does\n{}",
+            f.display(),
+            p.context()
+        );
+    }
     let key_pem = fs::read_to_string(&key).unwrap();
     assert!(
         key_pem.starts_with("-----BEGIN PRIVATE KEY-----"),

@@ -352,10 +352,6 @@ fn label_value(v: &str) -> String {
         .to_owned()
 }
 
-fn pem_csr(csr_der: &[u8]) -> String {
-    pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", csr_der.to_vec()))
-}
-
 /// The built-in CSR API: <https://kubernetes.io/docs/reference/access-authn-authz/certificate-signing-requests/>.
 #[derive(Debug)]
 pub struct KubernetesCsr {
@@ -387,7 +383,7 @@ impl KubernetesCsr {
                 ..ObjectMeta::default()
             },
             spec: CertificateSigningRequestSpec {
-                request: k8s_openapi::ByteString(pem_csr(csr_der).into_bytes()),
+                request: k8s_openapi::ByteString(crate::keys::csr_pem(csr_der).into_bytes()),
                 signer_name: self.spec.signer_name.clone(),
                 usages: Some(
                     self.spec
@@ -505,7 +501,7 @@ impl CertManager {
         let r = &self.spec.issuer_ref;
         object.data = json!({
             "spec": {
-                "request": base64_encode(pem_csr(csr_der).as_bytes()),
+                "request": base64_encode(crate::keys::csr_pem(csr_der).as_bytes()),
                 "issuerRef": {"name": r.name, "kind": r.kind, "group": r.group},
                 "duration": format!("{}s", cert.duration.as_secs()),
                 "usages": self.spec.usages.clone().unwrap_or_else(|| usages(cert.key_algorithm)),

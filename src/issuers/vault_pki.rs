@@ -65,10 +65,7 @@ impl VaultIssuer {
         let pki = self.pki.as_ref().ok_or(VaultPkiError::NoPki)?;
         let path = format!("{}/sign/{}", pki.mount, pki.role);
         let mut body = request_body(cert, pki);
-        body["csr"] = Value::String(pem::encode(&pem::Pem::new(
-            "CERTIFICATE REQUEST",
-            csr_der.to_vec(),
-        )));
+        body["csr"] = Value::String(crate::keys::csr_pem(csr_der));
         let answer = self
             .client
             .request(Method::POST, &path, Some(&body))
