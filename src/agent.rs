@@ -18,7 +18,7 @@ use crate::config::{CertificateSpec, Config, IssuerSpec, KeyRotation, SecretSpec
 use crate::issuers::{Issuer, IssuerError};
 use crate::keys::{KeyError, PrivateKey};
 use crate::keystore::{self, KeystoreError};
-use crate::output::{read_live, AtomicDir, FileEntry, OutputError, Owner, Published};
+use crate::output::{read_live, AtomicDir, FileEntry, OutputError, Owner, Published, Staged};
 use crate::reload;
 use crate::schedule::{renewal_time, retry_delays};
 use crate::secrets::{self, KvMount, SecretError};
@@ -670,10 +670,19 @@ async fn renew(
     out: &mut AtomicDir,
     issuer: &Issuer,
 ) -> Result<CertInfo, RenewError> {
-    let (issued, key, preparing) = if issuer.generates_keys() {
-        let preparing = prepare_in_background(out.path());
-        let (issued, key) = issuer.issue(spec).await?;
-        (issued, key, preparing)
+    let owner = Owner {
+        uid: spec.files.uid,
+        gid: spec.files.gid,
+    };
+    let (issued, key, beginning) = if issuer.generates_keys() {
+        let beginning = begin_in_background(spec, out.path(), None, owner);
+        match issuer.issue(spec).await {
+            Ok((issued, key)) => (issued, key, beginning),
+            Err(e) => {
+                abandon(beginning).await;
+                return Err(e.into());
+            }
+        }
     } else {
         let kept = match spec.key_rotation {
             KeyRotation::Never => existing_key(spec, out.path()),
@@ -682,9 +691,10 @@ async fn renew(
         let alg = spec.key_algorithm;
         let logs_in = issuer.vault().is_some();
         let dir = out.path();
-        // The key, the CSR and the directory are made while the issuer logs
-        // in (Vault): the login goes out first and the server works on it
-        // meanwhile. A failed login returns at once; the key is then dropped.
+        // The key, the CSR and the new generation with the key in it are
+        // made while the issuer logs in (Vault) and signs: the login goes out
+        // first and the server works on it meanwhile. A failed login returns
+        // at once; the key is then dropped, and the generation removed.
         let making_key = async {
             if logs_in {
                 // A few turns of the runtime let the login connect and put its
@@ -693,7 +703,6 @@ async fn renew(
                     tokio::task::yield_now().await;
                 }
             }
-            let preparing = prepare_in_background(dir);
             let key = match kept {
                 Some(k) => k,
                 // RSA generation takes up to seconds of CPU: a blocking thread.
@@ -704,28 +713,31 @@ async fn renew(
                 None => PrivateKey::generate(alg)?,
             };
             let csr = key.csr(&spec.names)?;
-            Ok::<_, RenewError>((key, csr, preparing))
+            let beginning = begin_in_background(spec, dir, Some(key_file(spec, &key)), owner);
+            Ok::<_, RenewError>((key, csr, beginning))
         };
         let logging_in = async { Ok::<_, RenewError>(issuer.log_in().await?) };
-        let ((), (key, csr, preparing)) = tokio::try_join!(logging_in, making_key)?;
-        (issuer.sign(&csr, spec).await?, key, preparing)
+        let ((), (key, csr, beginning)) = tokio::try_join!(logging_in, making_key)?;
+        match issuer.sign(&csr, spec).await {
+            Ok(issued) => (issued, key, beginning),
+            Err(e) => {
+                abandon(beginning).await;
+                return Err(e.into());
+            }
+        }
     };
-    let files = payload(spec, &key, &issued)?;
-    let owner = Owner {
-        uid: spec.files.uid,
-        gid: spec.files.gid,
-    };
-    if let Some(preparing) = preparing {
-        // Its errors, if any, come again from the staging.
-        let _ = preparing.await;
+    let mut files = payload(spec, &key, &issued)?;
+    if issuer.generates_keys() {
+        files.push(key_file(spec, &key));
     }
-    // The files go into a hidden generation on a blocking thread while the
-    // certificate is verified here: on a real disk the fsyncs take longer than
-    // the verification. Nothing is visible until the commit below, and a
-    // generation that is not committed (verification failed, or this future
-    // was dropped) is removed when the staging result is dropped.
-    let dir = out.path().to_owned();
-    let staging = tokio::task::spawn_blocking(move || AtomicDir::stage(&dir, &files, owner));
+    let mut staged = beginning.await??;
+    // The rest of the files go into the hidden generation on a blocking
+    // thread while the certificate is verified here: on a real disk the
+    // fsyncs take longer than the verification. Nothing is visible until the
+    // commit below, and a generation that is not committed (verification
+    // failed, or this future was dropped) is removed when the staging result
+    // is dropped.
+    let staging = tokio::task::spawn_blocking(move || staged.write(&files, owner).map(|()| staged));
     let verified = verify(
         &issued,
         &key.public_key_raw(),
@@ -756,14 +768,39 @@ async fn renew(
 /// and write it.
 const LOGIN_HEAD_START: usize = 3;
 
-/// Creates a first publish's directory (and commits it to the disk's
-/// journal) on a blocking thread while the issuer works, keeping that off
-/// the path after the answer. `None` when the directory exists.
-fn prepare_in_background(dir: &Path) -> Option<tokio::task::JoinHandle<Result<(), OutputError>>> {
-    (!dir.exists()).then(|| {
-        let dir = dir.to_owned();
-        tokio::task::spawn_blocking(move || AtomicDir::prepare(&dir))
+/// Begins the credential's next generation on a blocking thread while the
+/// issuer works ([`AtomicDir::begin`]: its directory and symlinks, and the
+/// key when it is already known), keeping that off the path after the
+/// answer. If the renewal fails meanwhile, the generation is removed when
+/// the task ends.
+fn begin_in_background(
+    spec: &CertificateSpec,
+    dir: &Path,
+    key: Option<FileEntry>,
+    owner: Owner,
+) -> tokio::task::JoinHandle<Result<Staged, OutputError>> {
+    let dir = dir.to_owned();
+    let files: Vec<(String, u32)> = spec
+        .files
+        .with_modes()
+        .map(|(name, mode)| (name.to_owned(), mode))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let files: Vec<(&str, u32)> = files.iter().map(|(n, m)| (n.as_str(), *m)).collect();
+        let mut staged = AtomicDir::begin(&dir, &files, owner)?;
+        if let Some(key) = key {
+            staged.write(&[key], owner)?;
+        }
+        Ok(staged)
     })
+}
+
+/// Waits for a generation begun in the background and removes it, so that
+/// a renewal that failed leaves nothing behind when it returns.
+async fn abandon(beginning: tokio::task::JoinHandle<Result<Staged, OutputError>>) {
+    if let Ok(Ok(staged)) = beginning.await {
+        let _ = tokio::task::spawn_blocking(move || drop(staged)).await;
+    }
 }
 
 /// The subjects of the anchors before and after, when the CA file being
@@ -814,9 +851,10 @@ async fn refresh(
     ))
 }
 
-/// The files of a credential: certificate chain, key, CA, and the optional
-/// bundle (key first, then the chain, as haproxy and Kubernetes' Pod
-/// Certificates lay it out).
+/// The files of a credential but the key itself ([`key_file`], written
+/// earlier where it can be): certificate chain, CA, and the optional bundle
+/// (key first, then the chain, as haproxy and Kubernetes' Pod Certificates
+/// lay it out) and PKCS#12 files.
 fn payload(
     spec: &CertificateSpec,
     key: &PrivateKey,
@@ -830,11 +868,6 @@ fn payload(
             path: f.certificate.clone(),
             data: Zeroizing::new(chain_pem.clone().into_bytes()),
             mode: f.mode,
-        },
-        FileEntry {
-            path: f.private_key.clone(),
-            data: Zeroizing::new(key_pem.as_bytes().to_vec()),
-            mode: f.key_mode,
         },
         FileEntry {
             path: f.ca.clone(),
@@ -873,6 +906,15 @@ fn payload(
         }
     }
     Ok(files)
+}
+
+/// The private key's file.
+fn key_file(spec: &CertificateSpec, key: &PrivateKey) -> FileEntry {
+    FileEntry {
+        path: spec.files.private_key.clone(),
+        data: Zeroizing::new(key.to_pem().as_bytes().to_vec()),
+        mode: spec.files.key_mode,
+    }
 }
 
 /// The key on disk, if it can be kept for the next certificate.

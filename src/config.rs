@@ -1682,21 +1682,31 @@ fn normal(p: &Path) -> PathBuf {
 impl FileSpec {
     /// Every file name this credential publishes.
     pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.with_modes().map(|(name, _)| name)
+    }
+
+    /// Each file with its mode: files holding the key get `key_mode`.
+    pub fn with_modes(&self) -> impl Iterator<Item = (&str, u32)> {
         let p12 = self
             .pkcs12
             .as_ref()
-            .map(|p| [p.keystore.as_ref(), p.truststore.as_ref()])
+            .map(|p| {
+                [
+                    p.keystore.as_ref().map(|k| (k, self.key_mode)),
+                    p.truststore.as_ref().map(|t| (t, self.mode)),
+                ]
+            })
             .unwrap_or_default();
         [
-            Some(&self.certificate),
-            Some(&self.private_key),
-            Some(&self.ca),
-            self.bundle.as_ref(),
+            Some((&self.certificate, self.mode)),
+            Some((&self.private_key, self.key_mode)),
+            Some((&self.ca, self.mode)),
+            self.bundle.as_ref().map(|b| (b, self.key_mode)),
         ]
         .into_iter()
         .chain(p12)
         .flatten()
-        .map(String::as_str)
+        .map(|(name, mode)| (name.as_str(), mode))
     }
 }
 

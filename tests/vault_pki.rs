@@ -304,6 +304,11 @@ fn a_name_the_role_refuses_fails_init_with_openbaos_message_and_writes_nothing()
         "nothing may be written when the certificate is refused: {written:?}\n{}",
         ctx(&case, &ran, bao)
     );
+    assert!(
+        !case.out.join("evil").exists(),
+        "a first issuance that failed leaves no directory behind\n{}",
+        ctx(&case, &ran, bao)
+    );
     // OpenBao did receive the request and refused it.
     let answers = bao.approle_responses("pki-refused", "pki/sign/app");
     assert!(
