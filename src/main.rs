@@ -12,6 +12,14 @@ use pillion::cli::{Cli, Command};
 use pillion::config::Config;
 use pillion::signals::Signals;
 
+/// dlmalloc keeps freed memory for the next allocation. musl's allocator (the
+/// static build's) returns it to the kernel after almost every free: a
+/// `pillion init` spent about a millisecond in mmap, munmap and the page
+/// faults after them. The same allocator everywhere, so that the tests run
+/// the one the image ships.
+#[global_allocator]
+static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
