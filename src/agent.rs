@@ -271,10 +271,11 @@ impl Agent {
             .certificates
             .iter()
             .map(|spec| {
-                let out = AtomicDir::new(spec.target_dir(&config.output_dir));
+                let mut out = AtomicDir::new(spec.target_dir(&config.output_dir));
                 let issuer = &issuers[&spec.issuer];
                 let (cert, next_attempt) = match existing(spec, out.path(), issuer, now) {
                     Ok(info) => {
+                        out.remove_leftovers();
                         let at = renewal_time(info.not_before, info.not_after, spec.renew, fastrand::f64());
                         info!(cert = %spec.name, serial = %info.serial, not_after = %fmt_time(info.not_after), renew_at = %fmt_time(at), "reusing the valid certificate on disk");
                         metrics.certificate(&spec.name, info.not_after, at);

@@ -310,6 +310,25 @@ impl AtomicDir {
         std::fs::rename(&tmp, &visible).map_err(io("rename into place", &visible))
     }
 
+    /// Removes what an earlier process left when it stopped half-way: a
+    /// generation begun but never committed (it may hold a key), and the
+    /// temporary symlinks. For a start that reuses the live files, which
+    /// would otherwise keep them until the next publish.
+    pub fn remove_leftovers(&mut self) {
+        let Some(live) = self.current() else {
+            return;
+        };
+        let Some(live) = live.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+            return;
+        };
+        for name in list_top_level(&self.dir) {
+            if name == DATA_TMP_LINK || (name.starts_with("..") && name.ends_with(".tmp")) {
+                let _ = std::fs::remove_file(self.dir.join(&name));
+            }
+        }
+        self.remove_stale_generations(&live);
+    }
+
     /// Removes generations replaced more than [`GRACE`] ago or beyond
     /// [`MAX_RETIRED`], and any generation nobody tracks (left by an earlier
     /// process), except the live one.
@@ -903,6 +922,31 @@ mod tests {
         drop(staged);
         assert_eq!(entries(tmp.path()), vec!["kept".to_owned()]);
         assert_eq!(entries(&tmp.path().join("kept")), Vec::<String>::new());
+    }
+
+    #[test]
+    fn leftovers_of_a_stopped_publish_are_removed_at_a_start_that_reuses_the_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut out = AtomicDir::new(tmp.path());
+        out.publish(&[entry("a", "1", 0o644)], Owner::default())
+            .unwrap();
+        // Stopped after begin and the key: the staged value is never dropped.
+        let mut staged =
+            AtomicDir::begin(tmp.path(), &[("a", 0o644), ("k", 0o600)], Owner::default()).unwrap();
+        staged
+            .write(&[entry("k", "key", 0o600)], Owner::default())
+            .unwrap();
+        std::mem::forget(staged);
+        assert_eq!(generations(tmp.path()).len(), 2);
+
+        let mut restarted = AtomicDir::new(tmp.path());
+        restarted.remove_leftovers();
+        let live = out.current().unwrap();
+        let live = live.file_name().unwrap().to_str().unwrap();
+        let mut want = vec!["..data", live, "a"];
+        want.sort();
+        assert_eq!(entries(tmp.path()), want);
+        assert_eq!(std::fs::read_to_string(tmp.path().join("a")).unwrap(), "1");
     }
 
     #[test]
