@@ -696,6 +696,7 @@ async fn renew(
         // made while the issuer logs in (Vault) and signs: the login goes out
         // first and the server works on it meanwhile. A failed login returns
         // at once; the key is then dropped, and the generation removed.
+        let mut beginning = None;
         let making_key = async {
             if logs_in {
                 // A few turns of the runtime let the login connect and put its
@@ -704,6 +705,10 @@ async fn renew(
                     tokio::task::yield_now().await;
                 }
             }
+            // The generation's directory and files are made while the key is,
+            // and the key goes into it once there.
+            let (key_tx, key_rx) = tokio::sync::oneshot::channel();
+            beginning = Some(begin_in_background(spec, dir, Some(key_rx), owner));
             let key = match kept {
                 Some(k) => k,
                 // RSA generation takes up to seconds of CPU: a blocking thread.
@@ -714,11 +719,21 @@ async fn renew(
                 None => PrivateKey::generate(alg)?,
             };
             let csr = key.csr(&spec.names)?;
-            let beginning = begin_in_background(spec, dir, Some(key_file(spec, &key)), owner);
-            Ok::<_, RenewError>((key, csr, beginning))
+            let _ = key_tx.send(key_file(spec, &key));
+            Ok::<_, RenewError>((key, csr))
         };
         let logging_in = async { Ok::<_, RenewError>(issuer.log_in().await?) };
-        let ((), (key, csr, beginning)) = tokio::try_join!(logging_in, making_key)?;
+        let joined = tokio::try_join!(logging_in, making_key);
+        let (key, csr) = match joined {
+            Ok(((), made)) => made,
+            Err(e) => {
+                if let Some(beginning) = beginning {
+                    abandon(beginning).await;
+                }
+                return Err(e);
+            }
+        };
+        let beginning = beginning.expect("the key is made after the generation is begun");
         match issuer.sign(&csr, spec).await {
             Ok(issued) => (issued, key, beginning),
             Err(e) => {
@@ -727,11 +742,19 @@ async fn renew(
             }
         }
     };
-    let mut files = payload(spec, &key, &issued)?;
+    let mut files = match payload(spec, &key, &issued) {
+        Ok(files) => files,
+        Err(e) => {
+            abandon(beginning).await;
+            return Err(e.into());
+        }
+    };
     if issuer.generates_keys() {
         files.push(key_file(spec, &key));
     }
-    let mut staged = beginning.await??;
+    let mut staged = beginning
+        .await??
+        .expect("the key was handed over: it was made, so the renewal goes on");
     // The rest of the files go into the hidden generation on a blocking
     // thread while the certificate is verified here: on a real disk the
     // fsyncs take longer than the verification. Nothing is visible until the
@@ -770,16 +793,16 @@ async fn renew(
 const LOGIN_HEAD_START: usize = 3;
 
 /// Begins the credential's next generation on a blocking thread while the
-/// issuer works ([`AtomicDir::begin`]: its directory and symlinks, and the
-/// key when it is already known), keeping that off the path after the
-/// answer. If the renewal fails meanwhile, the generation is removed when
-/// the task ends.
+/// issuer works ([`AtomicDir::begin`]: its directory, files and symlinks),
+/// keeping that off the path after the answer, and writes the key into it
+/// when `key` brings one. `None` when `key`'s sender is dropped first: the
+/// renewal failed, and the generation is already removed again.
 fn begin_in_background(
     spec: &CertificateSpec,
     dir: &Path,
-    key: Option<FileEntry>,
+    key: Option<tokio::sync::oneshot::Receiver<FileEntry>>,
     owner: Owner,
-) -> tokio::task::JoinHandle<Result<Staged, OutputError>> {
+) -> Beginning {
     let dir = dir.to_owned();
     let files: Vec<(String, u32)> = spec
         .files
@@ -790,16 +813,22 @@ fn begin_in_background(
         let files: Vec<(&str, u32)> = files.iter().map(|(n, m)| (n.as_str(), *m)).collect();
         let mut staged = AtomicDir::begin(&dir, &files, owner)?;
         if let Some(key) = key {
+            let Ok(key) = key.blocking_recv() else {
+                return Ok(None);
+            };
             staged.write(&[key], owner)?;
         }
-        Ok(staged)
+        Ok(Some(staged))
     })
 }
 
+/// A generation being begun in the background; see [`begin_in_background`].
+type Beginning = tokio::task::JoinHandle<Result<Option<Staged>, OutputError>>;
+
 /// Waits for a generation begun in the background and removes it, so that
 /// a renewal that failed leaves nothing behind when it returns.
-async fn abandon(beginning: tokio::task::JoinHandle<Result<Staged, OutputError>>) {
-    if let Ok(Ok(staged)) = beginning.await {
+async fn abandon(beginning: Beginning) {
+    if let Ok(Ok(Some(staged))) = beginning.await {
         let _ = tokio::task::spawn_blocking(move || drop(staged)).await;
     }
 }

@@ -87,6 +87,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     };
 
+    let init = matches!(mode, Mode::Init { .. });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -124,11 +125,17 @@ fn main() -> ExitCode {
         }
         agent.run(mode, rx).await.map_err(anyhow::Error::from)
     });
-    // Wait for no blocking thread: an abandoned RSA-4096 generation can take
-    // seconds (SIGTERM must stop pillion within one), an idle one would only
-    // delay the exit, and a generation being staged is hidden until committed
-    // (a leftover is removed by the next publish).
-    runtime.shutdown_background();
+    // After an init that published everything, wait for no blocking thread:
+    // an idle one would only delay the exit. After a stop or a failure (the
+    // init deadline, a signal) a renewal may have been cut short: give its
+    // file work a moment to finish and remove what it began, but no more,
+    // since an abandoned RSA-4096 generation can take seconds (SIGTERM must
+    // stop pillion within one).
+    if init && result.is_ok() {
+        runtime.shutdown_background();
+    } else {
+        runtime.shutdown_timeout(std::time::Duration::from_millis(250));
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(EXIT_RUNTIME, format!("{e:#}")),

@@ -175,6 +175,11 @@ fn approle_with_a_wrong_secret_id_fails_init_with_openbaos_message() {
         "nothing may be written\n{}",
         ctx(&case, &ran, bao)
     );
+    assert!(
+        !case.out.join("web").exists(),
+        "a first issuance that failed leaves no directory behind\n{}",
+        ctx(&case, &ran, bao)
+    );
 }
 
 #[test]
@@ -229,6 +234,11 @@ fn jwt_for_another_audience_fails_init_with_openbaos_message() {
     assert!(
         files_under(&case.out).is_empty(),
         "nothing may be written\n{}",
+        ctx(&case, &ran, bao)
+    );
+    assert!(
+        !case.out.join("web").exists(),
+        "a first issuance that failed leaves no directory behind\n{}",
         ctx(&case, &ran, bao)
     );
 }
