@@ -271,11 +271,10 @@ impl Agent {
             .certificates
             .iter()
             .map(|spec| {
-                let mut out = AtomicDir::new(spec.target_dir(&config.output_dir));
+                let out = AtomicDir::new(spec.target_dir(&config.output_dir));
                 let issuer = &issuers[&spec.issuer];
                 let (cert, next_attempt) = match existing(spec, out.path(), issuer, now) {
                     Ok(info) => {
-                        out.remove_leftovers();
                         let at = renewal_time(info.not_before, info.not_after, spec.renew, fastrand::f64());
                         info!(cert = %spec.name, serial = %info.serial, not_after = %fmt_time(info.not_after), renew_at = %fmt_time(at), "reusing the valid certificate on disk");
                         metrics.certificate(&spec.name, info.not_after, at);
@@ -452,6 +451,12 @@ impl Agent {
             Mode::Run => None,
         };
         self.keep_tokens_alive();
+        // Once per process (not on a reload, which would cut the grace of a
+        // generation replaced moments ago): what a killed predecessor left
+        // beside files reused now would otherwise stay until their renewal.
+        for c in self.creds.iter_mut().filter(|c| c.published) {
+            c.out.remove_leftovers();
+        }
         loop {
             if matches!(mode, Mode::Init { .. }) && self.creds.iter().all(|c| c.published) {
                 info!("all {} credential(s) published", self.creds.len());
@@ -675,84 +680,21 @@ async fn renew(
         uid: spec.files.uid,
         gid: spec.files.gid,
     };
-    let (issued, key, beginning) = if issuer.generates_keys() {
-        let beginning = begin_in_background(spec, out.path(), None, owner);
-        match issuer.issue(spec).await {
-            Ok((issued, key)) => (issued, key, beginning),
-            Err(e) => {
-                abandon(beginning).await;
-                return Err(e.into());
-            }
-        }
-    } else {
-        let kept = match spec.key_rotation {
-            KeyRotation::Never => existing_key(spec, out.path()),
-            KeyRotation::Always => None,
-        };
-        let alg = spec.key_algorithm;
-        let logs_in = issuer.vault().is_some();
-        let dir = out.path();
-        // The key, the CSR and the new generation with the key in it are
-        // made while the issuer logs in (Vault) and signs: the login goes out
-        // first and the server works on it meanwhile. A failed login returns
-        // at once; the key is then dropped, and the generation removed.
-        let mut beginning = None;
-        let making_key = async {
-            if logs_in {
-                // A few turns of the runtime let the login connect and put its
-                // request on the wire before this CPU work.
-                for _ in 0..LOGIN_HEAD_START {
-                    tokio::task::yield_now().await;
-                }
-            }
-            // The generation's directory and files are made while the key is,
-            // and the key goes into it once there.
-            let (key_tx, key_rx) = tokio::sync::oneshot::channel();
-            beginning = Some(begin_in_background(spec, dir, Some(key_rx), owner));
-            let key = match kept {
-                Some(k) => k,
-                // RSA generation takes up to seconds of CPU: a blocking thread.
-                None if alg.is_rsa() => {
-                    tokio::task::spawn_blocking(move || PrivateKey::generate(alg)).await??
-                }
-                // EC and Ed25519 keys take microseconds; a thread would cost more.
-                None => PrivateKey::generate(alg)?,
-            };
-            let csr = key.csr(&spec.names)?;
-            let _ = key_tx.send(key_file(spec, &key));
-            Ok::<_, RenewError>((key, csr))
-        };
-        let logging_in = async { Ok::<_, RenewError>(issuer.log_in().await?) };
-        let joined = tokio::try_join!(logging_in, making_key);
-        let (key, csr) = match joined {
-            Ok(((), made)) => made,
-            Err(e) => {
-                if let Some(beginning) = beginning {
-                    abandon(beginning).await;
-                }
-                return Err(e);
-            }
-        };
-        let beginning = beginning.expect("the key is made after the generation is begun");
-        match issuer.sign(&csr, spec).await {
-            Ok(issued) => (issued, key, beginning),
-            Err(e) => {
-                abandon(beginning).await;
-                return Err(e.into());
-            }
-        }
-    };
-    let mut files = match payload(spec, &key, &issued) {
-        Ok(files) => files,
+    // The new generation is begun in the background while the issuer works.
+    // If anything fails before the files are written into it, it is removed
+    // before this returns.
+    let mut beginning = None;
+    let (issued, key, files) = match obtain(spec, out.path(), issuer, owner, &mut beginning).await {
+        Ok(obtained) => obtained,
         Err(e) => {
-            abandon(beginning).await;
-            return Err(e.into());
+            if let Some(beginning) = beginning {
+                abandon(beginning).await;
+            }
+            return Err(e);
         }
     };
-    if issuer.generates_keys() {
-        files.push(key_file(spec, &key));
-    }
     let mut staged = beginning
+        .expect("obtain begins the generation before anything it returns")
         .await??
         .expect("the key was handed over: it was made, so the renewal goes on");
     // The rest of the files go into the hidden generation on a blocking
@@ -785,6 +727,65 @@ async fn renew(
         Published::Unchanged => debug!(cert = %spec.name, "the files were already up to date"),
     }
     Ok(info)
+}
+
+/// The certificate, its key and the files still to write (all but the key
+/// where the key was already written into the generation begun in
+/// `beginning`).
+async fn obtain(
+    spec: &CertificateSpec,
+    dir: &Path,
+    issuer: &Issuer,
+    owner: Owner,
+    beginning: &mut Option<Beginning>,
+) -> Result<(Issued, PrivateKey, Vec<FileEntry>), RenewError> {
+    if issuer.generates_keys() {
+        *beginning = Some(begin_in_background(spec, dir, None, owner));
+        let (issued, key) = issuer.issue(spec).await?;
+        let mut files = payload(spec, &key, &issued)?;
+        files.push(key_file(spec, &key));
+        return Ok((issued, key, files));
+    }
+    let kept = match spec.key_rotation {
+        KeyRotation::Never => existing_key(spec, dir),
+        KeyRotation::Always => None,
+    };
+    let alg = spec.key_algorithm;
+    let logs_in = issuer.vault().is_some();
+    // The key, the CSR and the new generation with the key in it are made
+    // while the issuer logs in (Vault) and signs: the login goes out first
+    // and the server works on it meanwhile. A failed login returns at once;
+    // the key is then dropped.
+    let making_key = async {
+        if logs_in {
+            // A few turns of the runtime let the login connect and put its
+            // request on the wire before this CPU work.
+            for _ in 0..LOGIN_HEAD_START {
+                tokio::task::yield_now().await;
+            }
+        }
+        // The generation's directory and files are made while the key is,
+        // and the key goes into it once there.
+        let (key_tx, key_rx) = tokio::sync::oneshot::channel();
+        *beginning = Some(begin_in_background(spec, dir, Some(key_rx), owner));
+        let key = match kept {
+            Some(k) => k,
+            // RSA generation takes up to seconds of CPU: a blocking thread.
+            None if alg.is_rsa() => {
+                tokio::task::spawn_blocking(move || PrivateKey::generate(alg)).await??
+            }
+            // EC and Ed25519 keys take microseconds; a thread would cost more.
+            None => PrivateKey::generate(alg)?,
+        };
+        let csr = key.csr(&spec.names)?;
+        let _ = key_tx.send(key_file(spec, &key));
+        Ok::<_, RenewError>((key, csr))
+    };
+    let logging_in = async { Ok::<_, RenewError>(issuer.log_in().await?) };
+    let ((), (key, csr)) = tokio::try_join!(logging_in, making_key)?;
+    let issued = issuer.sign(&csr, spec).await?;
+    let files = payload(spec, &key, &issued)?;
+    Ok((issued, key, files))
 }
 
 /// Turns of the runtime a login gets before the key is made: enough to
@@ -892,7 +893,6 @@ fn payload(
 ) -> Result<Vec<FileEntry>, KeystoreError> {
     let f = &spec.files;
     let chain_pem = certs_to_pem(&issued.chain);
-    let key_pem = key.to_pem();
     let mut files = vec![
         FileEntry {
             path: f.certificate.clone(),
@@ -906,6 +906,7 @@ fn payload(
         },
     ];
     if let Some(bundle) = &f.bundle {
+        let key_pem = key.to_pem();
         let mut data = Zeroizing::new(Vec::with_capacity(key_pem.len() + chain_pem.len()));
         data.extend_from_slice(key_pem.as_bytes());
         data.extend_from_slice(chain_pem.as_bytes());

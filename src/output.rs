@@ -142,15 +142,7 @@ impl AtomicDir {
         check_paths(files.iter().map(|f| f.path.as_str()))?;
         if let Some(live) = live_generation(dir) {
             if same_content(&live, files, owner) {
-                return Ok(Staged {
-                    dir: dir.to_owned(),
-                    generation: None,
-                    top: BTreeSet::new(),
-                    links: BTreeSet::new(),
-                    open: BTreeMap::new(),
-                    unsynced: BTreeSet::new(),
-                    created: Vec::new(),
-                });
+                return Ok(Staged::nothing(dir, Vec::new()));
             }
         }
         let planned: Vec<(&str, u32)> = files.iter().map(|f| (f.path.as_str(), f.mode)).collect();
@@ -184,19 +176,7 @@ impl AtomicDir {
         }
         let created = create_dirs(dir)?;
         // From here on, an early return drops `staged`, which removes what it made.
-        let mut staged = Staged {
-            dir: dir.to_owned(),
-            generation: None,
-            top: BTreeSet::new(),
-            links: BTreeSet::new(),
-            open: BTreeMap::new(),
-            unsynced: created
-                .iter()
-                .filter_map(|c| c.parent())
-                .map(Path::to_owned)
-                .collect(),
-            created,
-        };
+        let mut staged = Staged::nothing(dir, created);
         let gen_name = make_generation_dir(dir)?;
         staged.generation = Some(gen_name.clone());
         let gen_dir = dir.join(&gen_name);
@@ -380,6 +360,24 @@ pub struct Staged {
 }
 
 impl Staged {
+    /// No generation yet; `created` are the directories made for it, whose
+    /// entries are still to be synced.
+    fn nothing(dir: &Path, created: Vec<PathBuf>) -> Staged {
+        Staged {
+            dir: dir.to_owned(),
+            generation: None,
+            top: BTreeSet::new(),
+            links: BTreeSet::new(),
+            open: BTreeMap::new(),
+            unsynced: created
+                .iter()
+                .filter_map(|c| c.parent())
+                .map(Path::to_owned)
+                .collect(),
+            created,
+        }
+    }
+
     /// Writes `files` into the generation and makes them durable, with the
     /// directories they are in. May be called more than once, for files not
     /// yet written: a key can be written while its certificate is requested.
