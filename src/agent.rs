@@ -228,6 +228,15 @@ impl Credential {
         }
     }
 
+    /// The paths of the files the app reads.
+    fn visible_files(&self) -> Vec<PathBuf> {
+        let names: Vec<&str> = match &self.work {
+            Work::Certificate(c) => c.files.names().collect(),
+            Work::Secret { spec, .. } => spec.format.file().into_iter().collect(),
+        };
+        names.iter().map(|n| self.out.path().join(n)).collect()
+    }
+
     fn issuer(&self) -> &str {
         match &self.work {
             Work::Certificate(c) => &c.issuer,
@@ -244,6 +253,8 @@ pub struct CredentialState {
     pub published: bool,
     /// The expiry of what is published, for certificates.
     pub not_after: Option<SystemTime>,
+    /// The paths the app reads (the visible names); ready only while all exist.
+    pub files: Vec<PathBuf>,
 }
 
 /// The renewal loop for one configuration.
@@ -334,26 +345,28 @@ impl Agent {
                 name: c.name().to_owned(),
                 published: c.published,
                 not_after: c.cert.as_ref().map(|i| i.not_after),
+                files: c.visible_files(),
             })
             .collect();
         self.state.send_replace(states);
     }
 
     /// Marks credentials due now; returns false for a shutdown.
+    ///
+    /// Renewing on demand never cuts short the backoff of a credential whose
+    /// last attempt failed: a storm of `/rotate` or SIGUSR1 must not hammer
+    /// a CA that is already refusing. Requests only move a credential's next
+    /// attempt to now, so any number of them before a round makes one round.
     fn apply(&mut self, command: Option<Command>) -> bool {
         match command {
             Some(Command::RenewAll) => {
                 info!("renewing every credential now, as asked");
-                for c in &mut self.creds {
-                    c.next_attempt = SystemTime::now();
-                }
+                self.renew_now(|_| true);
                 true
             }
             Some(Command::Renew(name)) => {
                 info!(cert = %name, "renewing now, as asked");
-                for c in self.creds.iter_mut().filter(|c| c.name() == name) {
-                    c.next_attempt = SystemTime::now();
-                }
+                self.renew_now(|c| c.name() == name);
                 true
             }
             Some(Command::ReloadConfig) => {
@@ -369,6 +382,50 @@ impl Agent {
                 true
             }
             Some(Command::Shutdown) | None => false,
+        }
+    }
+
+    /// Applies `first` and every command already queued behind it, each
+    /// kind once: a burst of requests is one round, not one round each.
+    /// Returns false for a shutdown.
+    fn apply_queued(
+        &mut self,
+        first: Option<Command>,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+    ) -> bool {
+        let mut batch = vec![first];
+        loop {
+            match commands.try_recv() {
+                Ok(c) => {
+                    if !batch.contains(&Some(c.clone())) {
+                        batch.push(Some(c));
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    batch.push(None);
+                    break;
+                }
+            }
+            // Bounded work per wake-up, whatever is queued.
+            if batch.len() > 64 {
+                break;
+            }
+        }
+        batch.into_iter().all(|c| self.apply(c))
+    }
+
+    /// Makes the credentials `which` selects due now, except those backing
+    /// off after a failure.
+    fn renew_now(&mut self, which: impl Fn(&Credential) -> bool) {
+        let now = SystemTime::now();
+        for c in self.creds.iter_mut().filter(|c| which(c)) {
+            if c.retries.is_some() && c.next_attempt > now {
+                let retry_in = c.next_attempt.duration_since(now).unwrap_or_default();
+                info!(cert = %c.name(), retry_in = %humantime::format_duration(round_secs(retry_in)), "not renewing early: the last attempt failed and its backoff stands");
+                continue;
+            }
+            c.next_attempt = c.next_attempt.min(now);
         }
     }
 
@@ -456,7 +513,24 @@ impl Agent {
         // beside files reused now would otherwise stay until their renewal.
         for c in self.creds.iter_mut().filter(|c| c.published) {
             c.out.remove_leftovers();
+            // A kill between the swap of `..data` and the renames after it
+            // (or a name deleted by hand) leaves the reused files invisible.
+            if let Work::Certificate(spec) = &c.work {
+                match c.out.repair_visible(spec.files.names()) {
+                    Ok(names) if !names.is_empty() => {
+                        warn!(cert = %spec.name, names = %names.join(","), "made missing file names visible again")
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        error!(cert = %spec.name, error = %chain(&e), "the reused files cannot be made visible; issuing anew");
+                        c.published = false;
+                        c.cert = None;
+                        c.next_attempt = SystemTime::now();
+                    }
+                }
+            }
         }
+        self.publish_state();
         loop {
             if matches!(mode, Mode::Init { .. }) && self.creds.iter().all(|c| c.published) {
                 info!("all {} credential(s) published", self.creds.len());
@@ -475,7 +549,7 @@ impl Agent {
                 // next 1 ms tick: only take a command that is already queued.
                 match commands.try_recv() {
                     Ok(cmd) => {
-                        if !self.apply(Some(cmd)) {
+                        if !self.apply_queued(Some(cmd), &mut commands) {
                             return stopped(mode);
                         }
                     }
@@ -491,7 +565,7 @@ impl Agent {
                 let wake = deadline.map_or(wake, |(d, _)| wake.min(d));
                 tokio::select! {
                     () = tokio::time::sleep_until(wake) => {}
-                    cmd = commands.recv() => if !self.apply(cmd) {
+                    cmd = commands.recv() => if !self.apply_queued(cmd, &mut commands) {
                         return stopped(mode);
                     },
                 }
@@ -531,7 +605,12 @@ impl Agent {
                                 info!("stopping during a renewal round; the files on disk are complete");
                                 return stopped(mode);
                             }
-                            Some(other) => pending.push(other),
+                            Some(other) => {
+                            // Coalesced: a burst during a round is one round after it.
+                            if !pending.contains(&other) {
+                                pending.push(other);
+                            }
+                        }
                         },
                     }
                 }

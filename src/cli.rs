@@ -301,11 +301,12 @@ impl Cli {
                         flags: given.join(", "),
                     });
                 }
-                let text =
-                    std::fs::read_to_string(path).map_err(|cause| UsageError::ReadConfig {
+                let text = crate::small_file::read_to_string(path).map_err(|cause| {
+                    UsageError::ReadConfig {
                         path: path.clone(),
                         cause,
-                    })?;
+                    }
+                })?;
                 let mut config =
                     Config::from_yaml(&text, &format!("the configuration {}", path.display()))?;
                 if let Some(dir) = &self.state_dir {

@@ -1793,10 +1793,21 @@ fn expand_with(value: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<S
     Ok(out)
 }
 
-/// Parses `24h`, `90m`, `1h30m`, `6s`.
+/// The longest duration any setting takes. A bound keeps every sum of a
+/// configured duration and a time (`now + duration`) far from overflow, and
+/// no certificate, timeout or interval needs more.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Parses `24h`, `90m`, `1h30m`, `6s`, up to [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|_| format!("{s:?} is not a duration (examples: 90s, 30m, 24h, 1h30m)"))
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|_| format!("{s:?} is not a duration (examples: 90s, 30m, 24h, 1h30m)"))?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "{s:?} is longer than the limit of 100 years (876000h)"
+        ));
+    }
+    Ok(d)
 }
 
 /// File modes are octal: `"0640"`, `"640"`, or a YAML integer written as octal
@@ -2149,6 +2160,18 @@ mod tests {
             paths(&format!("{base}  renewBeforePercentage: 0\n")),
             ["certificates[0].renewBeforePercentage"]
         );
+    }
+
+    #[test]
+    fn durations_beyond_the_limit_are_refused_before_any_arithmetic() {
+        // 70000000h once passed validation and overflowed `now + duration`.
+        let p = paths("outputDir: /o\ncertificates:\n- name: a\n  dnsNames: [a]\n  duration: 70000000h\n  renewBefore: 69000000h\n");
+        assert_eq!(
+            p,
+            ["certificates[0].duration", "certificates[0].renewBefore"]
+        );
+        assert!(parse_duration("876000h").is_ok());
+        assert!(parse_duration("876001h").is_err());
     }
 
     #[test]

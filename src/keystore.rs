@@ -25,7 +25,7 @@ pub enum KeystoreError {
 
 /// Reads a password file; a trailing newline is not part of the password.
 pub fn read_password(path: &Path) -> Result<Zeroizing<String>, KeystoreError> {
-    let mut text = std::fs::read_to_string(path)
+    let mut text = crate::small_file::read_to_string(path)
         .map(Zeroizing::new)
         .map_err(|source| KeystoreError::ReadPassword {
             path: path.to_owned(),

@@ -20,6 +20,7 @@ pub mod schedule;
 pub mod secrets;
 pub mod server;
 pub mod signals;
+pub mod small_file;
 pub mod status;
 pub mod telemetry;
 pub mod vault;

@@ -290,6 +290,37 @@ impl AtomicDir {
         std::fs::rename(&tmp, &visible).map_err(io("rename into place", &visible))
     }
 
+    /// Makes every visible name of `files` (paths in the credential) a
+    /// symlink through `..data` again where it is missing: a process killed
+    /// between the swap of `..data` and the rename of the names into place
+    /// left a live generation nobody can see, and a name deleted by hand
+    /// does the same. Returns the names made again.
+    ///
+    /// # Errors
+    /// A name taken by something pillion did not make, or the step that
+    /// failed.
+    pub fn repair_visible<'a>(
+        &self,
+        files: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Vec<String>, OutputError> {
+        let Some(live) = self.current() else {
+            return Ok(Vec::new());
+        };
+        let names: BTreeSet<String> = files.into_iter().map(top_level).collect();
+        let mut repaired = Vec::new();
+        for name in names {
+            let visible = self.dir.join(&name);
+            let works = std::fs::read_link(&visible)
+                .is_ok_and(|t| t == Path::new(DATA_LINK).join(&name))
+                && visible.exists();
+            if !works && live.join(&name).symlink_metadata().is_ok() {
+                self.ensure_visible_link(&name)?;
+                repaired.push(name);
+            }
+        }
+        Ok(repaired)
+    }
+
     /// Removes what an earlier process left when it stopped half-way: a
     /// generation begun but never committed (it may hold a key), and the
     /// temporary symlinks. For a start that reuses the live files, which
@@ -369,11 +400,7 @@ impl Staged {
             top: BTreeSet::new(),
             links: BTreeSet::new(),
             open: BTreeMap::new(),
-            unsynced: created
-                .iter()
-                .filter_map(|c| c.parent())
-                .map(Path::to_owned)
-                .collect(),
+            unsynced: created.iter().map(|c| parent_dir(c).to_owned()).collect(),
             created,
         }
     }
@@ -580,15 +607,25 @@ fn create_file(
 fn create_dirs(dir: &Path) -> Result<Vec<PathBuf>, OutputError> {
     let mut created = Vec::new();
     let mut d = dir;
-    while !d.exists() {
+    while !d.as_os_str().is_empty() && !d.exists() {
         created.push(d.to_owned());
-        match d.parent() {
-            Some(p) => d = p,
-            None => break,
+        if d.parent().is_none() {
+            break;
         }
+        d = parent_dir(d);
     }
     create_dir_all(dir)?;
     Ok(created)
+}
+
+/// The directory `path` is in: `.` for a relative path of one component
+/// (`certs`), whose `parent()` is the empty path, which no system call takes.
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if p.as_os_str().is_empty() => Path::new("."),
+        Some(p) => p,
+        None => path,
+    }
 }
 
 /// `mkdir -p` with mode 0755 (narrowed by the umask).
@@ -662,6 +699,38 @@ mod tests {
             data: Zeroizing::new(data.as_bytes().to_vec()),
             mode,
         }
+    }
+
+    #[test]
+    fn missing_visible_names_of_the_live_generation_are_made_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("out");
+        let mut out = AtomicDir::new(&dir);
+        out.publish(
+            &[
+                entry("tls.crt", "cert", 0o644),
+                entry("sub/tls.key", "key", 0o600),
+            ],
+            Owner::default(),
+        )
+        .unwrap();
+        // As a kill right after the swap of a first issuance leaves it.
+        std::fs::remove_file(dir.join("tls.crt")).unwrap();
+        std::fs::remove_file(dir.join("sub")).unwrap();
+        let repaired = out.repair_visible(["tls.crt", "sub/tls.key"]).unwrap();
+        assert_eq!(repaired, ["sub", "tls.crt"]);
+        assert_eq!(
+            std::fs::read_to_string(dir.join("tls.crt")).unwrap(),
+            "cert"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("sub/tls.key")).unwrap(),
+            "key"
+        );
+        assert!(out
+            .repair_visible(["tls.crt", "sub/tls.key"])
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

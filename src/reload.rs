@@ -274,10 +274,11 @@ fn read_proc(pid: i32) -> Option<ProcInfo> {
 }
 
 fn read_pid_file(path: &Path) -> Result<i32, ReloadError> {
-    let content = std::fs::read_to_string(path).map_err(|source| ReloadError::PidFile {
-        path: path.to_owned(),
-        source,
-    })?;
+    let content =
+        crate::small_file::read_to_string(path).map_err(|source| ReloadError::PidFile {
+            path: path.to_owned(),
+            source,
+        })?;
     let pid = content
         .trim()
         .parse::<i32>()

@@ -5,20 +5,45 @@
 //! once every credential has been published and none has expired, so the app
 //! container starts only when its files exist.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
 use tracing::{debug, info, warn};
 
 use crate::agent::{Command, CredentialState};
 use crate::telemetry::Metrics;
+
+/// Connections served at once, at most. A probe, a scrape and a `/rotate`
+/// need one each; the cap keeps idle or slow clients from taking the file
+/// descriptors and memory that renewals need. When full, the connection
+/// accepted longest ago is closed for the new one, so a flood of idle
+/// connections cannot lock the kubelet's probe out.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A client must send its request headers within this time (slowloris).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// No connection lives longer than this, idle keep-alive included.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// Request headers larger than this are refused (hyper's smallest buffer).
+pub const MAX_HEADER_BYTES: usize = 8192;
+/// `POST /rotate` is taken at most this often on average, with bursts of
+/// [`ROTATE_BURST`]; more is answered 429. The agent coalesces what it takes.
+pub const ROTATE_INTERVAL: Duration = Duration::from_secs(1);
+/// See [`ROTATE_INTERVAL`].
+pub const ROTATE_BURST: u32 = 5;
+/// Repeated accept errors are logged once per this interval, with a count.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// The longest pause after repeated accept errors (EMFILE would otherwise
+/// spin the loop at 100% CPU).
+const MAX_ACCEPT_PAUSE: Duration = Duration::from_secs(1);
 
 /// Binds the admin endpoint before any work starts, so that a busy port is
 /// reported at once.
@@ -29,41 +54,145 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
+/// The connections to serve at once: [`MAX_CONNECTIONS`], fewer when the
+/// process may open few files, so that at least three quarters of the
+/// descriptors stay for renewals (files, sockets to the CA).
+fn connection_cap() -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    usize::try_from(soft / 4).map_or(MAX_CONNECTIONS, |q| q.clamp(1, MAX_CONNECTIONS))
+}
+
 /// Serves requests until the runtime stops. Each connection is served on its
 /// own task; a broken connection affects nothing else.
+///
+/// Bounded against abuse: at most [`connection_cap`] connections (the oldest
+/// is closed for a new one), headers within [`HEADER_READ_TIMEOUT`] and
+/// [`MAX_HEADER_BYTES`], connections closed after [`CONNECTION_LIFETIME`],
+/// a growing pause after accept errors, and those logged at most once per
+/// [`LOG_INTERVAL`].
 pub async fn serve(
     listener: TcpListener,
     state: watch::Receiver<Vec<CredentialState>>,
     commands: mpsc::UnboundedSender<Command>,
     metrics: Arc<Metrics>,
 ) {
+    let cap = connection_cap();
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "admin endpoint listening: /healthz /readyz /metrics /rotate");
+        info!(%addr, max_connections = cap, "admin endpoint listening: /healthz /readyz /metrics /rotate");
     }
+    let rotate = Arc::new(Mutex::new(TokenBucket::new(ROTATE_BURST, ROTATE_INTERVAL)));
+    let mut live: VecDeque<AbortHandle> = VecDeque::with_capacity(cap);
+    let mut errors = Throttle::default();
+    let mut pause = Duration::ZERO;
     loop {
         let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
+            Ok(c) => {
+                pause = Duration::ZERO;
+                c
+            }
             Err(e) => {
-                warn!(error = %e, "accepting an admin connection failed");
+                if let Some(more) = errors.allow(Instant::now()) {
+                    warn!(error = %e, repeated = more, "accepting an admin connection failed");
+                }
+                // Out of descriptors: give one back by closing the oldest connection.
+                if e.raw_os_error() == Some(rustix::io::Errno::MFILE.raw_os_error()) {
+                    if let Some(oldest) = live.pop_front() {
+                        oldest.abort();
+                    }
+                }
+                pause = (pause * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_PAUSE);
+                tokio::time::sleep(pause).await;
                 continue;
             }
         };
+        live.retain(|h| !h.is_finished());
+        if live.len() >= cap {
+            if let Some(oldest) = live.pop_front() {
+                debug!("closing the oldest admin connection: {cap} are open");
+                oldest.abort();
+            }
+        }
         let state = state.clone();
         let commands = commands.clone();
         let metrics = metrics.clone();
-        tokio::spawn(async move {
+        let rotate = rotate.clone();
+        let task = tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let response = handle(&req, &state.borrow(), &commands, &metrics);
+                let response = handle(&req, &state.borrow(), &commands, &metrics, &rotate);
                 async move { Ok::<_, Infallible>(response) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await
-            {
-                debug!(%peer, error = %e, "admin connection ended with an error");
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_HEADER_BYTES)
+                .serve_connection(io, service);
+            match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
+                Ok(Err(e)) => debug!(%peer, error = %e, "admin connection ended with an error"),
+                Err(_) => debug!(%peer, "closed an admin connection at the end of its lifetime"),
+                Ok(Ok(())) => {}
             }
         });
+        live.push_back(task.abort_handle());
+    }
+}
+
+/// A token bucket: `burst` tokens, one more every `interval`.
+#[derive(Debug)]
+struct TokenBucket {
+    tokens: f64,
+    burst: f64,
+    per_sec: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    fn new(burst: u32, interval: Duration) -> TokenBucket {
+        TokenBucket {
+            tokens: f64::from(burst),
+            burst: f64::from(burst),
+            per_sec: 1.0 / interval.as_secs_f64(),
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes a token if there is one.
+    fn take(&mut self, now: Instant) -> bool {
+        let earned = now.saturating_duration_since(self.at).as_secs_f64() * self.per_sec;
+        self.tokens = (self.tokens + earned).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Logs a repeated event at most once per [`LOG_INTERVAL`].
+#[derive(Debug, Default)]
+struct Throttle {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    /// `Some(n)` when the event may be logged now, `n` being how many were
+    /// not logged since the last time.
+    fn allow(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.saturating_duration_since(last) < LOG_INTERVAL => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
     }
 }
 
@@ -72,6 +201,7 @@ fn handle(
     state: &[CredentialState],
     commands: &mpsc::UnboundedSender<Command>,
     metrics: &Metrics,
+    rotate: &Mutex<TokenBucket>,
 ) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
@@ -102,6 +232,21 @@ fn handle(
                     )
                 }
             };
+            let allowed = rotate
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(Instant::now());
+            if !allowed {
+                let mut response = text(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many rotation requests: a renewal is already coming; retry later\n".into(),
+                );
+                response.headers_mut().insert(
+                    hyper::header::RETRY_AFTER,
+                    hyper::header::HeaderValue::from_static("1"),
+                );
+                return response;
+            }
             let what = match &command {
                 Command::Renew(n) => format!("renewing {n}\n"),
                 _ => "renewing every credential\n".to_owned(),
@@ -132,7 +277,12 @@ fn readiness(state: &[CredentialState], now: SystemTime) -> Response<Full<Bytes>
         .filter_map(|c| match c.not_after {
             _ if !c.published => Some(format!("{} (not published yet)", c.name)),
             Some(t) if t <= now => Some(format!("{} (expired)", c.name)),
-            _ => None,
+            // A visible name deleted, or never made: the app cannot read it.
+            _ => c
+                .files
+                .iter()
+                .find(|f| !f.exists())
+                .map(|f| format!("{} ({} is missing)", c.name, f.display())),
         })
         .collect();
     if waiting.is_empty() {
@@ -174,6 +324,7 @@ mod tests {
             name: name.into(),
             published: not_after.is_some(),
             not_after,
+            files: Vec::new(),
         }
     }
 
@@ -194,5 +345,42 @@ mod tests {
             readiness(&[cred("a", earlier)], now).status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
+    }
+
+    #[test]
+    fn the_rotate_bucket_allows_a_burst_then_one_per_interval() {
+        let start = Instant::now();
+        let mut b = TokenBucket::new(3, Duration::from_secs(1));
+        assert_eq!((0..10).filter(|_| b.take(start)).count(), 3);
+        assert!(!b.take(start + Duration::from_millis(500)));
+        assert!(b.take(start + Duration::from_millis(1600)));
+        assert!(!b.take(start + Duration::from_millis(1700)));
+    }
+
+    #[test]
+    fn repeated_errors_are_logged_once_per_interval_with_a_count() {
+        let start = Instant::now();
+        let mut t = Throttle::default();
+        assert_eq!(t.allow(start), Some(0));
+        assert_eq!(t.allow(start + Duration::from_secs(1)), None);
+        assert_eq!(t.allow(start + Duration::from_secs(2)), None);
+        assert_eq!(
+            t.allow(start + LOG_INTERVAL + Duration::from_secs(1)),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn not_ready_while_a_file_the_app_reads_is_missing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let mut c = cred("a", Some(now + Duration::from_secs(60)));
+        c.files = vec![tmp.path().join("tls.crt")];
+        assert_eq!(
+            readiness(&[c.clone()], now).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        std::fs::write(tmp.path().join("tls.crt"), "x").unwrap();
+        assert_eq!(readiness(&[c], now).status(), StatusCode::OK);
     }
 }

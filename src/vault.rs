@@ -63,6 +63,9 @@ pub enum VaultError {
         status: StatusCode,
         message: String,
     },
+    /// A login failed moments ago; the next waits for its backoff.
+    #[error("not logging in to Vault again for {}: the last login failed: {message}", humantime::format_duration(Duration::from_secs(retry_in.as_secs().max(1))))]
+    LoginBackoff { message: String, retry_in: Duration },
     #[error("Vault's answer to {method} {path} is not what the API documents: {reason}")]
     Malformed {
         method: Method,
@@ -104,13 +107,19 @@ impl fmt::Debug for Token {
     }
 }
 
+/// The longest token lifetime believed; a longer one is renewed as if it
+/// were this (Vault's own `max_ttl` default is 32 days).
+const MAX_TOKEN_TTL_SECS: u64 = 365 * 24 * 3600;
+
 impl Token {
     fn new(value: Zeroizing<String>, ttl_secs: u64, renewable: bool) -> Token {
         let now = Instant::now();
         let (renew_at, expires_at) = if ttl_secs == 0 {
             (None, None)
         } else {
-            let ttl = Duration::from_secs(ttl_secs);
+            // The TTL is the server's word: a year at most, so that no
+            // answer can overflow the clock arithmetic.
+            let ttl = Duration::from_secs(ttl_secs.min(MAX_TOKEN_TTL_SECS));
             (Some(now + ttl.mul_f64(2.0 / 3.0)), Some(now + ttl))
         };
         Token {
@@ -130,9 +139,28 @@ pub struct VaultClient {
     namespace: Option<String>,
     auth: VaultAuth,
     token: Mutex<Option<Token>>,
+    /// The last failed login, while its backoff lasts: every credential of
+    /// this issuer waits for it rather than logging in on its own.
+    failed_login: std::sync::Mutex<Option<FailedLogin>>,
     /// Signalled when a new token is stored, so that [`VaultClient::keep_alive`]
     /// learns its renewal time.
     new_token: std::sync::Arc<tokio::sync::Notify>,
+}
+
+/// A login that failed, and when the next may be tried.
+struct FailedLogin {
+    message: String,
+    retry_at: Instant,
+    delays: Box<dyn Iterator<Item = Duration> + Send>,
+}
+
+impl fmt::Debug for FailedLogin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FailedLogin")
+            .field("message", &self.message)
+            .field("retry_at", &self.retry_at)
+            .finish_non_exhaustive()
+    }
 }
 
 impl VaultClient {
@@ -147,7 +175,7 @@ impl VaultClient {
             .connect_timeout(spec.timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("pillion/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &spec.ca_file {
-            let pem = std::fs::read(path).map_err(|source| VaultError::ReadCa {
+            let pem = crate::small_file::read(path).map_err(|source| VaultError::ReadCa {
                 path: path.clone(),
                 source,
             })?;
@@ -184,6 +212,7 @@ impl VaultClient {
             namespace: spec.namespace.clone(),
             auth: spec.auth.clone(),
             token: Mutex::new(None),
+            failed_login: std::sync::Mutex::new(None),
             new_token: std::sync::Arc::new(tokio::sync::Notify::new()),
         })
     }
@@ -252,11 +281,45 @@ impl VaultClient {
                 }
             }
         }
-        let token = self.login().await?;
+        // One login per issuer per attempt: while a failed login's backoff
+        // lasts, every credential gets its error without asking Vault again.
+        // Vault locks an AppRole out after repeated failures, and the lock
+        // outlasts fixing the secret.
+        if let Some(f) = self.failed_login().as_ref().filter(|f| f.retry_at > now) {
+            return Err(VaultError::LoginBackoff {
+                message: f.message.clone(),
+                retry_in: f.retry_at - now,
+            });
+        }
+        let token = match self.login().await {
+            Ok(t) => {
+                *self.failed_login() = None;
+                t
+            }
+            Err(e) => {
+                let mut failed = self.failed_login();
+                let f = failed.get_or_insert_with(|| FailedLogin {
+                    message: String::new(),
+                    retry_at: now,
+                    delays: Box::new(crate::schedule::retry_delays()),
+                });
+                f.message = crate::agent::chain(&e);
+                f.retry_at = Instant::now() + f.delays.next().unwrap_or(crate::schedule::RETRY_MAX);
+                return Err(e);
+            }
+        };
         let value = token.value.clone();
         *guard = Some(token);
         self.new_token.notify_one();
         Ok(value)
+    }
+
+    fn failed_login(&self) -> std::sync::MutexGuard<'_, Option<FailedLogin>> {
+        // Poisoned only if a thread panicked while holding it; the value is
+        // still a consistent Option.
+        self.failed_login
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Keeps the token alive between uses: renews it once two thirds of its
@@ -502,7 +565,7 @@ fn error_text(body: &[u8]) -> String {
 }
 
 fn read_secret_file(what: &'static str, path: &Path) -> Result<Zeroizing<String>, VaultError> {
-    let text = std::fs::read_to_string(path)
+    let text = crate::small_file::read_to_string(path)
         .map(Zeroizing::new)
         .map_err(|source| VaultError::ReadFile {
             what,

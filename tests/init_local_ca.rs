@@ -619,3 +619,87 @@ fn init_exits_1_and_writes_nothing_when_the_ca_certificate_is_not_a_ca() {
         p.context()
     );
 }
+
+/// `--out certs` (one relative component, no `./`) is the first thing a newcomer types: its
+/// parent is the empty path, which once made every publish fail on `fsync("")`.
+#[test]
+fn init_publishes_into_a_relative_directory_of_one_component() {
+    let cwd = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut cmd = pillion();
+    cmd.current_dir(cwd.path())
+        .args([
+            "init",
+            "--out",
+            "certs",
+            "--dns-name",
+            "localhost",
+            "--timeout",
+            "20s",
+        ])
+        .arg("--state-dir")
+        .arg(state.path());
+    let ran = run_bounded(&mut cmd, COMMAND_DEADLINE);
+    let out = cwd.path().join("certs");
+    assert_eq!(
+        ran.code(),
+        Some(0),
+        "init --out certs must publish\n{}\n{}",
+        ran.describe(),
+        listing(cwd.path())
+    );
+    assert_atomic_layout(&out, &["tls.crt", "tls.key", "ca.crt"]);
+    key_pair_check(&out.join("tls.crt"), &out.join("tls.key")).unwrap();
+}
+
+/// A kill between the swap of `..data` and the renames of the visible names (or a name deleted
+/// by hand) leaves a valid generation nobody can see. The next start reuses it and must make the
+/// names visible again, not exit 0 with no `tls.crt`.
+#[test]
+fn a_restart_that_reuses_the_files_makes_missing_visible_names_again() {
+    let ca = openssl_ca(KeyKind::EcP256Pkcs8);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let config = config_with_ca(
+        dir.path(),
+        &out,
+        &dir.path().join("state"),
+        &ca,
+        "  - name: web\n    dnsNames: [web.pillion.test]\n    duration: 1h\n",
+    );
+    let init = || {
+        run_bounded(
+            pillion().arg("--config").arg(&config).arg("init"),
+            COMMAND_DEADLINE,
+        )
+    };
+    init().assert_success();
+    let web = out.join("web");
+    let serial1 = serial(&web.join("tls.crt"));
+    // What the kill leaves: the names still under their temporary names, or gone.
+    fs::rename(web.join("tls.crt"), web.join("..tls.crt.tmp")).unwrap();
+    fs::rename(web.join("tls.key"), web.join("..tls.key.tmp")).unwrap();
+    fs::remove_file(web.join("ca.crt")).unwrap();
+
+    let second = init();
+    second.assert_success();
+    let ctx = format!("{}\n{}", second.describe(), listing(&web));
+    assert_atomic_layout(&web, &["tls.crt", "tls.key", "ca.crt"]);
+    assert_eq!(
+        serial(&web.join("tls.crt")),
+        serial1,
+        "the valid files are reused\n{ctx}"
+    );
+    key_pair_check(&web.join("tls.crt"), &web.join("tls.key")).unwrap();
+    openssl_verify(&ca.cert, &web.join("tls.crt")).unwrap();
+    assert!(
+        second
+            .stderr
+            .contains("made missing file names visible again"),
+        "the repair is logged\n{ctx}"
+    );
+    assert!(
+        !web.join("..tls.crt.tmp").exists(),
+        "leftovers removed\n{ctx}"
+    );
+}

@@ -182,6 +182,53 @@ fn approle_with_a_wrong_secret_id_fails_init_with_openbaos_message() {
     );
 }
 
+/// While the AppRole secret is wrong, the certificates of one issuer share one login attempt
+/// and its backoff: OpenBao locks a role out after repeated failures (and the lock outlasts
+/// fixing the secret), so five certificates must not mean five logins per round.
+#[test]
+fn a_failing_login_is_tried_once_per_issuer_and_backs_off() {
+    let bao = OpenBao::shared();
+    let case = Case::new();
+    let mut login = bao.approle(case.path(), "auth-one-login");
+    login.secret_id_file = write(
+        case.path(),
+        "wrong.secret-id",
+        "00000000-1111-2222-3333-555555555555",
+    );
+    let role_id = std::fs::read_to_string(&login.role_id_file).expect("read role-id");
+    let certs: String = (0..5)
+        .map(|i| cert_yaml(&format!("web{i}"), "1h"))
+        .collect();
+    case.write_config(
+        &bao.issuer(Auth::AppRole(login)),
+        &format!("certificates:\n{certs}"),
+    );
+
+    let ran = case.init("4s");
+    assert_eq!(ran.code(), Some(1), "{}", ctx(&case, &ran, bao));
+    let logins = bao.audit_entries(
+        "response",
+        &[
+            "\"path\":\"auth/approle/login\"",
+            &format!("\"role_id\":\"{}\"", role_id.trim()),
+        ],
+    );
+    // Backoff from 1 s, doubling, with up to 100% jitter: in 4 s at most
+    // three logins (at 0 s, 1-2 s and 3-4 s), where one login per
+    // certificate per attempt made five in the first round alone.
+    assert!(
+        (1..=3).contains(&logins.len()),
+        "{} logins to OpenBao in 4 s for 5 certificates of one issuer\n{}",
+        logins.len(),
+        ctx(&case, &ran, bao)
+    );
+    assert!(
+        ran.stderr.contains("not logging in to Vault again for"),
+        "the certificates that waited say why\n{}",
+        ctx(&case, &ran, bao)
+    );
+}
+
 #[test]
 fn jwt_for_another_audience_fails_init_with_openbaos_message() {
     let bao = OpenBao::shared();

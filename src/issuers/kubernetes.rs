@@ -277,7 +277,7 @@ fn chain_from(
     // The configured CA file is used when the response carries no CA (always
     // for the CSR API; for cert-manager when the issuer sets no status.ca).
     if let Some(path) = ca_file.filter(|_| anchors.is_empty()) {
-        let pem = std::fs::read(path).map_err(|source| KubeError::ReadCa {
+        let pem = crate::small_file::read(path).map_err(|source| KubeError::ReadCa {
             path: path.clone(),
             source,
         })?;

@@ -115,10 +115,11 @@ impl LocalCa {
     }
 
     fn material(&self) -> Result<Material, LocalCaError> {
-        let pem = std::fs::read(&self.cert_file).map_err(|source| LocalCaError::ReadCert {
-            path: self.cert_file.clone(),
-            source,
-        })?;
+        let pem =
+            crate::small_file::read(&self.cert_file).map_err(|source| LocalCaError::ReadCert {
+                path: self.cert_file.clone(),
+                source,
+            })?;
         let chain = certs_from_pem(&pem)
             .ok()
             .filter(|c| !c.is_empty())
@@ -131,7 +132,7 @@ impl LocalCa {
                 reason: e.to_string(),
             })?;
         }
-        let key_pem = std::fs::read_to_string(&self.key_file)
+        let key_pem = crate::small_file::read_to_string(&self.key_file)
             .map(Zeroizing::new)
             .map_err(|source| LocalCaError::ReadKey {
                 path: self.key_file.clone(),
@@ -155,10 +156,11 @@ impl LocalCa {
     /// The self-signed certificates of the CA file (the roots), or its last
     /// certificate when it holds no root.
     pub fn trust_anchors(&self) -> Result<Vec<Vec<u8>>, LocalCaError> {
-        let pem = std::fs::read(&self.cert_file).map_err(|source| LocalCaError::ReadCert {
-            path: self.cert_file.clone(),
-            source,
-        })?;
+        let pem =
+            crate::small_file::read(&self.cert_file).map_err(|source| LocalCaError::ReadCert {
+                path: self.cert_file.clone(),
+                source,
+            })?;
         let chain = certs_from_pem(&pem).unwrap_or_default();
         Ok(split_chain(&chain).1)
     }

@@ -78,7 +78,7 @@ impl VaultIssuer {
         let Some(path) = self.pki.as_ref().and_then(|p| p.ca_bundle_file.as_ref()) else {
             return Ok(issued);
         };
-        let pem = std::fs::read(path).map_err(|source| VaultPkiError::ReadBundle {
+        let pem = crate::small_file::read(path).map_err(|source| VaultPkiError::ReadBundle {
             path: path.clone(),
             source,
         })?;
