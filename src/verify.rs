@@ -75,6 +75,84 @@ pub enum VerifyError {
     Chain(String),
 }
 
+/// Checks CA certificates that certificates will be issued under or
+/// published as trust anchors: each is a CA (`CA:TRUE`, `keyCertSign` when
+/// it has a keyUsage) and valid at `now`. With `chain` (a CA file: the
+/// signing CA first, then the certificates above it), each must also be
+/// issued and signed by the next, and no `pathlen` may be exceeded by the
+/// CAs below it. Returns the earliest expiry: no certificate issued under
+/// these can be valid longer.
+///
+/// rustls-webpki checks none of this for a trust anchor, and `openssl
+/// verify` rejects what it misses (errors 9, 10, 25): checked when the
+/// configuration is loaded, so that `check` reports it.
+///
+/// # Errors
+/// The first problem, naming the certificate by its subject.
+pub fn check_ca_certs(
+    ders: &[Vec<u8>],
+    chain: bool,
+    now: SystemTime,
+) -> Result<SystemTime, String> {
+    let mut certs = Vec::with_capacity(ders.len());
+    for (i, der) in ders.iter().enumerate() {
+        let (_, cert) = X509Certificate::from_der(der)
+            .map_err(|e| format!("certificate {i} is not valid X.509: {e}"))?;
+        certs.push(cert);
+    }
+    let mut expires = None::<SystemTime>;
+    for (k, cert) in certs.iter().enumerate() {
+        let subject = cert.subject().to_string();
+        check_is_ca(cert).map_err(|e| e.to_string())?;
+        let facts = info(cert);
+        if facts.not_before > now + CLOCK_SKEW {
+            return Err(format!(
+                "the CA certificate {subject:?} is not valid before {}",
+                fmt_time(facts.not_before)
+            ));
+        }
+        if facts.not_after <= now {
+            return Err(format!(
+                "the CA certificate {subject:?} expired at {}",
+                fmt_time(facts.not_after)
+            ));
+        }
+        expires = Some(expires.map_or(facts.not_after, |e| e.min(facts.not_after)));
+        if !chain {
+            continue;
+        }
+        // `k` CA certificates stand between this one and any leaf.
+        if let Some(max) = cert
+            .basic_constraints()
+            .ok()
+            .flatten()
+            .and_then(|bc| bc.value.path_len_constraint)
+        {
+            if (max as usize) < k {
+                return Err(format!(
+                    "the CA certificate {subject:?} has pathlen:{max}, which allows {max} CA certificate(s) below it, but there are {k}"
+                ));
+            }
+        }
+        if let Some(above) = certs.get(k + 1) {
+            if cert.issuer().as_raw() != above.subject().as_raw() {
+                return Err(format!(
+                    "the CA certificate {subject:?} is issued by {:?}, but the next certificate in the file is {:?}: order the file from the signing CA up to the root",
+                    cert.issuer().to_string(),
+                    above.subject().to_string()
+                ));
+            }
+            cert.verify_signature(Some(above.public_key())).map_err(|_| {
+                format!(
+                    "the signature on the CA certificate {subject:?} does not verify with the key of {:?}",
+                    above.subject().to_string()
+                )
+            })?;
+        }
+    }
+    expires.ok_or_else(|| "holds no certificate".to_owned())
+}
+
 pub fn fmt_time(t: SystemTime) -> humantime::Rfc3339Timestamp {
     humantime::format_rfc3339_seconds(t)
 }
@@ -208,7 +286,47 @@ pub fn verify(
         });
     }
     check_chain(issued, now)?;
+    check_anchor(issued, now)?;
     Ok(leaf)
+}
+
+/// What path validation leaves out: the trust anchor the chain ends at must
+/// be valid now, and its `pathlen` must allow the intermediates below it.
+fn check_anchor(issued: &Issued, now: SystemTime) -> Result<(), VerifyError> {
+    let top = issued
+        .chain
+        .last()
+        .expect("verify checked the chain is not empty");
+    let (_, top) = X509Certificate::from_der(top).map_err(|e| VerifyError::Malformed {
+        index: issued.chain.len() - 1,
+        reason: e.to_string(),
+    })?;
+    let intermediates = issued.chain.len() - 1;
+    for der in &issued.ca {
+        let Ok((_, anchor)) = X509Certificate::from_der(der) else {
+            continue;
+        };
+        if anchor.subject().as_raw() != top.issuer().as_raw()
+            || top.verify_signature(Some(anchor.public_key())).is_err()
+        {
+            continue;
+        }
+        check_ca_certs(std::slice::from_ref(der), false, now).map_err(VerifyError::Chain)?;
+        if let Some(max) = anchor
+            .basic_constraints()
+            .ok()
+            .flatten()
+            .and_then(|bc| bc.value.path_len_constraint)
+        {
+            if (max as usize) < intermediates {
+                return Err(VerifyError::Chain(format!(
+                    "the trust anchor {:?} has pathlen:{max}, but {intermediates} intermediate(s) follow it",
+                    anchor.subject().to_string()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_is_ca(cert: &X509Certificate<'_>) -> Result<(), VerifyError> {
@@ -379,6 +497,56 @@ mod tests {
             dns_names: dns.iter().map(|s| s.to_string()).collect(),
             ..Names::default()
         }
+    }
+
+    /// root -> intermediate -> leaf for `localhost`, the root shaped by `root`.
+    fn chain_under(root: impl FnOnce(&mut rcgen::CertificateParams)) -> (Issued, Vec<u8>) {
+        let ca_params = |cn: &str| {
+            let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+            p
+        };
+        let mut root_params = ca_params("root");
+        root(&mut root_params);
+        let root_key = rcgen::KeyPair::generate().unwrap();
+        let root_cert = root_params.self_signed(&root_key).unwrap();
+        let root_issuer = rcgen::Issuer::from_params(&root_params, &root_key);
+        let int_params = ca_params("intermediate");
+        let int_key = rcgen::KeyPair::generate().unwrap();
+        let int_cert = int_params.signed_by(&int_key, &root_issuer).unwrap();
+        let int_issuer = rcgen::Issuer::from_params(&int_params, &int_key);
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&leaf_key, &int_issuer)
+            .unwrap();
+        let issued = Issued {
+            chain: vec![leaf.der().to_vec(), int_cert.der().to_vec()],
+            ca: vec![root_cert.der().to_vec()],
+        };
+        (issued, leaf_key.public_key_raw().to_vec())
+    }
+
+    #[test]
+    fn an_anchor_whose_pathlen_or_dates_forbid_the_chain_is_refused() {
+        let want = names(None, &["localhost"]);
+        let now = SystemTime::now();
+        let (good, key) = chain_under(|_| {});
+        verify(&good, &key, &want, now).unwrap();
+
+        let (issued, key) = chain_under(|p| {
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        });
+        let e = verify(&issued, &key, &want, now).unwrap_err();
+        assert!(e.to_string().contains("pathlen:0"), "{e}");
+
+        let (issued, key) = chain_under(|p| {
+            p.not_after = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+        });
+        let e = verify(&issued, &key, &want, now).unwrap_err();
+        assert!(e.to_string().contains("expired"), "{e}");
     }
 
     #[test]

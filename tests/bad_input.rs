@@ -455,6 +455,151 @@ fn ca_key_that_does_not_match_its_certificate_is_refused() {
     }
 }
 
+/// A CA made with rcgen: `configure` shapes it; `signer` (cert PEM, key) signs it, else it is
+/// self-signed. Returns (cert PEM, key PEM).
+fn rcgen_ca(
+    cn: &str,
+    configure: impl FnOnce(&mut rcgen::CertificateParams),
+    signer: Option<(&rcgen::CertificateParams, &rcgen::KeyPair)>,
+) -> (String, rcgen::KeyPair, rcgen::CertificateParams) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(365);
+    configure(&mut params);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = match signer {
+        Some((sp, sk)) => {
+            let issuer = rcgen::Issuer::from_params(sp, sk);
+            params.signed_by(&key, &issuer).unwrap()
+        }
+        None => params.self_signed(&key).unwrap(),
+    };
+    (cert.pem(), key, params)
+}
+
+/// A config with a local CA from `cert_pem` and `key`, one certificate of `duration`.
+fn local_ca_config(case: &Case, cert_pem: &str, key: &rcgen::KeyPair, duration: &str) -> PathBuf {
+    let crt = case.path("ca.crt");
+    let key_file = case.path("ca.key");
+    fs::write(&crt, cert_pem).unwrap();
+    fs::write(&key_file, key.serialize_pem()).unwrap();
+    case.config(&format!(
+        "outputDir: {{out}}\nissuers:\n  ca:\n    localCa: {{certFile: {}, keyFile: {}}}\ncertificates:\n  - name: web\n    dnsNames: [localhost]\n    duration: {duration}\n",
+        crt.display(),
+        key_file.display()
+    ))
+}
+
+/// CA material that can never give a chain `openssl verify` accepts is refused when the
+/// configuration is loaded (exit 2 naming the issuer and the file), by check, init and run.
+#[test]
+fn ca_material_that_cannot_issue_a_valid_chain_is_refused_at_load() {
+    let now = time::OffsetDateTime::now_utc();
+    let cases: Vec<(&str, Box<dyn FnOnce(&mut rcgen::CertificateParams)>, &str)> = vec![
+        (
+            "expired",
+            Box::new(move |p| {
+                p.not_before = now - time::Duration::days(30);
+                p.not_after = now - time::Duration::days(1);
+            }),
+            "expired at",
+        ),
+        (
+            "not yet valid",
+            Box::new(move |p| p.not_before = now + time::Duration::days(1)),
+            "is not valid before",
+        ),
+        (
+            "CA:FALSE",
+            Box::new(|p| p.is_ca = rcgen::IsCa::ExplicitNoCa),
+            "CA:TRUE is missing",
+        ),
+        (
+            "no keyCertSign",
+            Box::new(|p| p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature]),
+            "lacks keyCertSign",
+        ),
+    ];
+    for (what, configure, expected) in cases {
+        let case = Case::new();
+        let (pem, key, _) = rcgen_ca(&format!("{what} CA"), configure, None);
+        let config = local_ca_config(&case, &pem, &key, "24h");
+        let runs = case.assert_config_refused(
+            &config,
+            &[
+                "issuers.ca",
+                &case.path("ca.crt").display().to_string(),
+                expected,
+            ],
+        );
+        assert_line_starts_with(&runs, "issuers.ca");
+    }
+
+    // A root with pathlen:0 cannot have an intermediate below it.
+    let case = Case::new();
+    let (root_pem, root_key, root_params) = rcgen_ca(
+        "pathlen 0 root",
+        |p| p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0)),
+        None,
+    );
+    let (int_pem, int_key, _) = rcgen_ca("intermediate", |_| {}, Some((&root_params, &root_key)));
+    let config = local_ca_config(&case, &format!("{int_pem}{root_pem}"), &int_key, "24h");
+    case.assert_config_refused(&config, &["issuers.ca", "pathlen:0"]);
+}
+
+/// With an hour left on the CA, a 24h certificate is cut to end with the CA (openssl then
+/// verifies it), and the CA's near end is warned about.
+#[test]
+fn a_leaf_never_outlives_its_ca() {
+    let case = Case::new();
+    let now = time::OffsetDateTime::now_utc();
+    let (pem, key, _) = rcgen_ca(
+        "short-lived CA",
+        |p| p.not_after = now + time::Duration::hours(1),
+        None,
+    );
+    let config = local_ca_config(&case, &pem, &key, "24h");
+    let run = case.pillion(&["--config", &config.display().to_string(), "init"]);
+    assert_eq!(run.code(), Some(0), "{}", case.report(&run));
+    let leaf = case.out.join("web/tls.crt");
+    let ca_end = common::openssl(&[
+        "x509".as_ref(),
+        "-noout".as_ref(),
+        "-enddate".as_ref(),
+        "-in".as_ref(),
+        case.path("ca.crt").as_os_str(),
+    ]);
+    let leaf_end = common::openssl(&[
+        "x509".as_ref(),
+        "-noout".as_ref(),
+        "-enddate".as_ref(),
+        "-in".as_ref(),
+        leaf.as_os_str(),
+    ]);
+    assert_eq!(
+        leaf_end,
+        ca_end,
+        "the leaf ends with its CA\n{}",
+        case.report(&run)
+    );
+    common::openssl_verify(&case.path("ca.crt"), &leaf).unwrap();
+    assert!(
+        run.stderr.contains("expires in")
+            && run.stderr.contains("the certificate ends with the CA"),
+        "the near end of the CA is warned about\n{}",
+        case.report(&run)
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Output
 // ---------------------------------------------------------------------------------------------

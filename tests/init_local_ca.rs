@@ -599,13 +599,19 @@ fn check_prints_the_plan_and_touches_nothing() {
 }
 
 #[test]
-fn init_exits_1_and_writes_nothing_when_the_ca_certificate_is_not_a_ca() {
+fn init_exits_2_and_writes_nothing_when_the_ca_certificate_is_not_a_ca() {
     let not_ca = openssl_non_ca(KeyKind::EcP256Pkcs8);
     let p = init_flags(Some(&not_ca), &["--timeout", "3s"]);
     assert_eq!(
         p.ran.code(),
-        Some(1),
-        "a CA certificate with CA:FALSE must fail at verify time (exit 1, not 0 or 2)\n{}",
+        Some(2),
+        "a CA certificate with CA:FALSE is a configuration error (exit 2), found when it is loaded\n{}",
+        p.context()
+    );
+    assert!(
+        p.ran.stderr.contains("CA:TRUE is missing")
+            && p.ran.stderr.contains(&not_ca.cert.display().to_string()),
+        "the error names the file and the reason\n{}",
         p.context()
     );
     let entries: Vec<_> = fs::read_dir(p.out.path())

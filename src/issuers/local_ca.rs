@@ -56,6 +56,10 @@ pub enum LocalCaError {
     BadKey { path: PathBuf, source: KeyError },
     #[error("the CA key {} does not belong to the CA certificate {}", key.display(), cert.display())]
     Mismatch { cert: PathBuf, key: PathBuf },
+    /// The CA file can never issue a chain clients accept (not a CA,
+    /// expired, not yet valid, a pathlen exceeded, a chain that does not link).
+    #[error("the CA certificate file {} cannot issue certificates: {reason}", path.display())]
+    Unusable { path: PathBuf, reason: String },
     #[error("failed to create the development CA in {}", path.display())]
     CreateDevCa {
         path: PathBuf,
@@ -71,7 +75,12 @@ pub enum LocalCaError {
 struct Material {
     chain: Vec<Vec<u8>>,
     key: PrivateKey,
+    /// The earliest expiry in the CA file: no leaf may outlive it.
+    expires: std::time::SystemTime,
 }
+
+/// Below this much time left, the CA's expiry is warned about at start.
+const CA_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
 
 impl LocalCa {
     /// Opens a CA from PEM files and checks that they belong together.
@@ -105,13 +114,31 @@ impl LocalCa {
         Ok(ca)
     }
 
+    /// What to warn about at start: the development CA, and a CA that
+    /// expires within [`CA_EXPIRY_WARNING`].
     pub fn warning(&self) -> Option<String> {
-        self.development.then(|| {
-            format!(
+        let mut warnings = Vec::new();
+        if self.development {
+            warnings.push(format!(
                 "USING THE DEVELOPMENT CA in {}: certificates from it are for development only. Configure an issuer for production.",
                 self.cert_file.parent().unwrap_or(Path::new(".")).display()
-            )
-        })
+            ));
+        }
+        if let Ok(m) = self.material() {
+            let left = m
+                .expires
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            if left < CA_EXPIRY_WARNING {
+                warnings.push(format!(
+                    "the CA in {} expires in {} (at {}): certificates it issues end then too; replace the CA",
+                    self.cert_file.display(),
+                    humantime::format_duration(Duration::from_secs(left.as_secs())),
+                    crate::verify::fmt_time(m.expires)
+                ));
+            }
+        }
+        (!warnings.is_empty()).then(|| warnings.join("\n"))
     }
 
     fn material(&self) -> Result<Material, LocalCaError> {
@@ -150,7 +177,16 @@ impl LocalCa {
                 key: self.key_file.clone(),
             });
         }
-        Ok(Material { chain, key })
+        let expires = crate::verify::check_ca_certs(&chain, true, std::time::SystemTime::now())
+            .map_err(|reason| LocalCaError::Unusable {
+                path: self.cert_file.clone(),
+                reason,
+            })?;
+        Ok(Material {
+            chain,
+            key,
+            expires,
+        })
     }
 
     /// The self-signed certificates of the CA file (the roots), or its last
@@ -178,6 +214,16 @@ impl LocalCa {
         let backdate = (duration / 10).min(MAX_BACKDATE);
         params.not_before = now - backdate;
         params.not_after = now + duration;
+        // A leaf cannot be valid longer than its CA: cut it to the CA's end.
+        let ca_end = OffsetDateTime::from(material.expires);
+        if params.not_after > ca_end {
+            tracing::warn!(
+                ca = %self.cert_file.display(),
+                ca_expires = %crate::verify::fmt_time(material.expires),
+                "the CA expires before the requested duration is over: the certificate ends with the CA; replace the CA"
+            );
+            params.not_after = ca_end;
+        }
         params.serial_number = Some(random_serial());
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];

@@ -40,6 +40,30 @@ pub enum IssuerError {
     Vault(#[from] VaultPkiError),
     #[error(transparent)]
     Kube(#[from] KubeError),
+    /// A configured CA file (the trust anchors to publish) is unusable.
+    #[error("the CA file {} ({field}) is unusable: {reason}", path.display())]
+    CaFile {
+        field: &'static str,
+        path: std::path::PathBuf,
+        reason: String,
+    },
+}
+
+/// Checks a file of trust anchors that will be published as `ca.crt`: it
+/// reads, holds certificates, and each is a CA valid now.
+fn check_anchor_file(field: &'static str, path: &Path) -> Result<(), IssuerError> {
+    let fail = |reason: String| IssuerError::CaFile {
+        field,
+        path: path.to_owned(),
+        reason,
+    };
+    let pem = crate::small_file::read(path).map_err(|e| fail(e.to_string()))?;
+    let ders = crate::verify::certs_from_pem(&pem)
+        .ok()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| fail("it holds no PEM CERTIFICATE block".into()))?;
+    crate::verify::check_ca_certs(&ders, false, std::time::SystemTime::now()).map_err(fail)?;
+    Ok(())
 }
 
 impl Issuer {
@@ -57,9 +81,26 @@ impl Issuer {
                 key_file,
             } => Issuer::LocalCa(LocalCa::open(cert_file, key_file)?),
             IssuerSpec::Development => Issuer::LocalCa(LocalCa::development(state_dir, create)?),
-            IssuerSpec::Vault(v) => Issuer::Vault(VaultIssuer::new(v)?),
-            IssuerSpec::KubernetesCsr(k) => Issuer::KubernetesCsr(KubernetesCsr::new(k)),
-            IssuerSpec::CertManager(c) => Issuer::CertManager(CertManager::new(c)),
+            IssuerSpec::Vault(v) => {
+                if let Some(path) = v.pki.as_ref().and_then(|p| p.ca_bundle_file.as_ref()) {
+                    check_anchor_file("pki.caBundleFile", path)?;
+                }
+                Issuer::Vault(VaultIssuer::new(v)?)
+            }
+            IssuerSpec::KubernetesCsr(k) => {
+                // The CSR API returns no CA: this file is the only source of
+                // `ca.crt`, so a missing one fails every renewal.
+                if let Some(path) = &k.ca_file {
+                    check_anchor_file("kubernetesCsr.caFile: the signer's CA certificate; set it when the signer is not the cluster CA", path)?;
+                }
+                Issuer::KubernetesCsr(KubernetesCsr::new(k))
+            }
+            IssuerSpec::CertManager(c) => {
+                if let Some(path) = &c.ca_file {
+                    check_anchor_file("certManager.caFile", path)?;
+                }
+                Issuer::CertManager(CertManager::new(c))
+            }
         })
     }
 
