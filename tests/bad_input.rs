@@ -504,7 +504,8 @@ fn local_ca_config(case: &Case, cert_pem: &str, key: &rcgen::KeyPair, duration: 
 #[test]
 fn ca_material_that_cannot_issue_a_valid_chain_is_refused_at_load() {
     let now = time::OffsetDateTime::now_utc();
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut rcgen::CertificateParams)>, &str)> = vec![
+    type Shape = Box<dyn FnOnce(&mut rcgen::CertificateParams)>;
+    let cases: Vec<(&str, Shape, &str)> = vec![
         (
             "expired",
             Box::new(move |p| {

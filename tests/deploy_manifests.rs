@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
 use serde::Deserialize;
@@ -84,10 +84,14 @@ fn check_kubectl() {
 
 /// `kubectl kustomize <dir>`, as YAML documents turned into JSON values.
 fn kustomize(dir: &str) -> Vec<Value> {
-    let path = Path::new(REPO).join(dir);
+    kustomize_at(&Path::new(REPO).join(dir), dir)
+}
+
+/// `kubectl kustomize <path>`; `dir` names it in messages.
+fn kustomize_at(path: &Path, dir: &str) -> Vec<Value> {
     let out = Command::new(kubectl())
         .arg("kustomize")
-        .arg(&path)
+        .arg(path)
         .output()
         .expect("running kubectl kustomize");
     assert!(
@@ -108,6 +112,52 @@ fn kustomize(dir: &str) -> Vec<Value> {
     }
     assert!(!docs.is_empty(), "kubectl kustomize {dir} printed nothing");
     docs
+}
+
+/// Builds `deploy/overlays/<overlay>` the way a team deploys it into its own namespace: a
+/// kustomization of its own, elsewhere, that has the overlay as its resource and sets
+/// `namespace:`. (kustomize accepts only relative paths to other kustomizations.)
+fn kustomize_into_namespace(overlay: &str, namespace: &str) -> Vec<Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let overlay_dir = Path::new(REPO).join("deploy/overlays").join(overlay);
+    let rel = relative_path(dir.path(), &overlay_dir);
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+             namespace: {namespace}\nresources:\n  - {}\n",
+            rel.display()
+        ),
+    )
+    .unwrap();
+    kustomize_at(
+        dir.path(),
+        &format!("(namespace: {namespace}, resources: [deploy/overlays/{overlay}])"),
+    )
+}
+
+/// The relative path from directory `from` to `to` (both existing).
+fn relative_path(from: &Path, to: &Path) -> PathBuf {
+    let normal = |p: &Path| -> Vec<std::ffi::OsString> {
+        p.canonicalize()
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(c) => Some(c.to_owned()),
+                _ => None,
+            })
+            .collect()
+    };
+    let (from, to) = (normal(from), normal(to));
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let mut rel = PathBuf::new();
+    for _ in common..from.len() {
+        rel.push("..");
+    }
+    for c in &to[common..] {
+        rel.push(c);
+    }
+    rel
 }
 
 /// Runs `pillion check --config <file>` as a pod would (the downward-API variables set) and
@@ -218,6 +268,98 @@ fn list(v: &Value) -> &[Value] {
 
 fn str_of(v: &Value) -> &str {
     v.as_str().unwrap_or("")
+}
+
+/// Custom resources that are cluster-scoped. kustomize does not know their scope and gives them
+/// a namespace like any namespaced object; the built-in cluster-scoped kinds it leaves without.
+const CLUSTER_SCOPED_CUSTOM_KINDS: &[&str] = &["ClusterIssuer", "CertificateRequestPolicy"];
+
+/// A cluster-scoped object of a build that set `namespace:`: one name in the whole cluster,
+/// whichever namespace the build was for.
+fn is_cluster_scoped(doc: &Value) -> bool {
+    doc["metadata"]["namespace"].is_null() || CLUSTER_SCOPED_CUSTOM_KINDS.contains(&kind(doc))
+}
+
+/// What goes wrong when the builds of one overlay for two namespaces are both applied to one
+/// cluster. `builds` holds (namespace, objects) pairs.
+fn cluster_scoped_clashes(overlay: &str, builds: &[(&str, &[Value])]) -> Vec<String> {
+    let mut errs = Vec::new();
+    for (ns, docs) in builds {
+        for d in docs.iter().filter(|d| is_cluster_scoped(d)) {
+            let what = format!("{overlay} built for {ns}: {} {}", kind(d), name(d));
+            if name(d).contains("$(") {
+                errs.push(format!(
+                    "{what}: the name holds an unresolved kustomize var"
+                ));
+            }
+            if kind(d) != "ClusterRoleBinding" {
+                continue;
+            }
+            // The binding grants this namespace's pods, through a role of this build.
+            for s in list(&d["subjects"]) {
+                if s["kind"] == "ServiceAccount" && s["namespace"] != *ns {
+                    errs.push(format!(
+                        "{what}: binds ServiceAccount {}/{}, not one of namespace {ns}",
+                        str_of(&s["namespace"]),
+                        str_of(&s["name"])
+                    ));
+                }
+            }
+            let role = str_of(&d["roleRef"]["name"]);
+            if d["roleRef"]["kind"] == "ClusterRole" && find(docs, "ClusterRole", role).is_none() {
+                errs.push(format!(
+                    "{what}: its roleRef ClusterRole {role} is not in the build"
+                ));
+            }
+        }
+    }
+    for (i, (ns_a, a)) in builds.iter().enumerate() {
+        for (ns_b, b) in &builds[i + 1..] {
+            for da in a.iter().filter(|d| is_cluster_scoped(d)) {
+                let Some(db) = b
+                    .iter()
+                    .find(|d| is_cluster_scoped(d) && kind(d) == kind(da) && name(d) == name(da))
+                else {
+                    continue;
+                };
+                let what = format!(
+                    "{overlay} built for {ns_a} and for {ns_b}: the same {} {}",
+                    kind(da),
+                    name(da)
+                );
+                if kind(da) == "ClusterRoleBinding" && da["subjects"] != db["subjects"] {
+                    errs.push(format!(
+                        "{what} with different subjects ({} and {}): applying the second \
+                         replaces the first's subjects, and {ns_a}'s pods lose their permission",
+                        da["subjects"], db["subjects"]
+                    ));
+                } else if da != db {
+                    errs.push(format!(
+                        "{what} with different content: applying the second overwrites the \
+                         first\n  {da}\n  {db}"
+                    ));
+                }
+            }
+            // A role bound by one namespace's binding that the other namespace's build also
+            // carries: `kubectl delete -k` (or `apply --prune`) in one namespace deletes it,
+            // and the other namespace's binding then grants nothing.
+            for d in a.iter().filter(|d| kind(d) == "ClusterRoleBinding") {
+                let role = str_of(&d["roleRef"]["name"]);
+                if d["roleRef"]["kind"] == "ClusterRole"
+                    && find(a, "ClusterRole", role).is_some()
+                    && find(b, "ClusterRole", role).is_some()
+                {
+                    errs.push(format!(
+                        "{overlay} built for {ns_a} and for {ns_b}: both carry the ClusterRole \
+                         {role} that {ns_a}'s ClusterRoleBinding {} uses: deleting either \
+                         namespace's deployment deletes it for both",
+                        name(d)
+                    ));
+                }
+            }
+        }
+    }
+    errs
 }
 
 /// The pod templates of every workload in the output.
@@ -1088,6 +1230,62 @@ fn cluster_issuer_overlays_carry_their_rbac_and_the_sample_config() {
         assert_eq!(
             copy, sample,
             "{dir}/pillion.yaml must equal deploy/examples/{example}"
+        );
+    }
+}
+
+#[test]
+fn two_namespaces_do_not_overwrite_each_others_cluster_bindings() {
+    // Two teams deploy the same overlay, each into its own namespace, in one cluster. Namespaced
+    // objects cannot collide; cluster-scoped ones (the CSR ClusterRole and ClusterRoleBinding)
+    // have one name per cluster, and applying a second object of the same name replaces the first.
+    let namespaces = ["team-a", "team-b"];
+    let mut errs = Vec::new();
+    let mut bindings_seen = 0;
+    for overlay in overlay_dirs() {
+        let builds: Vec<(&str, Vec<Value>)> = namespaces
+            .iter()
+            .map(|ns| (*ns, kustomize_into_namespace(&overlay, ns)))
+            .collect();
+        for (ns, docs) in &builds {
+            for d in docs.iter().filter(|d| !is_cluster_scoped(d)) {
+                assert_eq!(
+                    d["metadata"]["namespace"],
+                    *ns,
+                    "{overlay} built for {ns}: {} {} lands in another namespace",
+                    kind(d),
+                    name(d)
+                );
+            }
+            bindings_seen += docs
+                .iter()
+                .filter(|d| kind(d) == "ClusterRoleBinding")
+                .count();
+        }
+        let views: Vec<(&str, &[Value])> = builds
+            .iter()
+            .map(|(ns, docs)| (*ns, docs.as_slice()))
+            .collect();
+        errs.extend(cluster_scoped_clashes(&overlay, &views));
+    }
+    assert!(
+        bindings_seen >= namespaces.len(),
+        "the kubernetes-csr overlay carries a ClusterRoleBinding in every namespace it is built for"
+    );
+    assert!(
+        errs.is_empty(),
+        "{} problem(s) when one overlay is deployed into two namespaces:\n{}",
+        errs.len(),
+        errs.join("\n")
+    );
+
+    // Built as it is (`kubectl apply -k deploy/overlays/kubernetes-csr`), the names follow the
+    // overlay's own namespace.
+    let docs = kustomize("deploy/overlays/kubernetes-csr");
+    for k in ["ClusterRole", "ClusterRoleBinding"] {
+        assert!(
+            find(&docs, k, "pillion-csr-requester-default").is_some(),
+            "kubernetes-csr (namespace: default) builds {k} pillion-csr-requester-default"
         );
     }
 }
