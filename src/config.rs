@@ -39,6 +39,10 @@ pub const DEFAULT_KEY_MODE: u32 = 0o600;
 pub const DEVELOPMENT_ISSUER: &str = "development";
 /// X.520 upper bound for a commonName (RFC 5280, ub-common-name).
 const MAX_COMMON_NAME: usize = 64;
+/// The most subject alternative names one certificate may list. Public CAs
+/// stop at 100 (Let's Encrypt, AWS); thousands make CSRs that CAs refuse
+/// and verification that takes the CPU for seconds.
+pub const MAX_NAMES: usize = 100;
 
 // ---------------------------------------------------------------------------
 // Raw configuration, as written.
@@ -975,7 +979,12 @@ fn validate_certificate(
         names.common_name = Some(cn);
     }
     for (i, dns) in dns_names.into_iter().enumerate() {
-        if !is_valid_dns_name(&dns) {
+        if dns.parse::<IpAddr>().is_ok() {
+            errs.add(
+                format!("{path}.dnsNames[{i}]"),
+                format!("{dns:?} is an IP address: list it under ipAddresses"),
+            );
+        } else if !is_valid_dns_name(&dns) {
             errs.add(
                 format!("{path}.dnsNames[{i}]"),
                 format!("{dns:?} is not a valid DNS name"),
@@ -1008,6 +1017,13 @@ fn validate_certificate(
         errs.add(
             path,
             "names nothing to certify: set commonName, dnsNames, ipAddresses or uris",
+        );
+    }
+    let count = names.dns_names.len() + names.ip_addresses.len() + names.uris.len();
+    if count > MAX_NAMES {
+        errs.add(
+            path,
+            format!("lists {count} names (dnsNames, ipAddresses and uris together); at most {MAX_NAMES} fit in one certificate"),
         );
     }
     for (kind, list) in [("dnsNames", &names.dns_names), ("uris", &names.uris)] {
@@ -2160,6 +2176,18 @@ mod tests {
             paths(&format!("{base}  renewBeforePercentage: 0\n")),
             ["certificates[0].renewBeforePercentage"]
         );
+    }
+
+    #[test]
+    fn names_are_bounded_and_an_ip_is_not_a_dns_name() {
+        let many: Vec<String> = (0..=MAX_NAMES).map(|i| format!("n{i}.example")).collect();
+        let p = paths(&format!(
+            "outputDir: /o\ncertificates:\n- name: a\n  dnsNames: [{}]\n",
+            many.join(", ")
+        ));
+        assert_eq!(p, ["certificates[0]"]);
+        let p = paths("outputDir: /o\ncertificates:\n- name: a\n  dnsNames: [10.0.0.1]\n");
+        assert_eq!(p, ["certificates[0].dnsNames[0]"]);
     }
 
     #[test]
