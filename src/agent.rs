@@ -129,6 +129,23 @@ pub fn preflight(
             }
         }
     }
+    let owners = config
+        .certificates
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (format!("certificates[{i}].files"), c.files.uid, c.files.gid))
+        .chain(
+            config
+                .secrets
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (format!("secrets[{i}]"), s.uid, s.gid)),
+        );
+    for (field, uid, gid) in owners {
+        if let Err(e) = can_give_files_to(uid, gid) {
+            errors.push(format!("{field}: {e}"));
+        }
+    }
     let mut issuers = BTreeMap::new();
     for (name, spec) in &config.issuers {
         match Issuer::load(spec, &config.state_dir, false) {
@@ -159,6 +176,40 @@ pub fn preflight(
     } else {
         Err(PreflightErrors(errors))
     }
+}
+
+/// Whether files can be given owner `uid` and group `gid`: with CAP_CHOWN
+/// any; without, only pillion's own uid and its groups (chown(2)).
+fn can_give_files_to(uid: Option<u32>, gid: Option<u32>) -> Result<(), String> {
+    if uid.is_none() && gid.is_none() {
+        return Ok(());
+    }
+    // CAP_CHOWN is bit 0 of the effective capabilities.
+    let cap_chown = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & 1 == 1);
+    if cap_chown {
+        return Ok(());
+    }
+    let euid = rustix::process::geteuid().as_raw();
+    if let Some(u) = uid.filter(|u| *u != euid) {
+        return Err(format!(
+            "uid {u} cannot be set: pillion runs as uid {euid} without CAP_CHOWN (run it as uid {u}, or grant CAP_CHOWN)"
+        ));
+    }
+    let egid = rustix::process::getegid().as_raw();
+    let groups = rustix::process::getgroups().unwrap_or_default();
+    if let Some(g) = gid.filter(|g| *g != egid && !groups.iter().any(|x| x.as_raw() == *g)) {
+        return Err(format!(
+            "gid {g} cannot be set: pillion (uid {euid}) is not in group {g} and lacks CAP_CHOWN (add the group with supplementalGroups or fsGroup, or grant CAP_CHOWN)"
+        ));
+    }
+    Ok(())
 }
 
 /// The output directory must be a writable directory, or creatable in the

@@ -534,8 +534,22 @@ impl Config {
             source_name: source_name.to_owned(),
             errors,
         };
-        let raw = parse_yaml(text).map_err(fail)?;
-        Config::from_raw(raw, Origin::File).map_err(fail)
+        let (raw, mut errors) = parse_yaml(text).map_err(fail)?;
+        // The shape's problems and validation's together, so that one typo
+        // hides nothing; a field reported as malformed is not reported again
+        // as missing.
+        match Config::from_raw(raw, Origin::File) {
+            Ok(config) if errors.is_empty() => Ok(config),
+            Ok(_) => Err(fail(errors)),
+            Err(more) => {
+                let mut extra: Vec<FieldError> = more
+                    .into_iter()
+                    .filter(|m| !errors.iter().any(|e| e.path == m.path))
+                    .collect();
+                errors.append(&mut extra);
+                Err(fail(errors))
+            }
+        }
     }
 
     /// Validates a raw configuration, collecting every problem.
@@ -789,8 +803,9 @@ impl Config {
 }
 
 /// Parses YAML into the raw shape, reporting each bad part of the document on
-/// its own so that one typo does not hide the rest.
-fn parse_yaml(text: &str) -> Result<RawConfig, Vec<FieldError>> {
+/// its own so that one typo does not hide the rest: the raw shape of what
+/// parsed, and the problems of what did not. `Err` when nothing parses.
+fn parse_yaml(text: &str) -> Result<(RawConfig, Vec<FieldError>), Vec<FieldError>> {
     let syntax = |e: serde_yaml_ng::Error| {
         vec![FieldError {
             path: "(yaml)".into(),
@@ -864,27 +879,59 @@ fn parse_yaml(text: &str) -> Result<RawConfig, Vec<FieldError>> {
             ),
         }
     }
-    if errs.0.is_empty() {
-        Ok(raw)
-    } else {
-        Err(errs.0)
-    }
+    Ok((raw, errs.0))
 }
 
 /// Deserializes one part of the document, recording a failure under `path`.
+///
+/// An unknown key is recorded, taken out, and the part deserialized again,
+/// so that a typo does not hide the other problems of the same part: every
+/// bad field is reported at once. Any other error ends the part.
 fn typed<T: for<'de> Deserialize<'de>>(errs: &mut Errors, path: &str, value: Value) -> Option<T> {
-    match serde_path_to_error::deserialize(value) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            let inner = e.path().to_string();
-            let full = if inner == "." {
-                path.to_owned()
-            } else {
-                format!("{path}.{inner}")
-            };
-            errs.add(full.replace(".[", "["), e.into_inner().to_string());
-            None
+    let mut value = value;
+    // Each retry removes one key: bounded by the keys there are.
+    loop {
+        match serde_path_to_error::deserialize(value.clone()) {
+            // With unknown keys recorded, the rest is still validated.
+            Ok(v) => return Some(v),
+            Err(e) => {
+                let inner = e.path().to_string();
+                let full = if inner == "." {
+                    path.to_owned()
+                } else {
+                    format!("{path}.{inner}")
+                };
+                let segments: Vec<_> = e.path().iter().cloned().collect();
+                let message = e.into_inner().to_string();
+                let unknown = message.starts_with("unknown field");
+                errs.add(full.replace(".[", "["), message);
+                if !(unknown && remove_key(&mut value, &segments)) {
+                    return None;
+                }
+            }
         }
+    }
+}
+
+/// Removes the mapping key at `path` from `value`; false when it is not there.
+fn remove_key(value: &mut Value, path: &[serde_path_to_error::Segment]) -> bool {
+    use serde_path_to_error::Segment;
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut cur = value;
+    for seg in parents {
+        let next = match (seg, cur) {
+            (Segment::Map { key }, Value::Mapping(m)) => m.get_mut(key.as_str()),
+            (Segment::Seq { index }, Value::Sequence(s)) => s.get_mut(*index),
+            _ => None,
+        };
+        let Some(next) = next else { return false };
+        cur = next;
+    }
+    match (last, cur) {
+        (Segment::Map { key }, Value::Mapping(m)) => m.remove(key.as_str()).is_some(),
+        _ => false,
     }
 }
 
@@ -1547,6 +1594,15 @@ fn validate_files(errs: &mut Errors, path: &str, rf: RawFiles) -> FileSpec {
             );
         }
     }
+    // `sub` as a file and `sub/tls.key` inside it cannot both exist.
+    for a in &seen {
+        if let Some(b) = seen.iter().find(|b| b.starts_with(&format!("{a}/"))) {
+            errs.add(
+                path,
+                format!("names {a:?} as a file and {b:?} inside it as a directory: one path cannot be both"),
+            );
+        }
+    }
     let mut mode =
         |field: &str, value: Option<Value>, default: u32| match value.map(|v| parse_mode(&v)) {
             None => default,
@@ -2144,9 +2200,32 @@ mod tests {
             [
                 "bogus",
                 "certificates[0].dnsName",
-                "certificates[1].files.cert"
+                "certificates[1].files.cert",
+                // What the typo leaves: a certificate with no names.
+                "certificates[0]"
             ]
         );
+    }
+
+    #[test]
+    fn an_unknown_key_does_not_hide_the_other_errors_of_its_part() {
+        let p = paths("outputDir: /o\ncertificates:\n- name: a\n  dnsName: x\n  dnsNames: ['bad!']\n  duration: 24x\n  files: {cert: x, mode: '999'}\n");
+        assert_eq!(
+            p,
+            [
+                "certificates[0].dnsName",
+                "certificates[0].files.cert",
+                "certificates[0].dnsNames[0]",
+                "certificates[0].duration",
+                "certificates[0].files.mode",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_file_cannot_also_be_the_directory_of_another() {
+        let p = paths("outputDir: /o\ncertificates:\n- name: a\n  dnsNames: [a]\n  files: {certificate: sub, privateKey: sub/tls.key}\n");
+        assert_eq!(p, ["certificates[0].files"]);
     }
 
     #[test]

@@ -875,3 +875,39 @@ fn baseline_inputs_pass_check_so_each_refusal_above_is_due_to_its_one_fault() {
         case.assert_untouched(&run);
     }
 }
+
+/// A uid or gid the process cannot give its files (no CAP_CHOWN, not its own) passed check and
+/// then failed every publish. check now refuses it, naming the field. Run as `nobody` through
+/// setpriv, which drops every capability with the uid change.
+#[test]
+fn an_owner_pillion_cannot_set_is_refused_by_check() {
+    use std::os::unix::fs::PermissionsExt;
+    let case = Case::without_out_dir();
+    fs::set_permissions(case.root.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let config = case.config(
+        "outputDir: {out}\ncertificates:\n  - name: web\n    dnsNames: [localhost]\n    files: {uid: 0, gid: 0}\n",
+    );
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut cmd = std::process::Command::new("setpriv");
+    common::pillion_env(&mut cmd);
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+    ])
+    .arg(common::pillion_bin())
+    .arg("--config")
+    .arg(&config)
+    .arg("--state-dir")
+    .arg(case.state_dir())
+    .arg("check");
+    let run = run_bounded(&mut cmd, COMMAND_DEADLINE);
+    assert_eq!(run.code(), Some(2), "{}", case.report(&run));
+    assert!(
+        run.stderr
+            .contains("certificates[0].files: uid 0 cannot be set"),
+        "{}",
+        case.report(&run)
+    );
+}
