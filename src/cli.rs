@@ -35,7 +35,7 @@ pub struct Cli {
     pub config: Option<PathBuf>,
 
     /// Directory for pillion's own state (the development CA). Never the shared output directory.
-    /// [default: $XDG_STATE_HOME/pillion, else $HOME/.local/state/pillion]
+    /// [default: $XDG_STATE_HOME/pillion, else $HOME/.local/state/pillion, else /var/lib/pillion]
     #[arg(long, global = true, env = "PILLION_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 

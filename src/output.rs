@@ -362,6 +362,7 @@ impl AtomicDir {
             let is_generation =
                 name.starts_with("..") && name.as_bytes().get(2).is_some_and(u8::is_ascii_digit);
             if is_generation && name != live && !self.retired.iter().any(|(r, _)| r == name) {
+                tracing::info!(dir = %self.dir.display(), entry = name, "removing a generation nobody uses (left by an earlier process)");
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
@@ -628,13 +629,23 @@ fn parent_dir(path: &Path) -> &Path {
     }
 }
 
-/// `mkdir -p` with mode 0755 (narrowed by the umask).
+/// `mkdir -p` with mode 0755 for every directory it creates, whatever the
+/// umask: under `umask 077` the app (another uid) could not enter them.
 fn create_dir_all(dir: &Path) -> Result<(), OutputError> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .collect();
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
         .create(dir)
-        .map_err(io("create the directory", dir))
+        .map_err(io("create the directory", dir))?;
+    for d in missing {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))
+            .map_err(io("set the mode of", d))?;
+    }
+    Ok(())
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), OutputError> {

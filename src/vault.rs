@@ -555,6 +555,12 @@ fn error_text(body: &[u8]) -> String {
     };
     // Vault's multi-errors span lines ("1 error occurred:\n\t* permission
     // denied\n\n"): the same words on one line keep a log line a line.
+    // Control characters (ANSI escapes) from the server never reach a
+    // terminal or a log: each becomes a space.
+    let text: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
     let text = if text.is_empty() {
         "(no error message)".to_owned()

@@ -709,3 +709,45 @@ fn a_restart_that_reuses_the_files_makes_missing_visible_names_again() {
         "leftovers removed\n{ctx}"
     );
 }
+
+/// Under `umask 077` the credential's directories were created 0700, and the app (another
+/// uid) could not enter them. Every directory pillion creates is 0755 whatever the umask.
+#[test]
+fn directories_are_traversable_whatever_the_umask() {
+    let ca = openssl_ca(KeyKind::EcP256Pkcs8);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let config = config_with_ca(
+        dir.path(),
+        &out,
+        &dir.path().join("state"),
+        &ca,
+        "  - name: web\n    dir: deep/web\n    dnsNames: [web.pillion.test]\n    files: {privateKey: keys/tls.key}\n",
+    );
+    let mut cmd = std::process::Command::new("sh");
+    pillion_env(&mut cmd);
+    cmd.arg("-c")
+        .arg("umask 077; exec \"$0\" --config \"$1\" init")
+        .arg(pillion_bin())
+        .arg(&config);
+    let ran = run_bounded(&mut cmd, COMMAND_DEADLINE);
+    ran.assert_success();
+    let web = out.join("deep/web");
+    let live = web.join(fs::read_link(web.join("..data")).unwrap());
+    for d in [
+        out.clone(),
+        out.join("deep"),
+        web.clone(),
+        live.clone(),
+        live.join("keys"),
+    ] {
+        assert_eq!(
+            mode_of(&d) & 0o777,
+            0o755,
+            "{} under umask 077\n{}\n{}",
+            d.display(),
+            ran.describe(),
+            listing(&out)
+        );
+    }
+}
