@@ -1124,13 +1124,35 @@ fn existing(
     for (what, _) in optional.iter().filter(|(_, n)| n.is_some()) {
         next(what)?;
     }
-    let chain = certs_from_pem(&cert_pem).map_err(|_| "the certificate on disk is not PEM")?;
-    let ca = certs_from_pem(&ca_pem).map_err(|_| "the CA file on disk is not PEM")?;
-    let key = std::str::from_utf8(&key_pem)
+    on_disk_fits(
+        spec,
+        issuer.generates_keys(),
+        issuer.trust_anchors(),
+        &cert_pem,
+        &key_pem,
+        &ca_pem,
+        now,
+    )
+}
+
+/// The pure part of [`existing`]: whether the certificate, key and CA files
+/// read from disk belong together and fit the configuration.
+pub(crate) fn on_disk_fits(
+    spec: &CertificateSpec,
+    generates_keys: bool,
+    anchors: Option<Vec<Vec<u8>>>,
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    ca_pem: &[u8],
+    now: SystemTime,
+) -> Result<CertInfo, String> {
+    let chain = certs_from_pem(cert_pem).map_err(|_| "the certificate on disk is not PEM")?;
+    let ca = certs_from_pem(ca_pem).map_err(|_| "the CA file on disk is not PEM")?;
+    let key = std::str::from_utf8(key_pem)
         .ok()
         .and_then(|k| PrivateKey::from_pem(k).ok())
         .ok_or("the key on disk is unreadable")?;
-    if !issuer.generates_keys() && key.algorithm() != spec.key_algorithm {
+    if !generates_keys && key.algorithm() != spec.key_algorithm {
         return Err(format!(
             "the key on disk is {}, the configuration asks for {}",
             key.algorithm(),
@@ -1140,7 +1162,7 @@ fn existing(
     let issued = Issued { chain, ca };
     let info = verify(&issued, &key.public_key_raw(), &spec.names, now)
         .map_err(|e| format!("the certificate on disk does not fit: {e}"))?;
-    if let Some(anchors) = issuer.trust_anchors() {
+    if let Some(anchors) = anchors {
         if anchors != issued.ca {
             return Err(
                 "the certificate on disk is from another CA than the configured one".into(),

@@ -812,6 +812,14 @@ fn parse_yaml(text: &str) -> Result<(RawConfig, Vec<FieldError>), Vec<FieldError
             message: format!("is not valid YAML: {e}"),
         }]
     };
+    if let Some(at) = flow_too_deep(text) {
+        return Err(vec![FieldError {
+            path: "(yaml)".into(),
+            message: format!(
+                "nests [ and {{ deeper than {MAX_FLOW_DEPTH} levels (at byte {at}): not a configuration"
+            ),
+        }]);
+    }
     let doc: Value = serde_yaml_ng::from_str(text).map_err(syntax)?;
     let Value::Mapping(top) = doc else {
         return Err(vec![FieldError {
@@ -880,6 +888,45 @@ fn parse_yaml(text: &str) -> Result<(RawConfig, Vec<FieldError>), Vec<FieldError
         }
     }
     Ok((raw, errs.0))
+}
+
+/// The deepest nesting of flow collections (`[`, `{`) accepted. The YAML
+/// parser refuses deep nesting too, but only after scanning in time that
+/// grows with the square of the depth: 200 KB of `[` took 25 s of CPU.
+const MAX_FLOW_DEPTH: usize = 64;
+
+/// Where `text` first nests flow collections deeper than [`MAX_FLOW_DEPTH`],
+/// counting brackets outside quotes and comments; a linear scan.
+fn flow_too_deep(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut quote = None::<u8>;
+    let mut comment = false;
+    let mut prev = b'\n';
+    for (i, b) in text.bytes().enumerate() {
+        // A quote opens a string only where a scalar can start (not the
+        // apostrophe of `it's`), so quotes cannot hide brackets.
+        let starts_scalar = matches!(
+            prev,
+            b' ' | b'\t' | b'\n' | b'[' | b'{' | b',' | b':' | b'-'
+        );
+        prev = b;
+        match (quote, b) {
+            _ if comment => comment = b != b'\n',
+            (Some(q), _) if b == q => quote = None,
+            (Some(_), _) => {}
+            (None, b'"' | b'\'') if starts_scalar => quote = Some(b),
+            (None, b'#') => comment = true,
+            (None, b'[' | b'{') => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    return Some(i);
+                }
+            }
+            (None, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Deserializes one part of the document, recording a failure under `path`.
@@ -2226,6 +2273,19 @@ mod tests {
     fn a_file_cannot_also_be_the_directory_of_another() {
         let p = paths("outputDir: /o\ncertificates:\n- name: a\n  dnsNames: [a]\n  files: {certificate: sub, privateKey: sub/tls.key}\n");
         assert_eq!(p, ["certificates[0].files"]);
+    }
+
+    #[test]
+    fn deeply_nested_flow_collections_are_refused_before_parsing() {
+        let deep = format!("outputDir: {}", "[".repeat(200_000));
+        assert_eq!(paths(&deep), ["(yaml)"]);
+        // Brackets in quotes and comments do not count.
+        assert_eq!(
+            flow_too_deep(&format!("a: '{}' # {}", "[".repeat(100), "{".repeat(100))),
+            None
+        );
+        assert_eq!(flow_too_deep(&"[".repeat(64)), None);
+        assert_eq!(flow_too_deep(&"[".repeat(65)), Some(64));
     }
 
     #[test]

@@ -11,6 +11,8 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod issuers;
 pub mod keys;
 pub mod keystore;

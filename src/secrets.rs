@@ -105,7 +105,7 @@ pub async fn read(
         }
         _ => spec.path.clone(),
     };
-    let mut answer = match client.request(Method::GET, &api_path, None).await {
+    let answer = match client.request(Method::GET, &api_path, None).await {
         Err(VaultError::Status {
             status: StatusCode::NOT_FOUND,
             ..
@@ -116,19 +116,28 @@ pub async fn read(
         }
         other => other?,
     };
-    let data = match kv.version {
+    kv_data(answer, kv.version).map_err(|found| match found {
+        true => SecretError::NotFound {
+            path: spec.path.clone(),
+        },
+        false => SecretError::NoData {
+            path: spec.path.clone(),
+        },
+    })
+}
+
+/// The key/value data of a KV read answer of engine `version`. `Err(true)`
+/// for a deleted version (KV v2 answers `data: null`), `Err(false)` for an
+/// answer without a data object.
+pub(crate) fn kv_data(mut answer: Value, version: u8) -> Result<Map<String, Value>, bool> {
+    let data = match version {
         2 => answer["data"].get_mut("data").map(Value::take),
         _ => answer.get_mut("data").map(Value::take),
     };
     match data {
         Some(Value::Object(map)) => Ok(map),
-        // KV v2 answers data: null for a deleted (soft-deleted) version.
-        Some(Value::Null) => Err(SecretError::NotFound {
-            path: spec.path.clone(),
-        }),
-        _ => Err(SecretError::NoData {
-            path: spec.path.clone(),
-        }),
+        Some(Value::Null) => Err(true),
+        _ => Err(false),
     }
 }
 

@@ -524,7 +524,10 @@ impl VaultClient {
 }
 
 /// `auth.client_token`, `auth.lease_duration`, `auth.renewable` of a login answer.
-fn auth_fields(answer: &Value, path: &str) -> Result<(Zeroizing<String>, u64, bool), VaultError> {
+pub(crate) fn auth_fields(
+    answer: &Value,
+    path: &str,
+) -> Result<(Zeroizing<String>, u64, bool), VaultError> {
     let auth = &answer["auth"];
     let token = auth["client_token"]
         .as_str()
@@ -541,7 +544,7 @@ fn auth_fields(answer: &Value, path: &str) -> Result<(Zeroizing<String>, u64, bo
 }
 
 /// Vault's `{"errors": [...]}` joined, or the body itself, cut to a sane length.
-fn error_text(body: &[u8]) -> String {
+pub(crate) fn error_text(body: &[u8]) -> String {
     let text = match serde_json::from_slice::<Value>(body) {
         Ok(v) => match v["errors"].as_array() {
             Some(errors) if !errors.is_empty() => errors

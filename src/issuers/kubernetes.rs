@@ -168,7 +168,7 @@ fn api_error(e: kube::Error, verb: &'static str, resource: &str) -> KubeError {
 }
 
 /// What a request object says about its progress.
-enum Progress {
+pub(crate) enum Progress {
     /// Still waiting; the text says on what, for the deadline message.
     Pending(String),
     Signed(Issued),
@@ -411,35 +411,16 @@ impl KubernetesCsr {
         info!(%resource, signer = %self.spec.signer_name, "created a CertificateSigningRequest; waiting for approval and signing");
         let ca_file = self.spec.ca_file.clone();
         let signer = self.spec.signer_name.clone();
-        let result = wait_for(api.clone(), &name, "certificatesigningrequests.certificates.k8s.io", &resource, self.spec.timeout, |csr: &CertificateSigningRequest| {
-            let status = csr.status.as_ref();
-            for c in status.and_then(|s| s.conditions.as_ref()).into_iter().flatten() {
-                if c.status != "True" {
-                    continue;
-                }
-                let reason = c.reason.clone().unwrap_or_default();
-                let message = c.message.clone().unwrap_or_default();
-                match c.type_.as_str() {
-                    "Denied" => return Progress::Refused(KubeError::Denied { resource: resource.clone(), reason, message }),
-                    "Failed" => return Progress::Refused(KubeError::Failed { resource: resource.clone(), reason, message }),
-                    _ => {}
-                }
-            }
-            if let Some(cert) = status.and_then(|s| s.certificate.as_ref()).filter(|c| !c.0.is_empty()) {
-                return match chain_from(&cert.0, None, ca_file.as_ref(), &resource) {
-                    Ok(issued) => Progress::Signed(issued),
-                    Err(e) => Progress::Refused(e),
-                };
-            }
-            let approved = status
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Approved" && c.status == "True"));
-            Progress::Pending(if approved {
-                format!("approved but not signed: is a signer for {signer} running?")
-            } else {
-                format!("not approved: approve it (kubectl certificate approve {name}) or run an approver for {signer}")
-            })
-        })
+        let result = wait_for(
+            api.clone(),
+            &name,
+            "certificatesigningrequests.certificates.k8s.io",
+            &resource,
+            self.spec.timeout,
+            |csr: &CertificateSigningRequest| {
+                csr_progress(csr, &name, &resource, &signer, ca_file.as_ref())
+            },
+        )
         .await;
         // The request has served its purpose either way; deleting it keeps
         // the cluster tidy. A failure here is only worth a warning.
@@ -540,9 +521,69 @@ impl CertManager {
     }
 }
 
+/// Reads a CertificateSigningRequest's status: signed, refused (Denied,
+/// Failed), or still waiting and on what.
+pub(crate) fn csr_progress(
+    csr: &CertificateSigningRequest,
+    name: &str,
+    resource: &str,
+    signer: &str,
+    ca_file: Option<&PathBuf>,
+) -> Progress {
+    let status = csr.status.as_ref();
+    for c in status
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        if c.status != "True" {
+            continue;
+        }
+        let reason = c.reason.clone().unwrap_or_default();
+        let message = c.message.clone().unwrap_or_default();
+        match c.type_.as_str() {
+            "Denied" => {
+                return Progress::Refused(KubeError::Denied {
+                    resource: resource.to_owned(),
+                    reason,
+                    message,
+                })
+            }
+            "Failed" => {
+                return Progress::Refused(KubeError::Failed {
+                    resource: resource.to_owned(),
+                    reason,
+                    message,
+                })
+            }
+            _ => {}
+        }
+    }
+    if let Some(cert) = status
+        .and_then(|s| s.certificate.as_ref())
+        .filter(|c| !c.0.is_empty())
+    {
+        return match chain_from(&cert.0, None, ca_file, resource) {
+            Ok(issued) => Progress::Signed(issued),
+            Err(e) => Progress::Refused(e),
+        };
+    }
+    let approved = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.type_ == "Approved" && c.status == "True")
+        });
+    Progress::Pending(if approved {
+        format!("approved but not signed: is a signer for {signer} running?")
+    } else {
+        format!("not approved: approve it (kubectl certificate approve {name}) or run an approver for {signer}")
+    })
+}
+
 /// Reads a CertificateRequest's status: Ready with a certificate, or one of
 /// cert-manager's refusals (Denied, InvalidRequest, Ready=False/Failed).
-fn certificate_request_progress(
+pub(crate) fn certificate_request_progress(
     status: &Value,
     resource: &str,
     ca_file: Option<&PathBuf>,

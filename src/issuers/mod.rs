@@ -16,6 +16,10 @@ pub use kubernetes::{CertManager, KubeError, KubernetesCsr};
 pub use local_ca::{LocalCa, LocalCaError, DEV_CA_DIR};
 pub use vault_pki::{VaultIssuer, VaultPkiError};
 
+// For the fuzz targets ([`crate::fuzzing`]).
+pub(crate) use kubernetes::{certificate_request_progress, csr_progress};
+pub(crate) use vault_pki::parse_certificates;
+
 use crate::config::{CertificateSpec, IssuerSpec};
 use crate::keys::PrivateKey;
 use crate::vault::{VaultClient, VaultError};

@@ -155,7 +155,7 @@ fn request_body(cert: &CertificateSpec, pki: &PkiSpec) -> Value {
 
 /// `certificate`, `ca_chain` and `issuing_ca` into the chain for `tls.crt`
 /// (leaf, then intermediates, no root, no duplicate) and the roots for `ca.crt`.
-fn parse_certificates(data: &Value, path: &str) -> Result<Issued, VaultPkiError> {
+pub(crate) fn parse_certificates(data: &Value, path: &str) -> Result<Issued, VaultPkiError> {
     let malformed = |field| VaultPkiError::Malformed {
         path: path.to_owned(),
         field,
