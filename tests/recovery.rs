@@ -561,3 +561,182 @@ certificates:
         ctx()
     );
 }
+
+/// The hidden entries of `dir` (generations and temporary links), for the leftover bound.
+fn hidden_entries(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .map(|es| {
+            es.flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                .filter(|n| n.starts_with("..") && n != "..data")
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// 200 kill -9s at random moments of `init`s that each issue anew (the names alternate, so
+/// every run replaces the live generation; every 20th starts from an empty directory, a first
+/// issuance). After each kill, `..data` names a complete generation or nothing; after the next
+/// start that completes, the visible names exist, the key is the certificate's, openssl
+/// verifies the chain, and no more than the live and one replaced generation are left.
+#[test]
+fn kill_9_at_any_moment_of_a_renewal_leaves_a_complete_set() {
+    const KILLS: usize = 200;
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let init = |out: &Path, name: &str| {
+        let mut cmd = pillion();
+        cmd.arg("init")
+            .arg("--out")
+            .arg(out)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--dns-name", name, "--timeout", "30s"])
+            .env("PILLION_LOG_LEVEL", "warn");
+        cmd
+    };
+    let mut out = tmp.path().join("out-0");
+    let (mut killed_mid_way, mut invisible_after_kill) = (0, 0);
+    for i in 0..KILLS {
+        if i % 20 == 0 {
+            out = tmp.path().join(format!("out-{i}"));
+        }
+        let name = if i % 2 == 0 {
+            "a.kill.test"
+        } else {
+            "b.kill.test"
+        };
+        let mut child = init(&out, name)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_micros(fastrand::u64(0..25_000)));
+        if child.try_wait().unwrap().is_none() {
+            killed_mid_way += 1;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+
+        // Right after the kill: ..data is absent or names a complete generation.
+        let ctx = |what: &str| format!("kill {i}: {what}\n{}", listing(&out));
+        if let Ok(target) = fs::read_link(out.join("..data")) {
+            let generation = out.join(&target);
+            for f in ["tls.crt", "tls.key", "ca.crt"] {
+                let len = fs::metadata(generation.join(f))
+                    .map(|m| m.len())
+                    .unwrap_or(0);
+                assert!(
+                    len > 0,
+                    "{}",
+                    ctx(&format!(
+                        "..data -> {} lacks {f} or it is empty",
+                        target.display()
+                    ))
+                );
+            }
+            key_pair_check(&generation.join("tls.crt"), &generation.join("tls.key"))
+                .unwrap_or_else(|e| panic!("{}", ctx(&e)));
+            if !out.join("tls.crt").exists() {
+                invisible_after_kill += 1;
+            }
+        }
+
+        // The next start that completes repairs and publishes.
+        let ran = run_bounded(&mut init(&out, name), DEADLINE);
+        assert_eq!(ran.code(), Some(0), "{}", ctx(&ran.describe()));
+        assert_atomic_layout(&out, &["tls.crt", "tls.key", "ca.crt"]);
+        key_pair_check(&out.join("tls.crt"), &out.join("tls.key"))
+            .unwrap_or_else(|e| panic!("{}", ctx(&e)));
+        openssl_verify(&out.join("ca.crt"), &out.join("tls.crt"))
+            .unwrap_or_else(|e| panic!("{}", ctx(&e)));
+        let hidden = hidden_entries(&out);
+        assert!(
+            hidden.len() <= 2
+                && hidden
+                    .iter()
+                    .all(|n| !n.ends_with(".tmp") && n != "..data_tmp"),
+            "{}",
+            ctx(&format!("leftovers after a completed start: {hidden:?}"))
+        );
+    }
+    eprintln!(
+        "{KILLS} kills: {killed_mid_way} while init ran, {invisible_after_kill} left ..data without visible names (repaired by the next start)"
+    );
+    assert!(
+        killed_mid_way > KILLS / 4,
+        "the kills should mostly land while init runs"
+    );
+}
+
+/// The issue's exact reproduction: strace holds pillion at its second rename(2) of a first
+/// issuance (the first swaps `..data`, the second would make `tls.crt` visible), and pillion is
+/// killed there. The next start must make the names visible and not report success without
+/// them.
+#[test]
+fn a_kill_right_after_the_swap_of_a_first_issuance_is_repaired_by_the_next_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let out = tmp.path().join("out");
+    let init_args = |cmd: &mut Command| {
+        cmd.arg("init")
+            .arg("--out")
+            .arg(&out)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--dns-name", "swap.kill.test"]);
+    };
+    // The development CA first, so that its own renames do not count.
+    let mut warm = pillion();
+    init_args(&mut warm);
+    run_bounded(&mut warm, DEADLINE).assert_success();
+    fs::remove_dir_all(&out).unwrap();
+
+    let mut cmd = Command::new("strace");
+    pillion_env(&mut cmd);
+    cmd.args([
+        "-f",
+        "-qq",
+        "-o",
+        "/dev/null",
+        "-e",
+        "trace=rename,renameat,renameat2",
+    ])
+    .args([
+        "-e",
+        "inject=rename,renameat,renameat2:delay_enter=30000000:when=2",
+    ])
+    .arg(pillion_bin());
+    init_args(&mut cmd);
+    let mut strace = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("strace (apt-get install strace) runs pillion");
+    // Wait until ..data is swapped in: pillion now sits at the delayed rename.
+    wait_for("the ..data swap under strace", DEADLINE, || {
+        out.join("..data").exists()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let children =
+        fs::read_to_string(format!("/proc/{0}/task/{0}/children", strace.id())).unwrap_or_default();
+    for pid in children.split_whitespace() {
+        let _ = Command::new("kill").args(["-9", pid]).status();
+    }
+    let _ = strace.kill();
+    let _ = strace.wait();
+    let ctx = || listing(&out);
+    assert!(
+        !out.join("tls.crt").exists(),
+        "the kill should have left ..data without visible names\n{}",
+        ctx()
+    );
+
+    let mut again = pillion();
+    init_args(&mut again);
+    let ran = run_bounded(&mut again, DEADLINE);
+    assert_eq!(ran.code(), Some(0), "{}\n{}", ran.describe(), ctx());
+    assert_atomic_layout(&out, &["tls.crt", "tls.key", "ca.crt"]);
+    key_pair_check(&out.join("tls.crt"), &out.join("tls.key")).unwrap();
+    openssl_verify(&out.join("ca.crt"), &out.join("tls.crt")).unwrap();
+}
