@@ -19,8 +19,13 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && rustup target add "$(uname -m)-unknown-linux-musl"
 
+# The commit `pillion version` and pillion_build_info report (the context has no .git):
+#   docker build --build-arg PILLION_COMMIT=$(git rev-parse --short=12 HEAD) .
+ARG PILLION_COMMIT=unknown
+ENV PILLION_COMMIT=${PILLION_COMMIT}
+
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY scripts/build-static.sh ./scripts/build-static.sh
 

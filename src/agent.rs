@@ -20,7 +20,7 @@ use crate::keys::{KeyError, PrivateKey};
 use crate::keystore::{self, KeystoreError};
 use crate::output::{read_live, AtomicDir, FileEntry, OutputError, Owner, Published, Staged};
 use crate::reload;
-use crate::schedule::{renewal_time, retry_delays};
+use crate::schedule::{jitter_for, renewal_time, retry_delays};
 use crate::secrets::{self, KvMount, SecretError};
 use crate::telemetry::Metrics;
 use crate::verify::{
@@ -337,7 +337,7 @@ impl Agent {
                 let issuer = &issuers[&spec.issuer];
                 let (cert, next_attempt) = match existing(spec, out.path(), issuer, now) {
                     Ok(info) => {
-                        let at = renewal_time(info.not_before, info.not_after, spec.renew, fastrand::f64());
+                        let at = renewal_time(info.not_before, info.not_after, spec.renew, jitter_for(&info.serial));
                         info!(cert = %spec.name, serial = %info.serial, not_after = %fmt_time(info.not_after), renew_at = %fmt_time(at), "reusing the valid certificate on disk");
                         metrics.certificate(&spec.name, info.not_after, at);
                         (Some(info), at)
@@ -704,7 +704,7 @@ impl Agent {
             let metrics = &self.metrics;
             let result = match &mut c.work {
                 Work::Certificate(spec) => renew(spec, &mut c.out, issuer).await.map(|info| {
-                    let at = renewal_time(info.not_before, info.not_after, spec.renew, fastrand::f64());
+                    let at = renewal_time(info.not_before, info.not_after, spec.renew, jitter_for(&info.serial));
                     info!(
                         cert = %spec.name,
                         issuer = %spec.issuer,

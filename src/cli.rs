@@ -58,13 +58,15 @@ pub struct Cli {
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Obtain, publish and keep renewing until stopped (SIGTERM/SIGINT). SIGUSR1 renews everything now.
-    Run(CertArgs),
+    Run(RunArgs),
     /// Obtain and publish everything once (reusing valid files), then exit 0; exit 1 if the timeout passes first.
     Init(InitArgs),
     /// Validate the configuration, print the plan, touch nothing.
-    Check(CertArgs),
+    Check(RunArgs),
     /// Show what is on disk: subject, names, issuer, expiry, time left, next renewal.
     Status(StatusArgs),
+    /// Print the version, the git commit and the target it was built for.
+    Version,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -81,6 +83,9 @@ pub struct StatusArgs {
     /// Output directory to inspect when no --config is given.
     #[arg(long, env = "PILLION_OUTPUT_DIR", value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Output format: a table, or JSON for scripts.
+    #[arg(short = 'o', long = "output", value_name = "FORMAT", value_enum, default_value_t = StatusFormat::Table)]
+    pub output: StatusFormat,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -145,6 +150,13 @@ pub struct CertArgs {
     /// Also write key + chain into one file with this name (one open reads a consistent pair).
     #[arg(long, env = "PILLION_BUNDLE", value_name = "FILENAME")]
     pub bundle: Option<String>,
+}
+
+/// How to tell the app to reload, without --config. Not for `init`: an init
+/// container runs before the app exists.
+#[derive(Debug, Clone, Args, Default)]
+#[command(next_help_heading = "Reload (without --config)")]
+pub struct ReloadArgs {
     /// Signal processes whose /proc/PID/comm is exactly this (needs shareProcessNamespace: true across containers).
     #[arg(long, env = "PILLION_RELOAD_PROCESS", value_name = "COMM")]
     pub reload_process: Option<String>,
@@ -165,6 +177,24 @@ pub struct CertArgs {
     pub reload_signal: Option<String>,
 }
 
+/// `run` and `check`: the certificate and how to reload the app.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub cert: CertArgs,
+    #[command(flatten)]
+    pub reload: ReloadArgs,
+}
+
+/// `status`'s output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusFormat {
+    /// A table for people.
+    Table,
+    /// One JSON object, for scripts.
+    Json,
+}
+
 /// A usage or configuration error: exit code 2.
 #[derive(Debug, thiserror::Error)]
 pub enum UsageError {
@@ -177,6 +207,48 @@ pub enum UsageError {
     },
     #[error(transparent)]
     Config(#[from] ConfigErrors),
+}
+
+impl ReloadArgs {
+    fn given_flags(&self) -> Vec<&'static str> {
+        let mut given = Vec::new();
+        let mut check = |set: bool, flag| {
+            if set {
+                given.push(flag)
+            }
+        };
+        check(self.reload_process.is_some(), "--reload-process");
+        check(
+            self.reload_process_regex.is_some(),
+            "--reload-process-regex",
+        );
+        check(self.reload_pid_file.is_some(), "--reload-pid-file");
+        check(self.reload_command.is_some(), "--reload-command");
+        check(self.reload_url.is_some(), "--reload-url");
+        check(self.reload_signal.is_some(), "--reload-signal");
+        given
+    }
+
+    fn to_raw(&self) -> Option<RawReload> {
+        let reload_set = self.reload_process.is_some()
+            || self.reload_process_regex.is_some()
+            || self.reload_pid_file.is_some()
+            || self.reload_command.is_some()
+            || self.reload_url.is_some()
+            || self.reload_signal.is_some();
+        reload_set.then(|| RawReload {
+            signal: self.reload_signal.clone(),
+            process: self.reload_process.clone(),
+            process_regex: self.reload_process_regex.clone(),
+            pid_file: self.reload_pid_file.clone(),
+            command: self
+                .reload_command
+                .as_ref()
+                .map(|c| c.split_whitespace().map(str::to_owned).collect()),
+            url: self.reload_url.clone(),
+            include_pid1: None,
+        })
+    }
 }
 
 impl CertArgs {
@@ -203,20 +275,11 @@ impl CertArgs {
         check(self.ca_cert.is_some(), "--ca-cert");
         check(self.ca_key.is_some(), "--ca-key");
         check(self.bundle.is_some(), "--bundle");
-        check(self.reload_process.is_some(), "--reload-process");
-        check(
-            self.reload_process_regex.is_some(),
-            "--reload-process-regex",
-        );
-        check(self.reload_pid_file.is_some(), "--reload-pid-file");
-        check(self.reload_command.is_some(), "--reload-command");
-        check(self.reload_url.is_some(), "--reload-url");
-        check(self.reload_signal.is_some(), "--reload-signal");
         given
     }
 
-    /// The raw configuration these flags describe.
-    fn to_raw(&self, state_dir: Option<String>) -> RawConfig {
+    /// The raw configuration these flags describe, with `reload`'s.
+    fn to_raw(&self, reload: &ReloadArgs, state_dir: Option<String>) -> RawConfig {
         let issuers = (self.ca_cert.is_some() || self.ca_key.is_some()).then(|| {
             let local = RawLocalCa {
                 cert_file: self.ca_cert.clone(),
@@ -232,24 +295,7 @@ impl CertArgs {
             .into_iter()
             .collect()
         });
-        let reload_set = self.reload_process.is_some()
-            || self.reload_process_regex.is_some()
-            || self.reload_pid_file.is_some()
-            || self.reload_command.is_some()
-            || self.reload_url.is_some()
-            || self.reload_signal.is_some();
-        let reload = reload_set.then(|| RawReload {
-            signal: self.reload_signal.clone(),
-            process: self.reload_process.clone(),
-            process_regex: self.reload_process_regex.clone(),
-            pid_file: self.reload_pid_file.clone(),
-            command: self
-                .reload_command
-                .as_ref()
-                .map(|c| c.split_whitespace().map(str::to_owned).collect()),
-            url: self.reload_url.clone(),
-            include_pid1: None,
-        });
+        let reload = reload.to_raw();
         let cert = RawCertificate {
             name: Some(self.name.clone().unwrap_or_else(|| "tls".to_owned())),
             issuer: None,
@@ -287,7 +333,7 @@ impl Cli {
     ///
     /// # Errors
     /// A usage error, an unreadable file, or every problem in the configuration.
-    pub fn load_config(&self, cert: &CertArgs) -> Result<Config, UsageError> {
+    pub fn load_config(&self, cert: &CertArgs, reload: &ReloadArgs) -> Result<Config, UsageError> {
         let state_dir = self
             .state_dir
             .as_ref()
@@ -295,7 +341,8 @@ impl Cli {
         let listen = self.listen_flag()?;
         let mut config = match &self.config {
             Some(path) => {
-                let given = cert.given_flags();
+                let mut given = cert.given_flags();
+                given.extend(reload.given_flags());
                 if !given.is_empty() {
                     return Err(UsageError::FlagsWithConfig {
                         flags: given.join(", "),
@@ -314,12 +361,14 @@ impl Cli {
                 }
                 config
             }
-            None => Config::from_raw(cert.to_raw(state_dir), Origin::Flags).map_err(|errors| {
-                UsageError::Config(ConfigErrors {
-                    source_name: "the command line".into(),
-                    errors,
-                })
-            })?,
+            None => Config::from_raw(cert.to_raw(reload, state_dir), Origin::Flags).map_err(
+                |errors| {
+                    UsageError::Config(ConfigErrors {
+                        source_name: "the command line".into(),
+                        errors,
+                    })
+                },
+            )?,
         };
         if listen.is_some() {
             config.listen = listen;
@@ -372,7 +421,7 @@ mod tests {
         let Command::Run(args) = &cli.command else {
             panic!()
         };
-        let config = cli.load_config(args).unwrap();
+        let config = cli.load_config(&args.cert, &args.reload).unwrap();
         let cert = &config.certificates[0];
         assert_eq!(cert.names.dns_names, ["a", "b"]);
         assert_eq!(cert.target_dir(&config.output_dir), PathBuf::from("/o"));
@@ -385,7 +434,30 @@ mod tests {
         let Command::Check(args) = &cli.command else {
             panic!()
         };
-        let err = cli.load_config(args).unwrap_err();
+        let err = cli.load_config(&args.cert, &args.reload).unwrap_err();
         assert!(err.to_string().contains("--dns-name"), "{err}");
+    }
+
+    #[test]
+    fn init_takes_no_reload_flags() {
+        let err = Cli::try_parse_from([
+            "pillion",
+            "init",
+            "--out",
+            "/o",
+            "--reload-process",
+            "nginx",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument, "{err}");
+        assert!(Cli::try_parse_from([
+            "pillion",
+            "run",
+            "--out",
+            "/o",
+            "--reload-process",
+            "nginx"
+        ])
+        .is_ok());
     }
 }

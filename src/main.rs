@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use pillion::agent::{self, Agent, Mode};
-use pillion::cli::{Cli, Command};
+use pillion::cli::{Cli, Command, ReloadArgs, StatusFormat};
 use pillion::config::Config;
 use pillion::signals::Signals;
 
@@ -38,7 +38,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     pillion::telemetry::init_logging(cli.log_level.as_deref(), cli.log_format);
 
-    let (cert, mode) = match &cli.command {
+    let no_reload = ReloadArgs::default();
+    let (cert, reload, mode) = match &cli.command {
+        Command::Version => {
+            println!("pillion {}", env!("CARGO_PKG_VERSION"));
+            println!("commit: {}", env!("PILLION_COMMIT"));
+            println!("target: {}", env!("PILLION_TARGET"));
+            return ExitCode::SUCCESS;
+        }
         Command::Status(args) => {
             let config = match (&cli.config, &args.out) {
                 (None, Some(out)) => Config::for_directory(out),
@@ -48,27 +55,30 @@ fn main() -> ExitCode {
                         "status needs --config or --out to know where to look",
                     )
                 }
-                (Some(_), _) => match cli.load_config(&Default::default()) {
+                (Some(_), _) => match cli.load_config(&Default::default(), &no_reload) {
                     Ok(c) => c,
                     Err(e) => return fail(EXIT_USAGE, e),
                 },
             };
-            print!(
-                "{}",
-                pillion::status::render(&config, std::time::SystemTime::now())
-            );
+            let now = std::time::SystemTime::now();
+            match args.output {
+                StatusFormat::Table => print!("{}", pillion::status::render(&config, now)),
+                StatusFormat::Json => print!("{}", pillion::status::render_json(&config, now)),
+            }
             return ExitCode::SUCCESS;
         }
-        Command::Check(args) => (args, None),
-        Command::Run(args) => (args, Some(Mode::Run)),
+        Command::Check(args) => (&args.cert, &args.reload, None),
+        Command::Run(args) => (&args.cert, &args.reload, Some(Mode::Run)),
+        // An init container runs before the app: it has nothing to reload.
         Command::Init(args) => (
             &args.cert,
+            &no_reload,
             Some(Mode::Init {
                 timeout: args.timeout,
             }),
         ),
     };
-    let config = match cli.load_config(cert) {
+    let config = match cli.load_config(cert, reload) {
         Ok(c) => c,
         Err(e) => return fail(EXIT_USAGE, e),
     };
@@ -109,7 +119,7 @@ fn main() -> ExitCode {
             let cli = cli.clone();
             agent = agent.with_config_loader(Box::new(move || {
                 let config = cli
-                    .load_config(&Default::default())
+                    .load_config(&Default::default(), &ReloadArgs::default())
                     .map_err(|e| e.to_string())?;
                 let issuers = agent::preflight(&config, true).map_err(|e| e.to_string())?;
                 Ok((config, issuers))

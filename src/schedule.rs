@@ -64,6 +64,24 @@ pub fn renewal_time(
     not_before + from_start
 }
 
+/// The jitter of a certificate, in `[0, 1)`, from its serial number: as
+/// random across replicas as the serials themselves, yet the same every
+/// time it is computed, so that a restart keeps the renewal time and
+/// `pillion status` shows the one the running agent uses (FNV-1a, then
+/// MurmurHash3's finalizer so that the high bits depend on every byte).
+pub fn jitter_for(serial: &str) -> f64 {
+    let mut hash = serial.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    hash ^= hash >> 33;
+    // The top 53 bits, as f64 holds them exactly.
+    (hash >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// The delays between retries after failures: exponential from [`RETRY_MIN`],
 /// capped at [`RETRY_MAX`], each stretched by a random 0-100% so that failed
 /// replicas spread out, never giving up.
@@ -99,6 +117,15 @@ mod tests {
         let early = renewal_time(at(0), at(1000), RenewPolicy::Percentage(33), 0.999_999);
         assert!(early < late);
         assert!(late.duration_since(early).unwrap() <= Duration::from_secs(50));
+    }
+
+    #[test]
+    fn a_serial_always_gets_the_same_jitter_and_serials_spread() {
+        assert_eq!(jitter_for("0a:1b"), jitter_for("0a:1b"));
+        let j: Vec<f64> = (0..1000).map(|i| jitter_for(&format!("{i:x}"))).collect();
+        assert!(j.iter().all(|x| (0.0..1.0).contains(x)));
+        let low = j.iter().filter(|x| **x < 0.5).count();
+        assert!((400..600).contains(&low), "{low} of 1000 below one half");
     }
 
     #[test]

@@ -72,6 +72,8 @@ struct TargetResult {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Build {
     version: &'static str,
+    commit: &'static str,
+    target: &'static str,
 }
 
 /// Every metric pillion exports.
@@ -149,9 +151,15 @@ impl Metrics {
         build_info
             .get_or_create(&Build {
                 version: env!("CARGO_PKG_VERSION"),
+                commit: env!("PILLION_COMMIT"),
+                target: env!("PILLION_TARGET"),
             })
             .set(1);
-        registry.register("build_info", "pillion's version; always 1", build_info);
+        registry.register(
+            "build_info",
+            "pillion's version, git commit and target; always 1",
+            build_info,
+        );
         Metrics {
             registry,
             not_after,
