@@ -828,20 +828,22 @@ async fn renew(
         .await??
         .expect("the key was handed over: it was made, so the renewal goes on");
     // The rest of the files go into the hidden generation on a blocking
-    // thread while the certificate is verified here: on a real disk the
+    // thread while another verifies the certificate: on a real disk the
     // fsyncs take longer than the verification. Nothing is visible until the
     // commit below, and a generation that is not committed (verification
     // failed, or this future was dropped) is removed when the staging result
     // is dropped.
     let staging = tokio::task::spawn_blocking(move || staged.write(&files, owner).map(|()| staged));
-    let verified = verify(
-        &issued,
-        &key.public_key_raw(),
-        &spec.names,
-        SystemTime::now(),
-    );
-    let staged = staging.await;
-    let info = verified?;
+    // Path validation and parsing take CPU in proportion to what the CA
+    // sent: a blocking thread too, so that the runtime thread stays free for
+    // signals, the admin endpoint and the init deadline whatever the answer.
+    let verifying = {
+        let (issued, public_key, names) =
+            (issued.clone(), key.public_key_raw(), spec.names.clone());
+        tokio::task::spawn_blocking(move || verify(&issued, &public_key, &names, SystemTime::now()))
+    };
+    let (staged, verified) = tokio::join!(staging, verifying);
+    let info = verified??;
     debug!(cert = %spec.name, serial = %info.serial, "the issued certificate passed verification");
     if let Some(change) = out
         .current()
