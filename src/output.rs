@@ -362,7 +362,7 @@ impl AtomicDir {
             let is_generation =
                 name.starts_with("..") && name.as_bytes().get(2).is_some_and(u8::is_ascii_digit);
             if is_generation && name != live && !self.retired.iter().any(|(r, _)| r == name) {
-                tracing::info!(dir = %self.dir.display(), entry = name, "removing a generation nobody uses (left by an earlier process)");
+                tracing::warn!(dir = %self.dir.display(), entry = name, "removing a generation nobody uses (left by an earlier process)");
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }

@@ -639,6 +639,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn control_characters_in_a_servers_error_never_reach_the_logs() {
+        let text = error_text(br#"{"errors":["\u001b[31minvalid role\u001b[0m\r\nor secret ID"]}"#);
+        assert_eq!(text, "[31minvalid role [0m or secret ID");
+        assert!(!error_text(b"\x1b]0;title\x07plain").contains('\x1b'));
+    }
+
+    #[test]
     fn vault_errors_are_shown_verbatim() {
         assert_eq!(
             error_text(br#"{"errors":["permission denied"]}"#),

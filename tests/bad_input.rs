@@ -911,3 +911,20 @@ fn an_owner_pillion_cannot_set_is_refused_by_check() {
         case.report(&run)
     );
 }
+
+/// The CSR API returns no CA: its caFile is the only source of ca.crt. A missing one passed check
+/// and then failed every renewal; now check, init and run refuse it, naming the file.
+#[test]
+fn a_missing_ca_file_for_the_csr_api_is_refused_naming_it() {
+    let case = Case::new();
+    let missing = case.path("no-such-cluster-ca.crt");
+    let config = case.config(&format!(
+        "outputDir: {{out}}\nissuers:\n  cluster:\n    kubernetesCsr: {{signerName: example.com/app, caFile: {}}}\ncertificates:\n  - name: web\n    dnsNames: [localhost]\n",
+        missing.display()
+    ));
+    let runs = case.assert_config_refused(
+        &config,
+        &["issuers.cluster", &missing.display().to_string()],
+    );
+    assert_line_starts_with(&runs, "issuers.cluster");
+}

@@ -751,3 +751,60 @@ fn directories_are_traversable_whatever_the_umask() {
         );
     }
 }
+
+/// `status -o json` is for scripts: valid JSON (read by Python's json module), with the
+/// certificate's facts, and the renewal time the agent logged when it published.
+#[test]
+fn status_json_is_parsable_and_shows_the_agents_renewal_time() {
+    let ca = openssl_ca(KeyKind::EcP256Pkcs8);
+    let p = init_flags(Some(&ca), &["--common-name", "json.pillion.test"]);
+    assert_eq!(p.ran.code(), Some(0), "{}", p.context());
+    let renew_at = p
+        .ran
+        .stderr
+        .split("renew_at=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("init logs renew_at\n{}", p.context()))
+        .to_owned();
+    let status = run_bounded(
+        pillion()
+            .args(["status", "-o", "json", "--out"])
+            .arg(p.out.path()),
+        COMMAND_DEADLINE,
+    );
+    assert_eq!(status.code(), Some(0), "{}", status.describe());
+    let fields = run_bounded(
+        std::process::Command::new("python3")
+            .arg("-c")
+            .arg("import json,sys; c=json.loads(sys.argv[1])['credentials'][0]; print(c['name'], c['kind'], c['published'], c['nextRenewal'], c['timeLeftSeconds'] > 0, 'localhost' in c['names'])")
+            .arg(&status.stdout),
+        COMMAND_DEADLINE,
+    );
+    assert_eq!(
+        fields.stdout.trim(),
+        format!("tls certificate True {renew_at} True True"),
+        "{}\n{}",
+        fields.describe(),
+        status.describe()
+    );
+}
+
+/// `pillion version` names the version, a commit and the target.
+#[test]
+fn version_prints_version_commit_and_target() {
+    let ran = run_pillion(["version"]);
+    ran.assert_success();
+    assert!(
+        ran.stdout
+            .starts_with(&format!("pillion {}\n", env!("CARGO_PKG_VERSION"))),
+        "{}",
+        ran.describe()
+    );
+    assert!(ran.stdout.contains("\ncommit: "), "{}", ran.describe());
+    assert!(
+        ran.stdout.contains("\ntarget: ") && ran.stdout.contains("-linux-"),
+        "{}",
+        ran.describe()
+    );
+}
