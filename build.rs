@@ -25,12 +25,17 @@ fn main() {
         std::env::var("TARGET").unwrap_or_default()
     );
     println!("cargo:rerun-if-env-changed=PILLION_COMMIT");
-    // A new commit moves the branch ref, not HEAD itself.
-    println!("cargo:rerun-if-changed=.git/HEAD");
+    // A new commit moves the branch ref, not HEAD itself. Only paths that
+    // exist: Cargo runs a build script again every time for a missing one.
+    let mut watch = vec![".git/HEAD".to_owned(), ".git/packed-refs".to_owned()];
     if let Ok(head) = std::fs::read_to_string(".git/HEAD") {
         if let Some(r) = head.strip_prefix("ref: ") {
-            println!("cargo:rerun-if-changed=.git/{}", r.trim());
+            watch.push(format!(".git/{}", r.trim()));
         }
     }
-    println!("cargo:rerun-if-changed=.git/packed-refs");
+    for path in watch.iter().filter(|p| std::path::Path::new(p).is_file()) {
+        println!("cargo:rerun-if-changed={path}");
+    }
+    // Without .git (an image build), the script depends on nothing else.
+    println!("cargo:rerun-if-changed=build.rs");
 }

@@ -306,6 +306,9 @@ pub struct CredentialState {
     pub not_after: Option<SystemTime>,
     /// The paths the app reads (the visible names); ready only while all exist.
     pub files: Vec<PathBuf>,
+    /// After a failed attempt: when the next one comes. A request to renew
+    /// does not bring it forward.
+    pub retry_at: Option<SystemTime>,
 }
 
 /// The renewal loop for one configuration.
@@ -397,6 +400,7 @@ impl Agent {
                 published: c.published,
                 not_after: c.cert.as_ref().map(|i| i.not_after),
                 files: c.visible_files(),
+                retry_at: c.retries.is_some().then_some(c.next_attempt),
             })
             .collect();
         self.state.send_replace(states);
@@ -1008,10 +1012,14 @@ async fn refresh(
         uid: spec.uid,
         gid: spec.gid,
     };
-    Ok(matches!(
-        out.publish(&files, owner)?,
-        Published::Generation(_)
-    ))
+    let fresh = matches!(out.publish(&files, owner)?, Published::Generation(_));
+    // Unchanged content writes nothing: a name left invisible by a kill
+    // between the swap and the renames (or deleted) is made again here.
+    let repaired = out.repair_visible(files.iter().map(|f| f.path.as_str()))?;
+    if !repaired.is_empty() {
+        warn!(secret = %spec.name, names = %repaired.join(","), "made missing file names visible again");
+    }
+    Ok(fresh)
 }
 
 /// The files of a credential but the key itself ([`key_file`], written

@@ -324,6 +324,7 @@ impl CertArgs {
             secrets: None,
             reload,
             server: None,
+            unparsed_issuers: Vec::new(),
         }
     }
 }
@@ -348,7 +349,7 @@ impl Cli {
                         flags: given.join(", "),
                     });
                 }
-                let text = crate::small_file::read_to_string(path).map_err(|cause| {
+                let text = crate::small_file::read_stream_to_string(path).map_err(|cause| {
                     UsageError::ReadConfig {
                         path: path.clone(),
                         cause,

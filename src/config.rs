@@ -57,6 +57,11 @@ pub struct RawConfig {
     pub secrets: Option<Vec<RawSecret>>,
     pub reload: Option<RawReload>,
     pub server: Option<RawServer>,
+    /// Issuers whose shape was already reported as invalid: they still
+    /// exist for the certificates that name them, so that one mistake is
+    /// not reported again as "not a configured issuer".
+    #[serde(skip)]
+    pub unparsed_issuers: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -571,6 +576,11 @@ impl Config {
             .unwrap_or_else(default_state_dir);
 
         let mut issuers = BTreeMap::new();
+        let issuer_names: Vec<String> = raw
+            .issuers
+            .as_ref()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
         for (name, issuer) in raw.issuers.unwrap_or_default() {
             let path = format!("issuers.{name}");
             if !is_valid_name(&name) {
@@ -647,6 +657,17 @@ impl Config {
                         kubeconfig: c.kubeconfig.map(PathBuf::from),
                     }),
                 );
+            }
+        }
+        // Issuers reported as invalid (their shape, or above) stay known by
+        // name, so that certificates naming them get no second error. The
+        // placeholder is never used: the configuration has errors.
+        for name in issuer_names.into_iter().chain(raw.unparsed_issuers) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = issuers.entry(name) {
+                if errs.0.is_empty() {
+                    errs.add(format!("issuers.{}", slot.key()), "is invalid");
+                }
+                slot.insert(IssuerSpec::Development);
             }
         }
         let implicit_issuer = match issuers.len() {
@@ -812,11 +833,11 @@ fn parse_yaml(text: &str) -> Result<(RawConfig, Vec<FieldError>), Vec<FieldError
             message: format!("is not valid YAML: {e}"),
         }]
     };
-    if let Some(at) = flow_too_deep(text) {
+    if let Some(at) = too_many_flow_openers(text) {
         return Err(vec![FieldError {
             path: "(yaml)".into(),
             message: format!(
-                "nests [ and {{ deeper than {MAX_FLOW_DEPTH} levels (at byte {at}): not a configuration"
+                "holds more than {MAX_FLOW_OPENERS} [ and {{ (the next at byte {at}): not a configuration"
             ),
         }]);
     }
@@ -844,8 +865,11 @@ fn parse_yaml(text: &str) -> Result<(RawConfig, Vec<FieldError>), Vec<FieldError
                     let mut issuers = BTreeMap::new();
                     for (name, value) in map {
                         let name = name.as_str().map(str::to_owned).unwrap_or_else(|| format!("{name:?}"));
-                        if let Some(issuer) = typed(&mut errs, &format!("issuers.{name}"), value) {
-                            issuers.insert(name, issuer);
+                        match typed(&mut errs, &format!("issuers.{name}"), value) {
+                            Some(issuer) => {
+                                issuers.insert(name, issuer);
+                            }
+                            None => raw.unparsed_issuers.push(name),
                         }
                     }
                     raw.issuers = Some(issuers);
@@ -890,43 +914,20 @@ fn parse_yaml(text: &str) -> Result<(RawConfig, Vec<FieldError>), Vec<FieldError
     Ok((raw, errs.0))
 }
 
-/// The deepest nesting of flow collections (`[`, `{`) accepted. The YAML
-/// parser refuses deep nesting too, but only after scanning in time that
-/// grows with the square of the depth: 200 KB of `[` took 25 s of CPU.
-const MAX_FLOW_DEPTH: usize = 64;
+/// The most flow-collection openers (`[`, `{`) a configuration may hold,
+/// quoted or not. The YAML parser refuses deep nesting, but only after
+/// scanning in time that grows with the square of the depth: 200 KB of `[`
+/// took 25 s of CPU. Counting every opener byte cannot be dodged by quotes
+/// or comments, and a real configuration holds a few dozen.
+const MAX_FLOW_OPENERS: usize = 10_000;
 
-/// Where `text` first nests flow collections deeper than [`MAX_FLOW_DEPTH`],
-/// counting brackets outside quotes and comments; a linear scan.
-fn flow_too_deep(text: &str) -> Option<usize> {
-    let mut depth = 0usize;
-    let mut quote = None::<u8>;
-    let mut comment = false;
-    let mut prev = b'\n';
-    for (i, b) in text.bytes().enumerate() {
-        // A quote opens a string only where a scalar can start (not the
-        // apostrophe of `it's`), so quotes cannot hide brackets.
-        let starts_scalar = matches!(
-            prev,
-            b' ' | b'\t' | b'\n' | b'[' | b'{' | b',' | b':' | b'-'
-        );
-        prev = b;
-        match (quote, b) {
-            _ if comment => comment = b != b'\n',
-            (Some(q), _) if b == q => quote = None,
-            (Some(_), _) => {}
-            (None, b'"' | b'\'') if starts_scalar => quote = Some(b),
-            (None, b'#') => comment = true,
-            (None, b'[' | b'{') => {
-                depth += 1;
-                if depth > MAX_FLOW_DEPTH {
-                    return Some(i);
-                }
-            }
-            (None, b']' | b'}') => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    None
+/// Where `text` holds its `MAX_FLOW_OPENERS + 1`th `[` or `{`, if it does.
+fn too_many_flow_openers(text: &str) -> Option<usize> {
+    text.bytes()
+        .enumerate()
+        .filter(|(_, b)| matches!(b, b'[' | b'{'))
+        .nth(MAX_FLOW_OPENERS)
+        .map(|(i, _)| i)
 }
 
 /// Deserializes one part of the document, recording a failure under `path`.
@@ -936,8 +937,9 @@ fn flow_too_deep(text: &str) -> Option<usize> {
 /// bad field is reported at once. Any other error ends the part.
 fn typed<T: for<'de> Deserialize<'de>>(errs: &mut Errors, path: &str, value: Value) -> Option<T> {
     let mut value = value;
-    // Each retry removes one key: bounded by the keys there are.
-    loop {
+    // Each retry removes one key and deserializes the part again: bounded,
+    // as a part with thousands of unknown keys would cost their square.
+    for _ in 0..=MAX_UNKNOWN_KEYS {
         match serde_path_to_error::deserialize(value.clone()) {
             // With unknown keys recorded, the rest is still validated.
             Ok(v) => return Some(v),
@@ -958,7 +960,16 @@ fn typed<T: for<'de> Deserialize<'de>>(errs: &mut Errors, path: &str, value: Val
             }
         }
     }
+    errs.add(
+        path,
+        format!("has more than {MAX_UNKNOWN_KEYS} unknown keys; fix these first"),
+    );
+    None
 }
+
+/// Unknown keys reported in one part (a certificate, an issuer) before the
+/// part is given up.
+const MAX_UNKNOWN_KEYS: usize = 20;
 
 /// Removes the mapping key at `path` from `value`; false when it is not there.
 fn remove_key(value: &mut Value, path: &[serde_path_to_error::Segment]) -> bool {
@@ -2276,16 +2287,23 @@ mod tests {
     }
 
     #[test]
-    fn deeply_nested_flow_collections_are_refused_before_parsing() {
+    fn floods_of_flow_collections_are_refused_before_parsing() {
         let deep = format!("outputDir: {}", "[".repeat(200_000));
         assert_eq!(paths(&deep), ["(yaml)"]);
-        // Brackets in quotes and comments do not count.
+        // Quotes and comments do not hide them.
+        let hidden = format!("outputDir: [a#\n{}", "[ #]\n".repeat(20_000));
+        assert_eq!(paths(&hidden), ["(yaml)"]);
+        assert_eq!(too_many_flow_openers(&"{".repeat(MAX_FLOW_OPENERS)), None);
         assert_eq!(
-            flow_too_deep(&format!("a: '{}' # {}", "[".repeat(100), "{".repeat(100))),
-            None
+            too_many_flow_openers(&"[".repeat(MAX_FLOW_OPENERS + 1)),
+            Some(MAX_FLOW_OPENERS)
         );
-        assert_eq!(flow_too_deep(&"[".repeat(64)), None);
-        assert_eq!(flow_too_deep(&"[".repeat(65)), Some(64));
+    }
+
+    #[test]
+    fn a_broken_issuer_is_reported_once_not_again_by_its_certificates() {
+        let p = paths("outputDir: /o\nissuers:\n  v:\n    vault: {address: 42}\n  w:\n    vault: {address: 'not a url', auth: {token: {file: /t}}, pki: {mount: pki, role: r}}\ncertificates:\n- name: a\n  issuer: v\n  dnsNames: [a]\n- name: b\n  issuer: w\n  dnsNames: [b]\n");
+        assert!(p.iter().all(|p| p.starts_with("issuers.")), "{p:?}");
     }
 
     #[test]

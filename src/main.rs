@@ -153,6 +153,13 @@ fn main() -> ExitCode {
 }
 
 fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
+    // A server's words (a Kubernetes condition message, a Vault error) may
+    // hold control characters: none reaches the terminal.
+    let message: String = message
+        .to_string()
+        .chars()
+        .map(|c| if c.is_control() && c != '\n' { ' ' } else { c })
+        .collect();
     eprintln!("error: {message}");
     ExitCode::from(code)
 }

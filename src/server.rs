@@ -96,14 +96,21 @@ pub async fn serve(
                 if let Some(more) = errors.allow(Instant::now()) {
                     warn!(error = %e, repeated = more, "accepting an admin connection failed");
                 }
-                // Out of descriptors: give one back by closing the oldest connection.
-                if e.raw_os_error() == Some(rustix::io::Errno::MFILE.raw_os_error()) {
+                // Out of descriptors or memory: the error repeats at once,
+                // so pause, and give a descriptor back by closing the
+                // oldest connection. Anything else (a connection reset
+                // before it was accepted) concerns one client only.
+                use rustix::io::Errno;
+                let scarce = [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM]
+                    .iter()
+                    .any(|s| e.raw_os_error() == Some(s.raw_os_error()));
+                if scarce {
                     if let Some(oldest) = live.pop_front() {
                         oldest.abort();
                     }
+                    pause = (pause * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_PAUSE);
+                    tokio::time::sleep(pause).await;
                 }
-                pause = (pause * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_PAUSE);
-                tokio::time::sleep(pause).await;
                 continue;
             }
         };
@@ -222,15 +229,36 @@ fn handle(
                     .find(|(k, _)| k == "name")
                     .map(|(_, v)| v.into_owned())
             });
+            let now = SystemTime::now();
+            let backing_off = |c: &CredentialState| {
+                c.retry_at
+                    .and_then(|t| t.duration_since(now).ok())
+                    .map(|d| (c.name.clone(), d.as_secs().max(1)))
+            };
             let command = match name {
                 None => Command::RenewAll,
-                Some(n) if state.iter().any(|c| c.name == n) => Command::Renew(n),
-                Some(n) => {
-                    return text(
-                        StatusCode::NOT_FOUND,
-                        format!("no credential named {n:?}\n"),
-                    )
-                }
+                Some(n) => match state.iter().find(|c| c.name == n) {
+                    None => {
+                        return text(
+                            StatusCode::NOT_FOUND,
+                            format!("no credential named {n:?}\n"),
+                        )
+                    }
+                    Some(c) => {
+                        if let Some((_, secs)) = backing_off(c) {
+                            let mut response = text(
+                                StatusCode::CONFLICT,
+                                format!("{n} is backing off after a failed attempt; its next attempt is in {secs}s (a request does not cut a failing issuer's backoff short)\n"),
+                            );
+                            response.headers_mut().insert(
+                                hyper::header::RETRY_AFTER,
+                                hyper::header::HeaderValue::from(secs),
+                            );
+                            return response;
+                        }
+                        Command::Renew(n)
+                    }
+                },
             };
             let allowed = rotate
                 .lock()
@@ -247,9 +275,15 @@ fn handle(
                 );
                 return response;
             }
+            let waiting: Vec<String> = state
+                .iter()
+                .filter_map(backing_off)
+                .map(|(n, secs)| format!("{n} (backing off, next attempt in {secs}s)"))
+                .collect();
             let what = match &command {
                 Command::Renew(n) => format!("renewing {n}\n"),
-                _ => "renewing every credential\n".to_owned(),
+                _ if waiting.is_empty() => "renewing every credential\n".to_owned(),
+                _ => format!("renewing every credential but {}\n", waiting.join(", ")),
             };
             match commands.send(command) {
                 Ok(()) => text(StatusCode::ACCEPTED, what),
@@ -325,6 +359,7 @@ mod tests {
             published: not_after.is_some(),
             not_after,
             files: Vec::new(),
+            retry_at: None,
         }
     }
 

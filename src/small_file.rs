@@ -58,6 +58,29 @@ pub fn read_to_string(path: &Path) -> std::io::Result<String> {
     })
 }
 
+/// Reads `path` whole as UTF-8, whatever kind of file it is, up to
+/// [`MAX_SIZE`]: for the configuration, which may come from a pipe
+/// (`--config /dev/stdin`, `--config <(envsubst < pillion.yaml)`).
+///
+/// # Errors
+/// The file cannot be opened or read, is larger than [`MAX_SIZE`], or is
+/// not UTF-8.
+pub fn read_stream_to_string(path: &Path) -> std::io::Result<String> {
+    let mut data = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_SIZE + 1)
+        .read_to_end(&mut data)?;
+    if data.len() as u64 > MAX_SIZE {
+        return Err(too_large());
+    }
+    String::from_utf8(data).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the file is not UTF-8 text",
+        )
+    })
+}
+
 fn too_large() -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::InvalidInput,

@@ -153,6 +153,28 @@ pub fn check_ca_certs(
     expires.ok_or_else(|| "holds no certificate".to_owned())
 }
 
+/// How many certificates at the start of a CA file form the issuing path:
+/// the signing CA, then each certificate's issuer as long as the next one
+/// is it, up to the first self-signed one. What follows (other roots, a
+/// root beside its cross-signed copy) is not on the path.
+pub fn issuing_path_len(chain: &[Vec<u8>]) -> usize {
+    let parsed: Vec<_> = chain
+        .iter()
+        .map_while(|d| X509Certificate::from_der(d).ok().map(|(_, c)| c))
+        .collect();
+    let mut n = parsed.len().min(1);
+    while n < parsed.len() {
+        let (below, above) = (&parsed[n - 1], &parsed[n]);
+        if below.subject().as_raw() == below.issuer().as_raw()
+            || below.issuer().as_raw() != above.subject().as_raw()
+        {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
 pub fn fmt_time(t: SystemTime) -> humantime::Rfc3339Timestamp {
     humantime::format_rfc3339_seconds(t)
 }
@@ -286,47 +308,52 @@ pub fn verify(
         });
     }
     check_chain(issued, now)?;
-    check_anchor(issued, now)?;
     Ok(leaf)
 }
 
-/// What path validation leaves out: the trust anchor the chain ends at must
-/// be valid now, and its `pathlen` must allow the intermediates below it.
-fn check_anchor(issued: &Issued, now: SystemTime) -> Result<(), VerifyError> {
-    let top = issued
-        .chain
-        .last()
-        .expect("verify checked the chain is not empty");
-    let (_, top) = X509Certificate::from_der(top).map_err(|e| VerifyError::Malformed {
-        index: issued.chain.len() - 1,
-        reason: e.to_string(),
-    })?;
-    let intermediates = issued.chain.len() - 1;
-    for der in &issued.ca {
-        let Ok((_, anchor)) = X509Certificate::from_der(der) else {
+/// What path validation leaves out: the trust anchor a path ends at must be
+/// valid now, and its `pathlen` must allow the intermediates below it. Any
+/// certificate of `ca` that is this anchor (same subject and key: a root
+/// re-issued with its old key) may satisfy it.
+fn anchor_fits(
+    ca: &[Vec<u8>],
+    anchor: &rustls_pki_types::TrustAnchor<'_>,
+    intermediates: usize,
+    now: SystemTime,
+) -> Result<(), String> {
+    let mut reason = None;
+    for der in ca {
+        let cert_der = CertificateDer::from(der.as_slice());
+        let Ok(candidate) = webpki::anchor_from_trusted_cert(&cert_der) else {
             continue;
         };
-        if anchor.subject().as_raw() != top.issuer().as_raw()
-            || top.verify_signature(Some(anchor.public_key())).is_err()
+        if candidate.subject.as_ref() != anchor.subject.as_ref()
+            || candidate.subject_public_key_info.as_ref() != anchor.subject_public_key_info.as_ref()
         {
             continue;
         }
-        check_ca_certs(std::slice::from_ref(der), false, now).map_err(VerifyError::Chain)?;
-        if let Some(max) = anchor
-            .basic_constraints()
-            .ok()
-            .flatten()
-            .and_then(|bc| bc.value.path_len_constraint)
-        {
-            if (max as usize) < intermediates {
-                return Err(VerifyError::Chain(format!(
+        let fits = check_ca_certs(std::slice::from_ref(der), false, now).and_then(|_| {
+            let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
+            match cert
+                .basic_constraints()
+                .ok()
+                .flatten()
+                .and_then(|bc| bc.value.path_len_constraint)
+            {
+                Some(max) if (max as usize) < intermediates => Err(format!(
                     "the trust anchor {:?} has pathlen:{max}, but {intermediates} intermediate(s) follow it",
-                    anchor.subject().to_string()
-                )));
+                    cert.subject().to_string()
+                )),
+                _ => Ok(()),
             }
+        });
+        match fits {
+            Ok(()) => return Ok(()),
+            Err(e) => reason = reason.or(Some(e)),
         }
     }
-    Ok(())
+    Err(reason
+        .unwrap_or_else(|| "the trust anchor of the path is not among the CA certificates".into()))
 }
 
 fn check_is_ca(cert: &X509Certificate<'_>) -> Result<(), VerifyError> {
@@ -460,6 +487,21 @@ fn check_chain(issued: &Issued, now: SystemTime) -> Result<(), VerifyError> {
                 .saturating_sub(Duration::from_secs(1)),
         ),
     );
+    // A path webpki builds is accepted only if its anchor fits too; else
+    // webpki tries another path (a root re-issued beside an expired one).
+    let refused = std::cell::RefCell::new(None::<String>);
+    let anchor_check = |path: &webpki::VerifiedPath<'_>| {
+        anchor_fits(
+            &issued.ca,
+            path.anchor(),
+            path.intermediate_certificates().count(),
+            now,
+        )
+        .map_err(|reason| {
+            refused.borrow_mut().get_or_insert(reason);
+            webpki::Error::UnknownIssuer
+        })
+    };
     let try_usage = |usage: webpki::KeyUsage| {
         leaf.verify_for_usage(
             webpki::ALL_VERIFICATION_ALGS,
@@ -468,13 +510,13 @@ fn check_chain(issued: &Issued, now: SystemTime) -> Result<(), VerifyError> {
             time,
             usage,
             None,
-            None,
+            Some(&anchor_check),
         )
         .map(|_| ())
     };
     try_usage(webpki::KeyUsage::server_auth())
         .or_else(|_| try_usage(webpki::KeyUsage::client_auth()))
-        .map_err(|e| VerifyError::Chain(explain_webpki(&e)))
+        .map_err(|e| VerifyError::Chain(refused.take().unwrap_or_else(|| explain_webpki(&e))))
 }
 
 fn explain_webpki(e: &webpki::Error) -> String {
@@ -546,6 +588,44 @@ mod tests {
             p.not_after = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
         });
         let e = verify(&issued, &key, &want, now).unwrap_err();
+        assert!(e.to_string().contains("expired"), "{e}");
+    }
+
+    #[test]
+    fn a_root_reissued_with_its_key_beside_the_expired_one_is_accepted() {
+        let want = names(None, &["localhost"]);
+        let root_key = rcgen::KeyPair::generate().unwrap();
+        let root = |expired: bool| {
+            let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.distinguished_name.push(rcgen::DnType::CommonName, "root");
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+            if expired {
+                p.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(400);
+                p.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+            }
+            p
+        };
+        let (old, new) = (root(true), root(false));
+        let old_der = old.self_signed(&root_key).unwrap().der().to_vec();
+        let new_der = new.self_signed(&root_key).unwrap().der().to_vec();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&leaf_key, &rcgen::Issuer::from_params(&new, &root_key))
+            .unwrap();
+        let key = leaf_key.public_key_raw().to_vec();
+        let now = SystemTime::now();
+        let both = Issued {
+            chain: vec![leaf.der().to_vec()],
+            ca: vec![old_der.clone(), new_der],
+        };
+        verify(&both, &key, &want, now).unwrap();
+        let only_old = Issued {
+            chain: vec![leaf.der().to_vec()],
+            ca: vec![old_der],
+        };
+        let e = verify(&only_old, &key, &want, now).unwrap_err();
         assert!(e.to_string().contains("expired"), "{e}");
     }
 

@@ -86,6 +86,21 @@ fn readyz_turns_ready_exactly_when_the_first_full_set_is_published() {
         200,
         "alive while failing"
     );
+    // A request cannot cut the backoff of a failing credential short, and says so (polled: the
+    // state the endpoint sees is updated at the end of each round).
+    let mut refused = String::new();
+    daemon.wait_for(
+        "POST /rotate?name=web to answer 409",
+        Duration::from_secs(20),
+        || match http(port, "POST", "/rotate?name=web") {
+            Ok((409, body)) => {
+                refused = body;
+                true
+            }
+            _ => false,
+        },
+    );
+    assert!(refused.contains("backing off"), "{refused}");
     assert!(
         !out.join("web/..data").exists(),
         "nothing published yet:\n{}",

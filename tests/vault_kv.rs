@@ -498,3 +498,34 @@ fn a_secrets_only_config_needs_no_certificate() {
         ctx(&case, &ran, bao)
     );
 }
+
+/// A secret whose visible name went missing (a kill between the swap and the rename, or a
+/// delete) while its content stays the same: the next read writes nothing new, so it must make
+/// the name visible again itself.
+#[test]
+fn an_unchanged_secret_whose_file_went_missing_is_made_visible_again() {
+    let bao = OpenBao::shared();
+    let case = Case::new();
+    let issuer = kv_issuer(bao, &case, "kv-repair");
+    bao.kv_put("secret/app/kv-repair", &[("user", "app")]);
+    case.write_config(
+        &issuer,
+        &with_cert(&format!(
+            "secrets:\n{}",
+            secret_yaml("db", "secret/app/kv-repair", &["format: json"])
+        )),
+    );
+    case.init(INIT_TIMEOUT).assert_success();
+    let dir = case.out.join("db");
+    std::fs::remove_file(dir.join("db.json")).unwrap();
+
+    let ran = case.init(INIT_TIMEOUT);
+    ran.assert_success();
+    assert_atomic_layout(&dir, &["db.json"]);
+    assert_eq!(
+        python_json(&dir.join("db.json")),
+        r#"{"user":"app"}"#,
+        "{}",
+        ctx(&case, &ran, bao)
+    );
+}

@@ -177,11 +177,15 @@ impl LocalCa {
                 key: self.key_file.clone(),
             });
         }
-        let expires = crate::verify::check_ca_certs(&chain, true, std::time::SystemTime::now())
-            .map_err(|reason| LocalCaError::Unusable {
-                path: self.cert_file.clone(),
-                reason,
-            })?;
+        // The signing CA and the certificates above it that issue it; other
+        // certificates of the file (more roots) are published, not checked.
+        let on_path = crate::verify::issuing_path_len(&chain);
+        let expires =
+            crate::verify::check_ca_certs(&chain[..on_path], true, std::time::SystemTime::now())
+                .map_err(|reason| LocalCaError::Unusable {
+                    path: self.cert_file.clone(),
+                    reason,
+                })?;
         Ok(Material {
             chain,
             key,

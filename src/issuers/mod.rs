@@ -54,7 +54,9 @@ pub enum IssuerError {
 }
 
 /// Checks a file of trust anchors that will be published as `ca.crt`: it
-/// reads, holds certificates, and each is a CA valid now.
+/// reads, holds certificates, and at least one is a CA valid now. The others
+/// (an expired root left in a bundle during a rotation) are warned about:
+/// they cannot anchor a chain, but need not stop one that another anchors.
 fn check_anchor_file(field: &'static str, path: &Path) -> Result<(), IssuerError> {
     let fail = |reason: String| IssuerError::CaFile {
         field,
@@ -66,7 +68,17 @@ fn check_anchor_file(field: &'static str, path: &Path) -> Result<(), IssuerError
         .ok()
         .filter(|c| !c.is_empty())
         .ok_or_else(|| fail("it holds no PEM CERTIFICATE block".into()))?;
-    crate::verify::check_ca_certs(&ders, false, std::time::SystemTime::now()).map_err(fail)?;
+    let now = std::time::SystemTime::now();
+    let problems: Vec<String> = ders
+        .iter()
+        .filter_map(|d| crate::verify::check_ca_certs(std::slice::from_ref(d), false, now).err())
+        .collect();
+    if problems.len() == ders.len() {
+        return Err(fail(problems.join("; ")));
+    }
+    for p in problems {
+        tracing::warn!(file = %path.display(), "a certificate in the CA file cannot anchor a chain: {p}");
+    }
     Ok(())
 }
 
@@ -95,7 +107,7 @@ impl Issuer {
                 // The CSR API returns no CA: this file is the only source of
                 // `ca.crt`, so a missing one fails every renewal.
                 if let Some(path) = &k.ca_file {
-                    check_anchor_file("kubernetesCsr.caFile: the signer's CA certificate; set it when the signer is not the cluster CA", path)?;
+                    check_anchor_file("kubernetesCsr.caFile, the signer's CA: the service account's ca.crt unless set", path)?;
                 }
                 Issuer::KubernetesCsr(KubernetesCsr::new(k))
             }
