@@ -131,7 +131,12 @@ pub async fn read(
 /// answer without a data object.
 pub(crate) fn kv_data(mut answer: Value, version: u8) -> Result<Map<String, Value>, bool> {
     let data = match version {
-        2 => answer["data"].get_mut("data").map(Value::take),
+        // `get_mut`, not indexing: indexing a non-object (Vault answering
+        // `15`) panics, and found by fuzzing it did.
+        2 => answer
+            .get_mut("data")
+            .and_then(|d| d.get_mut("data"))
+            .map(Value::take),
         _ => answer.get_mut("data").map(Value::take),
     };
     match data {
@@ -260,6 +265,19 @@ mod tests {
 
     fn data(json: &str) -> Map<String, Value> {
         serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn a_kv_answer_that_is_not_an_object_is_an_error_not_a_panic() {
+        // Found by the vault_response fuzz target: the answer `15`.
+        for answer in [
+            serde_json::json!(15),
+            serde_json::json!({"data": 15}),
+            serde_json::json!([]),
+        ] {
+            assert_eq!(kv_data(answer.clone(), 2), Err(false));
+            assert!(kv_data(answer, 1).is_err());
+        }
     }
 
     #[test]
