@@ -22,7 +22,7 @@ use crate::output::{read_live, AtomicDir, FileEntry, OutputError, Owner, Publish
 use crate::reload;
 use crate::schedule::{jitter_for, renewal_time, retry_delays};
 use crate::secrets::{self, KvMount, SecretError};
-use crate::telemetry::Metrics;
+use crate::telemetry::{chain, Metrics};
 use crate::verify::{
     certs_from_pem, certs_to_pem, fmt_time, inspect, verify, CertInfo, Issued, VerifyError,
 };
@@ -86,18 +86,6 @@ pub enum AgentError {
         names: Vec<String>,
         last_errors: Vec<String>,
     },
-}
-
-/// The error and its causes on one line, for logs.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cur = c.source();
-    }
-    out
 }
 
 /// Problems found by [`preflight`], one sentence each.

@@ -328,6 +328,11 @@ pub enum IssuerSpec {
 
 /// Where the pod's service-account CA is mounted; the trust anchor of the
 /// built-in kube-controller-manager signers.
+/// Where Kubernetes mounts the pod's service-account token.
+pub const DEFAULT_KUBERNETES_TOKEN_FILE: &str =
+    "/var/run/secrets/kubernetes.io/serviceaccount/token";
+/// Per-request timeout to Vault when the configuration names none.
+pub const DEFAULT_VAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const SERVICE_ACCOUNT_CA_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
 /// How long a cluster CA may take to approve and sign before the attempt is
 /// abandoned (and retried with backoff).
@@ -363,59 +368,7 @@ pub struct IssuerRef {
     pub group: String,
 }
 
-/// How to reach and log in to a Vault/OpenBao server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VaultSpec {
-    pub address: url::Url,
-    pub ca_file: Option<PathBuf>,
-    pub tls_skip_verify_insecure: bool,
-    pub namespace: Option<String>,
-    pub timeout: Duration,
-    pub auth: VaultAuth,
-    pub pki: Option<PkiSpec>,
-}
-
-/// The Vault auth methods pillion logs in with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VaultAuth {
-    Token {
-        file: PathBuf,
-    },
-    AppRole {
-        role_id_file: PathBuf,
-        secret_id_file: PathBuf,
-        mount: String,
-    },
-    Kubernetes {
-        role: String,
-        mount: String,
-        token_file: PathBuf,
-    },
-    Jwt {
-        role: String,
-        mount: String,
-        token_file: PathBuf,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PkiSpec {
-    pub mount: String,
-    pub role: String,
-    pub issuer_ref: Option<String>,
-    pub mode: PkiMode,
-    /// Trust anchors to publish as `ca.crt` instead of the root(s) Vault returns.
-    pub ca_bundle_file: Option<PathBuf>,
-}
-
-/// Where the private key of a Vault PKI certificate is made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PkiMode {
-    /// In the pod; only the CSR goes to `<mount>/sign/<role>`. The default.
-    Sign,
-    /// By Vault, at `<mount>/issue/<role>`, for roles that demand it.
-    Issue,
-}
+pub use crate::vault::{PkiMode, PkiSpec, VaultAuth, VaultSpec};
 
 /// A KV secret to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -455,14 +408,7 @@ impl SecretSpec {
     }
 }
 
-/// The names a certificate is requested for.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Names {
-    pub common_name: Option<String>,
-    pub dns_names: Vec<String>,
-    pub ip_addresses: Vec<IpAddr>,
-    pub uris: Vec<String>,
-}
+pub use crate::names::Names;
 
 /// When the private key is replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1230,7 +1176,7 @@ fn validate_certificate(
 
     let dir = match (rc.dir, origin) {
         (Some(d), _) => {
-            if let Err(e) = check_relative_path(&d, true) {
+            if let Err(e) = crate::output::check_relative_path(&d, true) {
                 errs.add(format!("{path}.dir"), format!("{d:?} {e}"));
             }
             PathBuf::from(d)
@@ -1277,15 +1223,15 @@ fn validate_vault(errs: &mut Errors, path: &str, rv: RawVault) -> Option<VaultSp
         }
     };
     let timeout = match rv.timeout.as_deref().map(parse_duration) {
-        None => crate::vault::DEFAULT_TIMEOUT,
+        None => DEFAULT_VAULT_TIMEOUT,
         Some(Ok(t)) if !t.is_zero() => t,
         Some(Ok(_)) => {
             errs.add(format!("{path}.timeout"), "must be more than zero");
-            crate::vault::DEFAULT_TIMEOUT
+            DEFAULT_VAULT_TIMEOUT
         }
         Some(Err(e)) => {
             errs.add(format!("{path}.timeout"), e);
-            crate::vault::DEFAULT_TIMEOUT
+            DEFAULT_VAULT_TIMEOUT
         }
     };
     let auth = rv.auth.unwrap_or_default();
@@ -1326,7 +1272,7 @@ fn validate_vault(errs: &mut Errors, path: &str, rv: RawVault) -> Option<VaultSp
         let mount = mount(k.mount, "kubernetes", errs, "kubernetes");
         let token_file = PathBuf::from(
             k.token_file
-                .unwrap_or_else(|| crate::vault::DEFAULT_KUBERNETES_TOKEN_FILE.to_owned()),
+                .unwrap_or_else(|| DEFAULT_KUBERNETES_TOKEN_FILE.to_owned()),
         );
         methods.push(VaultAuth::Kubernetes {
             role,
@@ -1477,7 +1423,7 @@ fn validate_secret(
     };
     let file = |default: String, errs: &mut Errors| {
         let f = rs.file.clone().unwrap_or(default);
-        if let Err(e) = check_relative_path(&f, false) {
+        if let Err(e) = crate::output::check_relative_path(&f, false) {
             errs.add(format!("{path}.file"), format!("{f:?} {e}"));
         }
         f
@@ -1524,7 +1470,7 @@ fn validate_secret(
     }
     let dir = match (rs.dir, origin) {
         (Some(d), _) => {
-            if let Err(e) = check_relative_path(&d, true) {
+            if let Err(e) = crate::output::check_relative_path(&d, true) {
                 errs.add(format!("{path}.dir"), format!("{d:?} {e}"));
             }
             PathBuf::from(d)
@@ -1600,7 +1546,7 @@ fn required_string(errs: &mut Errors, path: &str, value: Option<String>) -> Stri
 fn validate_files(errs: &mut Errors, path: &str, rf: RawFiles) -> FileSpec {
     let mut file = |field: &str, value: Option<String>, default: &str| {
         let v = value.unwrap_or_else(|| default.to_owned());
-        if let Err(e) = check_relative_path(&v, false) {
+        if let Err(e) = crate::output::check_relative_path(&v, false) {
             errs.add(format!("{path}.{field}"), format!("{v:?} {e}"));
         }
         v
@@ -1838,41 +1784,6 @@ impl FileSpec {
         .flatten()
         .map(|(name, mode)| (name.as_str(), mode))
     }
-}
-
-/// A payload path must stay inside its directory: relative, no `..`, and no
-/// component starting with `..` (those names belong to the atomic writer), as
-/// the kubelet's AtomicWriter requires.
-pub fn check_relative_path(p: &str, allow_dot: bool) -> Result<(), &'static str> {
-    if p.is_empty() {
-        return Err("is empty");
-    }
-    if allow_dot && p == "." {
-        return Ok(());
-    }
-    if p.starts_with('/') {
-        return Err("is an absolute path: it must be relative to the output directory");
-    }
-    if p.contains('\0') || p.len() > 255 * 4 {
-        return Err("is not a usable file name");
-    }
-    for part in p.split('/') {
-        if part.is_empty() || part == "." {
-            return Err("has an empty or '.' path component");
-        }
-        if part == ".." {
-            return Err("contains '..': files must stay inside the output directory");
-        }
-        if part.starts_with("..") {
-            return Err(
-                "starts a component with '..', which is reserved for pillion's atomic layout",
-            );
-        }
-        if part.len() > 255 {
-            return Err("has a component longer than 255 bytes");
-        }
-    }
-    Ok(())
 }
 
 /// The pod identity variables a name may use, as the downward API exposes
@@ -2361,8 +2272,8 @@ mod tests {
 
     #[test]
     fn payload_paths_must_stay_inside_the_directory() {
-        assert!(check_relative_path("tls.crt", false).is_ok());
-        assert!(check_relative_path("sub/tls.crt", false).is_ok());
+        assert!(crate::output::check_relative_path("tls.crt", false).is_ok());
+        assert!(crate::output::check_relative_path("sub/tls.crt", false).is_ok());
         for bad in [
             "",
             "/etc/passwd",
@@ -2373,9 +2284,12 @@ mod tests {
             "./a",
             ".",
         ] {
-            assert!(check_relative_path(bad, false).is_err(), "{bad}");
+            assert!(
+                crate::output::check_relative_path(bad, false).is_err(),
+                "{bad}"
+            );
         }
-        assert!(check_relative_path(".", true).is_ok());
+        assert!(crate::output::check_relative_path(".", true).is_ok());
     }
 
     #[test]

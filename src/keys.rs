@@ -17,7 +17,7 @@ use x509_parser::public_key::PublicKey;
 use x509_parser::x509::SubjectPublicKeyInfo;
 use zeroize::Zeroizing;
 
-use crate::config::Names;
+use crate::names::Names;
 
 /// The key algorithms a credential can ask for, named as in the configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -16,6 +16,7 @@ pub mod fuzzing;
 pub mod issuers;
 pub mod keys;
 pub mod keystore;
+pub mod names;
 pub mod output;
 pub mod reload;
 pub mod schedule;

@@ -33,8 +33,6 @@ use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
-use crate::config::check_relative_path;
-
 /// How long a replaced generation stays readable.
 pub const GRACE: Duration = Duration::from_secs(30);
 /// At most this many replaced generations are kept, however fast rotations
@@ -497,6 +495,41 @@ impl Drop for Staged {
             }
         }
     }
+}
+
+/// A payload path must stay inside its directory: relative, no `..`, and no
+/// component starting with `..` (those names belong to the atomic writer), as
+/// the kubelet's AtomicWriter requires.
+pub fn check_relative_path(p: &str, allow_dot: bool) -> Result<(), &'static str> {
+    if p.is_empty() {
+        return Err("is empty");
+    }
+    if allow_dot && p == "." {
+        return Ok(());
+    }
+    if p.starts_with('/') {
+        return Err("is an absolute path: it must be relative to the output directory");
+    }
+    if p.contains('\0') || p.len() > 255 * 4 {
+        return Err("is not a usable file name");
+    }
+    for part in p.split('/') {
+        if part.is_empty() || part == "." {
+            return Err("has an empty or '.' path component");
+        }
+        if part == ".." {
+            return Err("contains '..': files must stay inside the output directory");
+        }
+        if part.starts_with("..") {
+            return Err(
+                "starts a component with '..', which is reserved for pillion's atomic layout",
+            );
+        }
+        if part.len() > 255 {
+            return Err("has a component longer than 255 bytes");
+        }
+    }
+    Ok(())
 }
 
 fn check_paths<'a>(paths: impl IntoIterator<Item = &'a str>) -> Result<(), OutputError> {

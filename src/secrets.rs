@@ -183,7 +183,7 @@ pub fn render(spec: &SecretSpec, data: &Map<String, Value>) -> Result<Vec<FileEn
         SecretFormat::Files => data
             .iter()
             .map(|(key, value)| {
-                if key.contains('/') || crate::config::check_relative_path(key, false).is_err() {
+                if key.contains('/') || crate::output::check_relative_path(key, false).is_err() {
                     return Err(SecretError::BadKey {
                         path: spec.path.clone(),
                         key: key.clone(),

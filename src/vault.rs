@@ -19,17 +19,64 @@ use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
-use crate::config::{VaultAuth, VaultSpec};
-
-/// Where Kubernetes mounts the pod's service-account token.
-pub const DEFAULT_KUBERNETES_TOKEN_FILE: &str =
-    "/var/run/secrets/kubernetes.io/serviceaccount/token";
-/// Per-request timeout when the configuration names none.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest answer accepted from Vault; real ones are a few kilobytes.
 const MAX_RESPONSE_BYTES: usize = 4 << 20;
 /// Error bodies are cut to this many characters in messages.
 const MAX_ERROR_TEXT: usize = 1000;
+
+/// How to reach and log in to a Vault/OpenBao server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultSpec {
+    pub address: url::Url,
+    pub ca_file: Option<PathBuf>,
+    pub tls_skip_verify_insecure: bool,
+    pub namespace: Option<String>,
+    pub timeout: Duration,
+    pub auth: VaultAuth,
+    pub pki: Option<PkiSpec>,
+}
+
+/// The Vault auth methods pillion logs in with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VaultAuth {
+    Token {
+        file: PathBuf,
+    },
+    AppRole {
+        role_id_file: PathBuf,
+        secret_id_file: PathBuf,
+        mount: String,
+    },
+    Kubernetes {
+        role: String,
+        mount: String,
+        token_file: PathBuf,
+    },
+    Jwt {
+        role: String,
+        mount: String,
+        token_file: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PkiSpec {
+    pub mount: String,
+    pub role: String,
+    pub issuer_ref: Option<String>,
+    pub mode: PkiMode,
+    /// Trust anchors to publish as `ca.crt` instead of the root(s) Vault returns.
+    pub ca_bundle_file: Option<PathBuf>,
+}
+
+/// Where the private key of a Vault PKI certificate is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PkiMode {
+    /// In the pod; only the CSR goes to `<mount>/sign/<role>`. The default.
+    Sign,
+    /// By Vault, at `<mount>/issue/<role>`, for roles that demand it.
+    Issue,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
@@ -276,7 +323,7 @@ impl VaultClient {
                         return Ok(value);
                     }
                     Err(e) => {
-                        warn!(error = %crate::agent::chain(&e), "renewing the Vault token failed; logging in again")
+                        warn!(error = %crate::telemetry::chain(&e), "renewing the Vault token failed; logging in again")
                     }
                 }
             }
@@ -303,7 +350,7 @@ impl VaultClient {
                     retry_at: now,
                     delays: Box::new(crate::schedule::retry_delays()),
                 });
-                f.message = crate::agent::chain(&e);
+                f.message = crate::telemetry::chain(&e);
                 f.retry_at = Instant::now() + f.delays.next().unwrap_or(crate::schedule::RETRY_MAX);
                 return Err(e);
             }
@@ -366,7 +413,7 @@ impl VaultClient {
                                 .get_or_insert_with(|| Box::new(crate::schedule::retry_delays()))
                                 .next()
                                 .unwrap_or(crate::schedule::RETRY_MAX);
-                            warn!(error = %crate::agent::chain(&e), retry_in = ?delay, "keeping the Vault token alive failed");
+                            warn!(error = %crate::telemetry::chain(&e), retry_in = ?delay, "keeping the Vault token alive failed");
                             drop(c);
                             tokio::time::sleep(delay).await;
                         }

@@ -14,8 +14,8 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 
-use crate::config::Names;
 use crate::keys::KeyAlgorithm;
+use crate::names::Names;
 
 /// A certificate may start this far in the future (clock skew between the CA
 /// and this node) and still be accepted.

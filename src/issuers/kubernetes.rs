@@ -248,7 +248,7 @@ where
                         message,
                     });
                 }
-                warn!(%resource, error = %crate::agent::chain(&e), "watching the request was interrupted; resuming")
+                warn!(%resource, error = %crate::telemetry::chain(&e), "watching the request was interrupted; resuming")
             }
         }
     }
