@@ -129,8 +129,12 @@ pub fn preflight(
                 .enumerate()
                 .map(|(i, s)| (format!("secrets[{i}]"), s.uid, s.gid)),
         );
-    for (field, uid, gid) in owners {
-        if let Err(e) = can_give_files_to(uid, gid) {
+    let mut me = None;
+    for (field, uid, gid) in owners.filter(|(_, u, g)| u.is_some() || g.is_some()) {
+        if let Err(e) = me
+            .get_or_insert_with(Identity::current)
+            .can_give_files_to(uid, gid)
+        {
             errors.push(format!("{field}: {e}"));
         }
     }
@@ -166,38 +170,58 @@ pub fn preflight(
     }
 }
 
-/// Whether files can be given owner `uid` and group `gid`: with CAP_CHOWN
-/// any; without, only pillion's own uid and its groups (chown(2)).
-fn can_give_files_to(uid: Option<u32>, gid: Option<u32>) -> Result<(), String> {
-    if uid.is_none() && gid.is_none() {
-        return Ok(());
+/// Who pillion runs as, for the owner check: read once per check.
+struct Identity {
+    /// CAP_CHOWN (bit 0 of the effective capabilities) lets it give files
+    /// to anyone.
+    cap_chown: bool,
+    euid: u32,
+    /// The effective gid and the supplementary groups.
+    gids: Vec<u32>,
+}
+
+impl Identity {
+    fn current() -> Identity {
+        let cap_chown = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("CapEff:"))
+                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            })
+            .is_some_and(|caps| caps & 1 == 1);
+        let mut gids: Vec<u32> = rustix::process::getgroups()
+            .unwrap_or_default()
+            .iter()
+            .map(|g| g.as_raw())
+            .collect();
+        gids.push(rustix::process::getegid().as_raw());
+        Identity {
+            cap_chown,
+            euid: rustix::process::geteuid().as_raw(),
+            gids,
+        }
     }
-    // CAP_CHOWN is bit 0 of the effective capabilities.
-    let cap_chown = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .is_some_and(|caps| caps & 1 == 1);
-    if cap_chown {
-        return Ok(());
+
+    /// Whether files can be given owner `uid` and group `gid`: with CAP_CHOWN
+    /// any; without, only pillion's own uid and its groups (chown(2)).
+    fn can_give_files_to(&self, uid: Option<u32>, gid: Option<u32>) -> Result<(), String> {
+        if self.cap_chown {
+            return Ok(());
+        }
+        let euid = self.euid;
+        if let Some(u) = uid.filter(|u| *u != euid) {
+            return Err(format!(
+                "uid {u} cannot be set: pillion runs as uid {euid} without CAP_CHOWN (run it as uid {u}, or grant CAP_CHOWN)"
+            ));
+        }
+        if let Some(g) = gid.filter(|g| !self.gids.contains(g)) {
+            return Err(format!(
+                "gid {g} cannot be set: pillion (uid {euid}) is not in group {g} and lacks CAP_CHOWN (add the group with supplementalGroups or fsGroup, or grant CAP_CHOWN)"
+            ));
+        }
+        Ok(())
     }
-    let euid = rustix::process::geteuid().as_raw();
-    if let Some(u) = uid.filter(|u| *u != euid) {
-        return Err(format!(
-            "uid {u} cannot be set: pillion runs as uid {euid} without CAP_CHOWN (run it as uid {u}, or grant CAP_CHOWN)"
-        ));
-    }
-    let egid = rustix::process::getegid().as_raw();
-    let groups = rustix::process::getgroups().unwrap_or_default();
-    if let Some(g) = gid.filter(|g| *g != egid && !groups.iter().any(|x| x.as_raw() == *g)) {
-        return Err(format!(
-            "gid {g} cannot be set: pillion (uid {euid}) is not in group {g} and lacks CAP_CHOWN (add the group with supplementalGroups or fsGroup, or grant CAP_CHOWN)"
-        ));
-    }
-    Ok(())
 }
 
 /// The output directory must be a writable directory, or creatable in the
@@ -555,22 +579,13 @@ impl Agent {
         // generation replaced moments ago): what a killed predecessor left
         // beside files reused now would otherwise stay until their renewal.
         for c in self.creds.iter_mut().filter(|c| c.published) {
-            c.out.remove_leftovers();
-            // A kill between the swap of `..data` and the renames after it
-            // (or a name deleted by hand) leaves the reused files invisible.
-            if let Work::Certificate(spec) = &c.work {
-                match c.out.repair_visible(spec.files.names()) {
-                    Ok(names) if !names.is_empty() => {
-                        warn!(cert = %spec.name, names = %names.join(","), "made missing file names visible again")
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        error!(cert = %spec.name, error = %chain(&e), "the reused files cannot be made visible; issuing anew");
-                        c.published = false;
-                        c.cert = None;
-                        c.next_attempt = SystemTime::now();
-                    }
-                }
+            // Also makes the names visible that a kill between the swap of
+            // `..data` and the renames after it (or a hand) left missing.
+            if let Err(e) = c.out.recover() {
+                error!(cert = %c.name(), error = %chain(&e), "the reused files cannot be made visible; issuing anew");
+                c.published = false;
+                c.cert = None;
+                c.next_attempt = SystemTime::now();
             }
         }
         self.publish_state();
@@ -1000,14 +1015,10 @@ async fn refresh(
         uid: spec.uid,
         gid: spec.gid,
     };
-    let fresh = matches!(out.publish(&files, owner)?, Published::Generation(_));
-    // Unchanged content writes nothing: a name left invisible by a kill
-    // between the swap and the renames (or deleted) is made again here.
-    let repaired = out.repair_visible(files.iter().map(|f| f.path.as_str()))?;
-    if !repaired.is_empty() {
-        warn!(secret = %spec.name, names = %repaired.join(","), "made missing file names visible again");
-    }
-    Ok(fresh)
+    Ok(matches!(
+        out.publish(&files, owner)?,
+        Published::Generation(_)
+    ))
 }
 
 /// The files of a credential but the key itself ([`key_file`], written

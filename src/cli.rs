@@ -211,32 +211,24 @@ pub enum UsageError {
 
 impl ReloadArgs {
     fn given_flags(&self) -> Vec<&'static str> {
-        let mut given = Vec::new();
-        let mut check = |set: bool, flag| {
-            if set {
-                given.push(flag)
-            }
-        };
-        check(self.reload_process.is_some(), "--reload-process");
-        check(
-            self.reload_process_regex.is_some(),
-            "--reload-process-regex",
-        );
-        check(self.reload_pid_file.is_some(), "--reload-pid-file");
-        check(self.reload_command.is_some(), "--reload-command");
-        check(self.reload_url.is_some(), "--reload-url");
-        check(self.reload_signal.is_some(), "--reload-signal");
-        given
+        [
+            (self.reload_process.is_some(), "--reload-process"),
+            (
+                self.reload_process_regex.is_some(),
+                "--reload-process-regex",
+            ),
+            (self.reload_pid_file.is_some(), "--reload-pid-file"),
+            (self.reload_command.is_some(), "--reload-command"),
+            (self.reload_url.is_some(), "--reload-url"),
+            (self.reload_signal.is_some(), "--reload-signal"),
+        ]
+        .into_iter()
+        .filter_map(|(set, flag)| set.then_some(flag))
+        .collect()
     }
 
     fn to_raw(&self) -> Option<RawReload> {
-        let reload_set = self.reload_process.is_some()
-            || self.reload_process_regex.is_some()
-            || self.reload_pid_file.is_some()
-            || self.reload_command.is_some()
-            || self.reload_url.is_some()
-            || self.reload_signal.is_some();
-        reload_set.then(|| RawReload {
+        (!self.given_flags().is_empty()).then(|| RawReload {
             signal: self.reload_signal.clone(),
             process: self.reload_process.clone(),
             process_regex: self.reload_process_regex.clone(),

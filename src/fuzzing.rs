@@ -43,9 +43,11 @@ pub fn ca_response(data: &[u8]) {
     let chain = verify::certs_from_pem(parts.next().unwrap_or_default()).unwrap_or_default();
     let anchors = verify::certs_from_pem(parts.next().unwrap_or_default()).unwrap_or_default();
     let now = SystemTime::now();
-    let (intermediates, roots) = verify::split_chain(&chain);
-    let _ = verify::check_ca_certs(&intermediates, true, now);
-    let _ = verify::check_ca_certs(&roots, false, now);
+    let (_, roots) = verify::split_chain(&chain);
+    let _ = verify::check_issuing_path(&chain, now);
+    for root in &roots {
+        let _ = verify::check_anchor(root, now);
+    }
     let Some(leaf) = chain.first() else { return };
     let Ok(info) = verify::inspect(leaf) else {
         return;

@@ -211,6 +211,8 @@ impl AtomicDir {
             "a generation is committed where it was staged"
         );
         let Some(gen_name) = staged.generation.clone() else {
+            // Nothing new to swap in, but what is live must be visible.
+            self.ensure_visible_links()?;
             return Ok(Published::Unchanged);
         };
         let old = self.current();
@@ -288,47 +290,53 @@ impl AtomicDir {
         std::fs::rename(&tmp, &visible).map_err(io("rename into place", &visible))
     }
 
-    /// Makes every visible name of `files` (paths in the credential) a
-    /// symlink through `..data` again where it is missing: a process killed
-    /// between the swap of `..data` and the rename of the names into place
-    /// left a live generation nobody can see, and a name deleted by hand
-    /// does the same. Returns the names made again.
+    /// Makes every name of the live generation visible (a symlink through
+    /// `..data`) where it is not: a process killed between the swap of
+    /// `..data` and the renames after it left a live generation nobody can
+    /// see, and a name deleted by hand does the same. Returns the names made
+    /// again, and logs them.
     ///
     /// # Errors
     /// A name taken by something pillion did not make, or the step that
     /// failed.
-    pub fn repair_visible<'a>(
-        &self,
-        files: impl IntoIterator<Item = &'a str>,
-    ) -> Result<Vec<String>, OutputError> {
+    fn ensure_visible_links(&self) -> Result<Vec<String>, OutputError> {
         let Some(live) = self.current() else {
             return Ok(Vec::new());
         };
-        let names: BTreeSet<String> = files.into_iter().map(top_level).collect();
         let mut repaired = Vec::new();
-        for name in names {
+        for name in list_top_level(&live) {
             let visible = self.dir.join(&name);
             let works = std::fs::read_link(&visible)
                 .is_ok_and(|t| t == Path::new(DATA_LINK).join(&name))
                 && visible.exists();
-            if !works && live.join(&name).symlink_metadata().is_ok() {
+            if !works {
                 self.ensure_visible_link(&name)?;
                 repaired.push(name);
             }
         }
+        repaired.sort();
+        if !repaired.is_empty() {
+            tracing::warn!(dir = %self.dir.display(), names = %repaired.join(","), "made missing file names visible again");
+        }
         Ok(repaired)
     }
 
-    /// Removes what an earlier process left when it stopped half-way: a
-    /// generation begun but never committed (it may hold a key), and the
-    /// temporary symlinks. For a start that reuses the live files, which
-    /// would otherwise keep them until the next publish.
-    pub fn remove_leftovers(&mut self) {
+    /// Brings the directory back to what a reader can use after an earlier
+    /// process stopped half-way, for a start that reuses the live files
+    /// (which would otherwise wait for the next publish): removes a
+    /// generation begun but never committed (it may hold a key) and the
+    /// temporary symlinks, and makes the live generation's names visible.
+    /// Returns the names made visible again.
+    ///
+    /// # Errors
+    /// A visible name that cannot be made ([`OutputError::Occupied`], or the
+    /// step that failed); the leftovers are removed either way.
+    pub fn recover(&mut self) -> Result<Vec<String>, OutputError> {
         let Some(live) = self.current() else {
-            return;
+            return Ok(Vec::new());
         };
         let Some(live) = live.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
-            return;
+            return Ok(Vec::new());
         };
         for name in list_top_level(&self.dir) {
             if name == DATA_TMP_LINK || (name.starts_with("..") && name.ends_with(".tmp")) {
@@ -336,6 +344,7 @@ impl AtomicDir {
             }
         }
         self.remove_stale_generations(&live);
+        self.ensure_visible_links()
     }
 
     /// Removes generations replaced more than [`GRACE`] ago or beyond
@@ -761,7 +770,7 @@ mod tests {
         // As a kill right after the swap of a first issuance leaves it.
         std::fs::remove_file(dir.join("tls.crt")).unwrap();
         std::fs::remove_file(dir.join("sub")).unwrap();
-        let repaired = out.repair_visible(["tls.crt", "sub/tls.key"]).unwrap();
+        let repaired = out.recover().unwrap();
         assert_eq!(repaired, ["sub", "tls.crt"]);
         assert_eq!(
             std::fs::read_to_string(dir.join("tls.crt")).unwrap(),
@@ -771,10 +780,7 @@ mod tests {
             std::fs::read_to_string(dir.join("sub/tls.key")).unwrap(),
             "key"
         );
-        assert!(out
-            .repair_visible(["tls.crt", "sub/tls.key"])
-            .unwrap()
-            .is_empty());
+        assert!(out.recover().unwrap().is_empty());
     }
 
     #[test]
@@ -1051,7 +1057,7 @@ mod tests {
         assert_eq!(generations(tmp.path()).len(), 2);
 
         let mut restarted = AtomicDir::new(tmp.path());
-        restarted.remove_leftovers();
+        restarted.recover().unwrap();
         let live = out.current().unwrap();
         let live = live.file_name().unwrap().to_str().unwrap();
         let mut want = vec!["..data", live, "a"];

@@ -36,8 +36,13 @@ pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
     if meta.len() > MAX_SIZE {
         return Err(too_large());
     }
-    let mut data = Vec::with_capacity(meta.len() as usize);
-    // The size may grow after the check: read at most one byte past the limit.
+    read_bounded(file, meta.len() as usize)
+}
+
+/// Reads to the end, but never more than one byte past [`MAX_SIZE`]: a
+/// file's size may grow after it was checked, and a pipe has none.
+fn read_bounded(file: std::fs::File, expected: usize) -> std::io::Result<Vec<u8>> {
+    let mut data = Vec::with_capacity(expected);
     file.take(MAX_SIZE + 1).read_to_end(&mut data)?;
     if data.len() as u64 > MAX_SIZE {
         return Err(too_large());
@@ -50,12 +55,7 @@ pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
 /// # Errors
 /// As [`read`], or the content is not UTF-8.
 pub fn read_to_string(path: &Path) -> std::io::Result<String> {
-    String::from_utf8(read(path)?).map_err(|_| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "the file is not UTF-8 text",
-        )
-    })
+    utf8(read(path)?)
 }
 
 /// Reads `path` whole as UTF-8, whatever kind of file it is, up to
@@ -66,13 +66,10 @@ pub fn read_to_string(path: &Path) -> std::io::Result<String> {
 /// The file cannot be opened or read, is larger than [`MAX_SIZE`], or is
 /// not UTF-8.
 pub fn read_stream_to_string(path: &Path) -> std::io::Result<String> {
-    let mut data = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_SIZE + 1)
-        .read_to_end(&mut data)?;
-    if data.len() as u64 > MAX_SIZE {
-        return Err(too_large());
-    }
+    utf8(read_bounded(std::fs::File::open(path)?, 0)?)
+}
+
+fn utf8(data: Vec<u8>) -> std::io::Result<String> {
     String::from_utf8(data).map_err(|_| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,

@@ -75,13 +75,14 @@ pub enum VerifyError {
     Chain(String),
 }
 
-/// Checks CA certificates that certificates will be issued under or
-/// published as trust anchors: each is a CA (`CA:TRUE`, `keyCertSign` when
-/// it has a keyUsage) and valid at `now`. With `chain` (a CA file: the
-/// signing CA first, then the certificates above it), each must also be
-/// issued and signed by the next, and no `pathlen` may be exceeded by the
-/// CAs below it. Returns the earliest expiry: no certificate issued under
-/// these can be valid longer.
+/// Checks a CA file that certificates will be issued under, along its
+/// issuing path: the signing CA first, then each certificate's issuer as long
+/// as the next one in the file is it, up to the first self-signed one. What
+/// follows (more roots, a root beside its cross-signed copy) is not on the
+/// path and is not checked here. Each certificate on the path must be a CA
+/// valid now ([`check_ca_cert`]) whose `pathlen` allows the CAs below it, and
+/// carry a signature its issuer's key verifies. Returns the earliest expiry
+/// on the path: no certificate issued under it can be valid longer.
 ///
 /// rustls-webpki checks none of this for a trust anchor, and `openssl
 /// verify` rejects what it misses (errors 9, 10, 25): checked when the
@@ -89,11 +90,7 @@ pub enum VerifyError {
 ///
 /// # Errors
 /// The first problem, naming the certificate by its subject.
-pub fn check_ca_certs(
-    ders: &[Vec<u8>],
-    chain: bool,
-    now: SystemTime,
-) -> Result<SystemTime, String> {
+pub fn check_issuing_path(ders: &[Vec<u8>], now: SystemTime) -> Result<SystemTime, String> {
     let mut certs = Vec::with_capacity(ders.len());
     for (i, der) in ders.iter().enumerate() {
         let (_, cert) = X509Certificate::from_der(der)
@@ -101,78 +98,75 @@ pub fn check_ca_certs(
         certs.push(cert);
     }
     let mut expires = None::<SystemTime>;
-    for (k, cert) in certs.iter().enumerate() {
-        let subject = cert.subject().to_string();
-        check_is_ca(cert).map_err(|e| e.to_string())?;
-        let facts = info(cert);
-        if facts.not_before > now + CLOCK_SKEW {
-            return Err(format!(
-                "the CA certificate {subject:?} is not valid before {}",
-                fmt_time(facts.not_before)
-            ));
-        }
-        if facts.not_after <= now {
-            return Err(format!(
-                "the CA certificate {subject:?} expired at {}",
-                fmt_time(facts.not_after)
-            ));
-        }
-        expires = Some(expires.map_or(facts.not_after, |e| e.min(facts.not_after)));
-        if !chain {
-            continue;
-        }
-        // `k` CA certificates stand between this one and any leaf.
-        if let Some(max) = cert
-            .basic_constraints()
-            .ok()
-            .flatten()
-            .and_then(|bc| bc.value.path_len_constraint)
+    for (below, cert) in certs.iter().enumerate() {
+        let not_after = check_ca_cert(cert, below, now)?;
+        expires = Some(expires.map_or(not_after, |e| e.min(not_after)));
+        let Some(above) = certs.get(below + 1) else {
+            break;
+        };
+        if cert.subject().as_raw() == cert.issuer().as_raw()
+            || cert.issuer().as_raw() != above.subject().as_raw()
         {
-            if (max as usize) < k {
-                return Err(format!(
-                    "the CA certificate {subject:?} has pathlen:{max}, which allows {max} CA certificate(s) below it, but there are {k}"
-                ));
-            }
+            break;
         }
-        if let Some(above) = certs.get(k + 1) {
-            if cert.issuer().as_raw() != above.subject().as_raw() {
-                return Err(format!(
-                    "the CA certificate {subject:?} is issued by {:?}, but the next certificate in the file is {:?}: order the file from the signing CA up to the root",
-                    cert.issuer().to_string(),
-                    above.subject().to_string()
-                ));
-            }
-            cert.verify_signature(Some(above.public_key())).map_err(|_| {
+        cert.verify_signature(Some(above.public_key()))
+            .map_err(|_| {
                 format!(
-                    "the signature on the CA certificate {subject:?} does not verify with the key of {:?}",
+                    "the signature on the CA certificate {:?} does not verify with the key of {:?}",
+                    cert.subject().to_string(),
                     above.subject().to_string()
                 )
             })?;
-        }
     }
     expires.ok_or_else(|| "holds no certificate".to_owned())
 }
 
-/// How many certificates at the start of a CA file form the issuing path:
-/// the signing CA, then each certificate's issuer as long as the next one
-/// is it, up to the first self-signed one. What follows (other roots, a
-/// root beside its cross-signed copy) is not on the path.
-pub fn issuing_path_len(chain: &[Vec<u8>]) -> usize {
-    let parsed: Vec<_> = chain
-        .iter()
-        .map_while(|d| X509Certificate::from_der(d).ok().map(|(_, c)| c))
-        .collect();
-    let mut n = parsed.len().min(1);
-    while n < parsed.len() {
-        let (below, above) = (&parsed[n - 1], &parsed[n]);
-        if below.subject().as_raw() == below.issuer().as_raw()
-            || below.issuer().as_raw() != above.subject().as_raw()
-        {
-            break;
-        }
-        n += 1;
+/// Checks one certificate that will be published as a trust anchor: a CA
+/// valid now. Its `pathlen` is judged against each chain it anchors.
+///
+/// # Errors
+/// What makes it unusable, naming it by its subject.
+pub fn check_anchor(der: &[u8], now: SystemTime) -> Result<SystemTime, String> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| format!("not valid X.509: {e}"))?;
+    check_ca_cert(&cert, 0, now)
+}
+
+/// One CA certificate with `below` CA certificates between it and any leaf:
+/// `CA:TRUE`, `keyCertSign` when it has a keyUsage, valid now, and a
+/// `pathlen` (if any) of at least `below`. Returns its notAfter.
+fn check_ca_cert(
+    cert: &X509Certificate<'_>,
+    below: usize,
+    now: SystemTime,
+) -> Result<SystemTime, String> {
+    check_is_ca(cert).map_err(|e| e.to_string())?;
+    let subject = cert.subject().to_string();
+    let facts = info(cert);
+    if facts.not_before > now + CLOCK_SKEW {
+        return Err(format!(
+            "the CA certificate {subject:?} is not valid before {}",
+            fmt_time(facts.not_before)
+        ));
     }
-    n
+    if facts.not_after <= now {
+        return Err(format!(
+            "the CA certificate {subject:?} expired at {}",
+            fmt_time(facts.not_after)
+        ));
+    }
+    if let Some(max) = cert
+        .basic_constraints()
+        .ok()
+        .flatten()
+        .and_then(|bc| bc.value.path_len_constraint)
+    {
+        if (max as usize) < below {
+            return Err(format!(
+                "the CA certificate {subject:?} has pathlen:{max}, which allows {max} CA certificate(s) below it, but there are {below}"
+            ));
+        }
+    }
+    Ok(facts.not_after)
 }
 
 pub fn fmt_time(t: SystemTime) -> humantime::Rfc3339Timestamp {
@@ -323,32 +317,19 @@ fn anchor_fits(
 ) -> Result<(), String> {
     let mut reason = None;
     for der in ca {
-        let cert_der = CertificateDer::from(der.as_slice());
-        let Ok(candidate) = webpki::anchor_from_trusted_cert(&cert_der) else {
-            continue;
-        };
-        if candidate.subject.as_ref() != anchor.subject.as_ref()
-            || candidate.subject_public_key_info.as_ref() != anchor.subject_public_key_info.as_ref()
-        {
+        let same = webpki::anchor_from_trusted_cert(&CertificateDer::from(der.as_slice()))
+            .is_ok_and(|c| {
+                c.subject.as_ref() == anchor.subject.as_ref()
+                    && c.subject_public_key_info.as_ref() == anchor.subject_public_key_info.as_ref()
+            });
+        if !same {
             continue;
         }
-        let fits = check_ca_certs(std::slice::from_ref(der), false, now).and_then(|_| {
-            let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
-            match cert
-                .basic_constraints()
-                .ok()
-                .flatten()
-                .and_then(|bc| bc.value.path_len_constraint)
-            {
-                Some(max) if (max as usize) < intermediates => Err(format!(
-                    "the trust anchor {:?} has pathlen:{max}, but {intermediates} intermediate(s) follow it",
-                    cert.subject().to_string()
-                )),
-                _ => Ok(()),
-            }
-        });
-        match fits {
-            Ok(()) => return Ok(()),
+        let Ok((_, cert)) = X509Certificate::from_der(der) else {
+            continue;
+        };
+        match check_ca_cert(&cert, intermediates, now) {
+            Ok(_) => return Ok(()),
             Err(e) => reason = reason.or(Some(e)),
         }
     }

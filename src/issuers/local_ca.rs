@@ -34,6 +34,9 @@ pub struct LocalCa {
     cert_file: PathBuf,
     key_file: PathBuf,
     development: bool,
+    /// When the CA file read at load expires, for the start-up warning
+    /// (signing reads the files again: they may be rotated).
+    expires: Option<std::time::SystemTime>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,31 +88,33 @@ const CA_EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
 impl LocalCa {
     /// Opens a CA from PEM files and checks that they belong together.
     pub fn open(cert_file: &Path, key_file: &Path) -> Result<LocalCa, LocalCaError> {
-        let ca = LocalCa {
+        let mut ca = LocalCa {
             cert_file: cert_file.to_owned(),
             key_file: key_file.to_owned(),
             development: false,
+            expires: None,
         };
-        ca.material()?;
+        ca.expires = Some(ca.material()?.expires);
         Ok(ca)
     }
 
     /// The development CA under `state_dir`, created first when `create` is set.
     pub fn development(state_dir: &Path, create: bool) -> Result<LocalCa, LocalCaError> {
         let dir = state_dir.join(DEV_CA_DIR);
-        let ca = LocalCa {
+        let mut ca = LocalCa {
             cert_file: dir.join("ca.crt"),
             key_file: dir.join("ca.key"),
             development: true,
+            expires: None,
         };
-        if ca.cert_file.exists() {
-            ca.material()?;
-        } else if create {
+        if !ca.cert_file.exists() && create {
             create_development_ca(&dir).map_err(|source| LocalCaError::CreateDevCa {
                 path: dir.clone(),
                 source,
             })?;
-            ca.material()?;
+        }
+        if ca.cert_file.exists() {
+            ca.expires = Some(ca.material()?.expires);
         }
         Ok(ca)
     }
@@ -124,9 +129,8 @@ impl LocalCa {
                 self.cert_file.parent().unwrap_or(Path::new(".")).display()
             ));
         }
-        if let Ok(m) = self.material() {
-            let left = m
-                .expires
+        if let Some(expires) = self.expires {
+            let left = expires
                 .duration_since(std::time::SystemTime::now())
                 .unwrap_or_default();
             if left < CA_EXPIRY_WARNING {
@@ -134,7 +138,7 @@ impl LocalCa {
                     "the CA in {} expires in {} (at {}): certificates it issues end then too; replace the CA",
                     self.cert_file.display(),
                     humantime::format_duration(Duration::from_secs(left.as_secs())),
-                    crate::verify::fmt_time(m.expires)
+                    crate::verify::fmt_time(expires)
                 ));
             }
         }
@@ -177,15 +181,13 @@ impl LocalCa {
                 key: self.key_file.clone(),
             });
         }
-        // The signing CA and the certificates above it that issue it; other
-        // certificates of the file (more roots) are published, not checked.
-        let on_path = crate::verify::issuing_path_len(&chain);
-        let expires =
-            crate::verify::check_ca_certs(&chain[..on_path], true, std::time::SystemTime::now())
-                .map_err(|reason| LocalCaError::Unusable {
-                    path: self.cert_file.clone(),
-                    reason,
-                })?;
+        // Checked along the issuing path; other certificates of the file
+        // (more roots) are published, not checked.
+        let expires = crate::verify::check_issuing_path(&chain, std::time::SystemTime::now())
+            .map_err(|reason| LocalCaError::Unusable {
+                path: self.cert_file.clone(),
+                reason,
+            })?;
         Ok(Material {
             chain,
             key,

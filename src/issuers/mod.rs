@@ -71,7 +71,7 @@ fn check_anchor_file(field: &'static str, path: &Path) -> Result<(), IssuerError
     let now = std::time::SystemTime::now();
     let problems: Vec<String> = ders
         .iter()
-        .filter_map(|d| crate::verify::check_ca_certs(std::slice::from_ref(d), false, now).err())
+        .filter_map(|d| crate::verify::check_anchor(d, now).err())
         .collect();
     if problems.len() == ders.len() {
         return Err(fail(problems.join("; ")));
