@@ -1,5 +1,9 @@
-//! The loop that ties everything together: plan -> obtain -> verify ->
-//! publish -> reload -> schedule, for every credential, until told to stop.
+//! The loop that ties everything together: obtain -> check -> publish ->
+//! reload -> schedule, for every credential, until told to stop.
+//!
+//! The loop knows a credential only as a [`Plan`]: a [`Source`](crate::sources::Source)
+//! that obtains it and the [`Sink`]s that make its files. It does not know
+//! which issuer, secret engine or file format is behind them.
 //!
 //! One failure never ends the loop: a failed renewal is logged, retried with
 //! capped exponential backoff, and the files on disk stay until a verified
@@ -10,22 +14,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
-use zeroize::Zeroizing;
 
-use crate::config::{CertificateSpec, Config, IssuerSpec, KeyRotation, SecretSpec};
-use crate::issuers::{Issuer, IssuerError};
-use crate::keys::{KeyError, PrivateKey};
-use crate::keystore::{self, KeystoreError};
-use crate::output::{read_live, AtomicDir, FileEntry, OutputError, Owner, Published, Staged};
+use crate::config::Config;
+use crate::credential::{Checked, Credential, HeadStart, Kind};
+use crate::issuers::Issuer;
+use crate::keys::PrivateKey;
+use crate::output::{AtomicDir, FileEntry, OutputError, Owner, Published, Staged};
 use crate::reload;
-use crate::schedule::{jitter_for, renewal_time, retry_delays};
-use crate::secrets::{self, KvMount, SecretError};
+use crate::schedule::Backoff;
+use crate::sinks::{Sink, SinkError};
+use crate::sources::{self, Plan, SourceError};
 use crate::telemetry::{chain, Metrics};
-use crate::verify::{
-    certs_from_pem, certs_to_pem, fmt_time, inspect, verify, CertInfo, Issued, VerifyError,
-};
+use crate::verify::{fmt_time, CertInfo, VerifyError};
 
 /// Credentials due within this window of each other are renewed in the same
 /// round, so that the app is signalled once for all of them.
@@ -48,269 +50,150 @@ pub enum Command {
 /// config and its loaded issuers, or every problem found.
 pub type ConfigLoader = Box<dyn Fn() -> Result<(Config, BTreeMap<String, Issuer>), String> + Send>;
 
+/// Turns a configuration into the plans of its credentials:
+/// [`sources::plans`], unless a test brings its own sources and sinks.
+type Planner = Arc<dyn Fn(&Config, &BTreeMap<String, Arc<Issuer>>) -> Vec<Plan> + Send + Sync>;
+
 /// How the agent runs.
 #[derive(Debug, Clone, Copy)]
 pub enum Mode {
     /// Forever, until [`Command::Shutdown`].
     Run,
     /// Until every credential is published, or the deadline passes.
-    Init { timeout: Duration },
+    Init {
+        /// The deadline, from the start.
+        timeout: Duration,
+    },
 }
 
 /// Why one attempt to renew a credential failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RenewError {
-    #[error("failed to generate the private key")]
-    Key(#[from] KeyError),
-    #[error("a background task (key generation or file writing) failed")]
+    /// The source could not obtain it.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// A sink could not make its files of it.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// A blocking task died.
+    #[error("a background task (file writing or verification) failed")]
     Task(#[from] tokio::task::JoinError),
-    #[error("the issuer failed")]
-    Issuer(#[from] IssuerError),
+    /// The check refused what the source obtained.
     #[error("the issued certificate was rejected")]
     Verify(#[from] VerifyError),
+    /// The files could not be published.
     #[error("publishing the files failed")]
     Output(#[from] OutputError),
-    #[error("reading the secret failed")]
-    Secret(#[from] SecretError),
-    #[error("writing the PKCS#12 files failed")]
-    Keystore(#[from] KeystoreError),
 }
 
+/// Why [`Agent::run`] ended without success.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// A shutdown came in init mode.
     #[error("stopped by a signal before everything was published")]
     Interrupted,
+    /// Init mode's deadline passed.
     #[error("could not publish {} before the --timeout of {}: {}", names.join(", "), humantime::format_duration(*timeout), last_errors.join("; "))]
     InitDeadline {
+        /// The `--timeout`.
         timeout: Duration,
+        /// The credentials not yet published.
         names: Vec<String>,
+        /// Why, for each.
         last_errors: Vec<String>,
     },
 }
 
-/// Problems found by [`preflight`], one sentence each.
-#[derive(Debug, thiserror::Error)]
-#[error("{}", .0.join("\n  "))]
-pub struct PreflightErrors(pub Vec<String>);
-
-/// Checks what parsing could not: that each issuer's files are usable, and
-/// that the output directory can be created and written. With `create`, the
-/// development CA is created when needed; without, nothing is written.
-///
-/// # Errors
-/// Every problem found, each naming its file or directory.
-pub fn preflight(
-    config: &Config,
-    create: bool,
-) -> Result<BTreeMap<String, Issuer>, PreflightErrors> {
-    let mut errors = Vec::new();
-    if let Err(e) = check_writable(&config.output_dir) {
-        errors.push(format!("outputDir: {e}"));
-    }
-    for (i, cert) in config.certificates.iter().enumerate() {
-        if let Some(p12) = &cert.files.pkcs12 {
-            if let Err(e) = keystore::read_password(&p12.password_file) {
-                errors.push(format!(
-                    "certificates[{i}].files.pkcs12.passwordFile: {}",
-                    chain(&e)
-                ));
-            }
-        }
-    }
-    let owners = config
-        .certificates
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (format!("certificates[{i}].files"), c.files.uid, c.files.gid))
-        .chain(
-            config
-                .secrets
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (format!("secrets[{i}]"), s.uid, s.gid)),
-        );
-    let mut me = None;
-    for (field, uid, gid) in owners.filter(|(_, u, g)| u.is_some() || g.is_some()) {
-        if let Err(e) = me
-            .get_or_insert_with(Identity::current)
-            .can_give_files_to(uid, gid)
-        {
-            errors.push(format!("{field}: {e}"));
-        }
-    }
-    let mut issuers = BTreeMap::new();
-    for (name, spec) in &config.issuers {
-        match Issuer::load(spec, &config.state_dir, false) {
-            Ok(issuer) => {
-                issuers.insert(name.clone(), issuer);
-            }
-            Err(e) => errors.push(format!("issuers.{name}: {}", chain(&e))),
-        }
-    }
-    // The development CA is created only once everything else checked out, so
-    // a bad configuration leaves the state directory untouched too.
-    if create && errors.is_empty() {
-        for (name, spec) in config
-            .issuers
-            .iter()
-            .filter(|(_, s)| **s == IssuerSpec::Development)
-        {
-            match Issuer::load(spec, &config.state_dir, true) {
-                Ok(issuer) => {
-                    issuers.insert(name.clone(), issuer);
-                }
-                Err(e) => errors.push(format!("issuers.{name}: {}", chain(&e))),
-            }
-        }
-    }
-    if errors.is_empty() {
-        Ok(issuers)
-    } else {
-        Err(PreflightErrors(errors))
-    }
-}
-
-/// Who pillion runs as, for the owner check: read once per check.
-struct Identity {
-    /// CAP_CHOWN (bit 0 of the effective capabilities) lets it give files
-    /// to anyone.
-    cap_chown: bool,
-    euid: u32,
-    /// The effective gid and the supplementary groups.
-    gids: Vec<u32>,
-}
-
-impl Identity {
-    fn current() -> Identity {
-        let cap_chown = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("CapEff:"))
-                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            })
-            .is_some_and(|caps| caps & 1 == 1);
-        let mut gids: Vec<u32> = rustix::process::getgroups()
-            .unwrap_or_default()
-            .iter()
-            .map(|g| g.as_raw())
-            .collect();
-        gids.push(rustix::process::getegid().as_raw());
-        Identity {
-            cap_chown,
-            euid: rustix::process::geteuid().as_raw(),
-            gids,
-        }
-    }
-
-    /// Whether files can be given owner `uid` and group `gid`: with CAP_CHOWN
-    /// any; without, only pillion's own uid and its groups (chown(2)).
-    fn can_give_files_to(&self, uid: Option<u32>, gid: Option<u32>) -> Result<(), String> {
-        if self.cap_chown {
-            return Ok(());
-        }
-        let euid = self.euid;
-        if let Some(u) = uid.filter(|u| *u != euid) {
-            return Err(format!(
-                "uid {u} cannot be set: pillion runs as uid {euid} without CAP_CHOWN (run it as uid {u}, or grant CAP_CHOWN)"
-            ));
-        }
-        if let Some(g) = gid.filter(|g| !self.gids.contains(g)) {
-            return Err(format!(
-                "gid {g} cannot be set: pillion (uid {euid}) is not in group {g} and lacks CAP_CHOWN (add the group with supplementalGroups or fsGroup, or grant CAP_CHOWN)"
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// The output directory must be a writable directory, or creatable in the
-/// nearest existing ancestor. Nothing is created here.
-fn check_writable(dir: &Path) -> Result<(), String> {
-    let mut probe = dir.to_path_buf();
-    loop {
-        match std::fs::metadata(&probe) {
-            Ok(m) if m.is_dir() => {
-                return rustix::fs::access(&probe, rustix::fs::Access::WRITE_OK)
-                    .map_err(|e| format!("{} is not writable by pillion ({e})", probe.display()));
-            }
-            Ok(_) => {
-                return Err(format!(
-                    "{} cannot be created: {} is not a directory",
-                    dir.display(),
-                    probe.display()
-                ))
-            }
-            Err(_) => {
-                if !probe.pop() || probe.as_os_str().is_empty() {
-                    probe = PathBuf::from(".");
-                }
-            }
-        }
-    }
-}
-
-/// What one credential is.
-// A process holds a handful of these; boxing a variant would buy nothing.
-#[allow(clippy::large_enum_variant)]
-enum Work {
-    Certificate(CertificateSpec),
-    Secret {
-        spec: SecretSpec,
-        kv: Option<KvMount>,
+/// The loop's clock: the wall clock, or one that follows tokio's clock, which
+/// tests pause and advance.
+#[derive(Debug, Clone, Copy)]
+enum Clock {
+    Wall,
+    #[cfg_attr(not(test), allow(dead_code))]
+    Tokio {
+        start: SystemTime,
+        at: tokio::time::Instant,
     },
 }
 
-struct Credential {
-    work: Work,
+impl Clock {
+    fn now(self) -> SystemTime {
+        match self {
+            Clock::Wall => SystemTime::now(),
+            Clock::Tokio { start, at } => start + at.elapsed(),
+        }
+    }
+}
+
+/// One credential in the loop: its plan, and what the loop knows of it.
+struct Entry {
+    plan: Plan,
     out: AtomicDir,
-    /// Something verified is live in `out`.
+    /// Something checked is live in `out`.
     published: bool,
     /// The live certificate, for certificates.
     cert: Option<CertInfo>,
     next_attempt: SystemTime,
-    retries: Option<Box<dyn Iterator<Item = Duration> + Send>>,
+    backoff: Backoff,
     last_error: Option<String>,
 }
 
-impl Work {
-    fn same_spec(&self, other: &Work) -> bool {
-        match (self, other) {
-            (Work::Certificate(a), Work::Certificate(b)) => a == b,
-            (Work::Secret { spec: a, .. }, Work::Secret { spec: b, .. }) => a == b,
-            _ => false,
+impl Entry {
+    /// Looks at what is already on disk: a certificate that is valid and
+    /// still matches the configuration is kept, not obtained again.
+    fn new(plan: Plan, now: SystemTime, metrics: &Metrics) -> Entry {
+        let out = AtomicDir::new(&plan.dir);
+        let names: Vec<&str> = plan
+            .sinks
+            .iter()
+            .flat_map(|s| s.files())
+            .map(|(n, _)| n)
+            .collect();
+        let (cert, next_attempt) = match plan.source.reuse(&plan.dir, &names, now) {
+            Some(Ok(info)) => {
+                let at = plan
+                    .source
+                    .next_attempt(&Checked::Certificate(info.clone()), now);
+                info!(cert = %plan.name, serial = %info.serial, not_after = %fmt_time(info.not_after), renew_at = %fmt_time(at), "reusing the valid certificate on disk");
+                metrics.certificate(&plan.name, info.not_after, at);
+                (Some(info), at)
+            }
+            Some(Err(reason)) => {
+                info!(cert = %plan.name, "issuing a certificate: {reason}");
+                (None, now)
+            }
+            None => (None, now),
+        };
+        Entry {
+            plan,
+            out,
+            published: cert.is_some(),
+            cert,
+            next_attempt,
+            backoff: Backoff::new(),
+            last_error: None,
         }
     }
-}
 
-impl Credential {
     fn name(&self) -> &str {
-        match &self.work {
-            Work::Certificate(c) => &c.name,
-            Work::Secret { spec, .. } => &spec.name,
-        }
+        &self.plan.name
     }
 
     /// The paths of the files the app reads.
     fn visible_files(&self) -> Vec<PathBuf> {
-        let names: Vec<&str> = match &self.work {
-            Work::Certificate(c) => c.files.names().collect(),
-            Work::Secret { spec, .. } => spec.format.file().into_iter().collect(),
-        };
-        names.iter().map(|n| self.out.path().join(n)).collect()
-    }
-
-    fn issuer(&self) -> &str {
-        match &self.work {
-            Work::Certificate(c) => &c.issuer,
-            Work::Secret { spec, .. } => &spec.issuer,
-        }
+        self.plan
+            .sinks
+            .iter()
+            .flat_map(|s| s.files())
+            .map(|(n, _)| self.out.path().join(n))
+            .collect()
     }
 }
 
 /// What the admin endpoint may know of a credential.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CredentialState {
+    /// The credential's name.
     pub name: String,
     /// Something verified has been published.
     pub published: bool,
@@ -326,11 +209,13 @@ pub struct CredentialState {
 /// The renewal loop for one configuration.
 pub struct Agent {
     config: Config,
-    issuers: BTreeMap<String, Issuer>,
-    creds: Vec<Credential>,
+    issuers: BTreeMap<String, Arc<Issuer>>,
+    creds: Vec<Entry>,
     state: watch::Sender<Vec<CredentialState>>,
     metrics: Arc<Metrics>,
     loader: Option<ConfigLoader>,
+    planner: Planner,
+    clock: Clock,
 }
 
 impl Agent {
@@ -338,53 +223,36 @@ impl Agent {
     /// that is valid and still matches the configuration is kept, not issued
     /// again. Secrets are always read again at start.
     pub fn new(config: Config, issuers: BTreeMap<String, Issuer>, metrics: Arc<Metrics>) -> Agent {
-        let now = SystemTime::now();
+        Agent::build(
+            config,
+            issuers,
+            metrics,
+            Arc::new(sources::plans),
+            Clock::Wall,
+        )
+    }
+
+    fn build(
+        config: Config,
+        issuers: BTreeMap<String, Issuer>,
+        metrics: Arc<Metrics>,
+        planner: Planner,
+        clock: Clock,
+    ) -> Agent {
+        let now = clock.now();
+        let issuers: BTreeMap<String, Arc<Issuer>> = issuers
+            .into_iter()
+            .map(|(name, issuer)| (name, Arc::new(issuer)))
+            .collect();
         for issuer in issuers.values() {
             if let Some(w) = issuer.warning() {
                 warn!("{w}");
             }
         }
-        let mut creds: Vec<Credential> = config
-            .certificates
-            .iter()
-            .map(|spec| {
-                let out = AtomicDir::new(spec.target_dir(&config.output_dir));
-                let issuer = &issuers[&spec.issuer];
-                let (cert, next_attempt) = match existing(spec, out.path(), issuer, now) {
-                    Ok(info) => {
-                        let at = renewal_time(info.not_before, info.not_after, spec.renew, jitter_for(&info.serial));
-                        info!(cert = %spec.name, serial = %info.serial, not_after = %fmt_time(info.not_after), renew_at = %fmt_time(at), "reusing the valid certificate on disk");
-                        metrics.certificate(&spec.name, info.not_after, at);
-                        (Some(info), at)
-                    }
-                    Err(reason) => {
-                        info!(cert = %spec.name, "issuing a certificate: {reason}");
-                        (None, now)
-                    }
-                };
-                Credential {
-                    work: Work::Certificate(spec.clone()),
-                    out,
-                    published: cert.is_some(),
-                    cert,
-                    next_attempt,
-                    retries: None,
-                    last_error: None,
-                }
-            })
+        let creds = planner(&config, &issuers)
+            .into_iter()
+            .map(|plan| Entry::new(plan, now, &metrics))
             .collect();
-        creds.extend(config.secrets.iter().map(|spec| Credential {
-            work: Work::Secret {
-                spec: spec.clone(),
-                kv: None,
-            },
-            out: AtomicDir::new(spec.target_dir(&config.output_dir)),
-            published: false,
-            cert: None,
-            next_attempt: now,
-            retries: None,
-            last_error: None,
-        }));
         let (state, _) = watch::channel(Vec::new());
         let agent = Agent {
             config,
@@ -393,6 +261,8 @@ impl Agent {
             state,
             metrics,
             loader: None,
+            planner,
+            clock,
         };
         agent.publish_state();
         agent
@@ -412,7 +282,7 @@ impl Agent {
                 published: c.published,
                 not_after: c.cert.as_ref().map(|i| i.not_after),
                 files: c.visible_files(),
-                retry_at: c.retries.is_some().then_some(c.next_attempt),
+                retry_at: c.backoff.is_failing().then_some(c.next_attempt),
             })
             .collect();
         self.state.send_replace(states);
@@ -484,24 +354,15 @@ impl Agent {
 
     /// Makes the credentials `which` selects due now, except those backing
     /// off after a failure.
-    fn renew_now(&mut self, which: impl Fn(&Credential) -> bool) {
-        let now = SystemTime::now();
+    fn renew_now(&mut self, which: impl Fn(&Entry) -> bool) {
+        let now = self.clock.now();
         for c in self.creds.iter_mut().filter(|c| which(c)) {
-            if c.retries.is_some() && c.next_attempt > now {
+            if c.backoff.is_failing() && c.next_attempt > now {
                 let retry_in = c.next_attempt.duration_since(now).unwrap_or_default();
                 info!(cert = %c.name(), retry_in = %humantime::format_duration(round_secs(retry_in)), "not renewing early: the last attempt failed and its backoff stands");
                 continue;
             }
             c.next_attempt = c.next_attempt.min(now);
-        }
-    }
-
-    /// Starts a task per Vault issuer that renews its token between uses.
-    fn keep_tokens_alive(&self) {
-        for client in self.issuers.values().filter_map(Issuer::vault) {
-            tokio::spawn(crate::vault::VaultClient::keep_alive(Arc::downgrade(
-                client,
-            )));
         }
     }
 
@@ -516,27 +377,32 @@ impl Agent {
     /// ones are obtained; changed ones are issued again; removed ones stop
     /// renewing (their files stay on disk).
     fn reconfigure(&mut self, config: Config, issuers: BTreeMap<String, Issuer>) {
-        let fresh = Agent::new(config, issuers, self.metrics.clone());
+        let fresh = Agent::build(
+            config,
+            issuers,
+            self.metrics.clone(),
+            self.planner.clone(),
+            self.clock,
+        );
         let old_config = std::mem::replace(&mut self.config, fresh.config);
-        let old_issuers = std::mem::replace(&mut self.issuers, fresh.issuers);
+        self.issuers = fresh.issuers;
         let mut old = std::mem::take(&mut self.creds);
         let (mut kept, mut added, mut changed) = (0, 0, 0);
         for mut c in fresh.creds {
-            let same_issuer = old_config.issuers.get(c.issuer())
-                == self.config.issuers.get(c.issuer())
-                && old_issuers.contains_key(c.issuer());
+            let issuer = &c.plan.issuer;
+            let same_issuer = old_config.issuers.get(issuer) == self.config.issuers.get(issuer);
             match old.iter().position(|o| o.name() == c.name()) {
-                Some(i) if same_issuer && old[i].work.same_spec(&c.work) => {
+                Some(i) if same_issuer && old[i].plan.source.same_as(&*c.plan.source) => {
                     let mut prev = old.remove(i);
-                    // Keep the schedule and live state, but the new issuer
-                    // object (a new Vault client logs in again when used).
-                    prev.work = c.work;
+                    // Keep the schedule and live state, but the new source and
+                    // sinks (a new Vault client logs in again when used).
+                    prev.plan = c.plan;
                     self.creds.push(prev);
                     kept += 1;
                 }
                 Some(i) => {
                     old.remove(i);
-                    c.next_attempt = SystemTime::now();
+                    c.next_attempt = self.clock.now();
                     self.creds.push(c);
                     changed += 1;
                 }
@@ -546,7 +412,6 @@ impl Agent {
                 }
             }
         }
-        self.keep_tokens_alive();
         let removed: Vec<String> = old.iter().map(|c| c.name().to_owned()).collect();
         info!(kept, added, changed, removed = %removed.join(","), "applied the new configuration");
         if old_config.listen != self.config.listen {
@@ -574,10 +439,10 @@ impl Agent {
             Mode::Init { timeout } => Some((tokio::time::Instant::now() + timeout, timeout)),
             Mode::Run => None,
         };
-        self.keep_tokens_alive();
         // Once per process (not on a reload, which would cut the grace of a
         // generation replaced moments ago): what a killed predecessor left
         // beside files reused now would otherwise stay until their renewal.
+        let clock = self.clock;
         for c in self.creds.iter_mut().filter(|c| c.published) {
             // Also makes the names visible that a kill between the swap of
             // `..data` and the renames after it (or a hand) left missing.
@@ -585,7 +450,7 @@ impl Agent {
                 error!(cert = %c.name(), error = %chain(&e), "the reused files cannot be made visible; issuing anew");
                 c.published = false;
                 c.cert = None;
-                c.next_attempt = SystemTime::now();
+                c.next_attempt = clock.now();
             }
         }
         self.publish_state();
@@ -594,7 +459,7 @@ impl Agent {
                 info!("all {} credential(s) published", self.creds.len());
                 return Ok(());
             }
-            let now = SystemTime::now();
+            let now = self.clock.now();
             let next = self
                 .creds
                 .iter()
@@ -685,7 +550,7 @@ impl Agent {
 
     /// The init deadline's error, if anything is still unpublished.
     fn deadline_error(&self, timeout: Duration) -> Option<AgentError> {
-        let missing: Vec<&Credential> = self.creds.iter().filter(|c| !c.published).collect();
+        let missing: Vec<&Entry> = self.creds.iter().filter(|c| !c.published).collect();
         (!missing.is_empty()).then(|| AgentError::InitDeadline {
             timeout,
             names: missing.iter().map(|c| c.name().to_owned()).collect(),
@@ -703,79 +568,72 @@ impl Agent {
     /// Renews every credential that is due, then reloads the app once if
     /// any file changed.
     async fn round(&mut self, mode: Mode) {
-        let due_by = SystemTime::now() + ROUND_WINDOW;
+        let clock = self.clock;
+        let due_by = clock.now() + ROUND_WINDOW;
         let mut changed = Vec::new();
         for c in self.creds.iter_mut().filter(|c| c.next_attempt <= due_by) {
-            let issuer = &self.issuers[c.issuer()];
             let started = std::time::Instant::now();
+            let result = attempt(c, clock).await;
+            let now = clock.now();
             let metrics = &self.metrics;
-            let result = match &mut c.work {
-                Work::Certificate(spec) => renew(spec, &mut c.out, issuer).await.map(|info| {
-                    let at = renewal_time(info.not_before, info.not_after, spec.renew, jitter_for(&info.serial));
-                    info!(
-                        cert = %spec.name,
-                        issuer = %spec.issuer,
-                        serial = %info.serial,
-                        not_after = %fmt_time(info.not_after),
-                        renew_at = %fmt_time(at),
-                        dir = %c.out.path().display(),
-                        "published a new certificate"
-                    );
-                    metrics.certificate(&spec.name, info.not_after, at);
-                    metrics.renewal(&spec.name, true, started.elapsed(), at);
-                    c.cert = Some(info);
-                    (true, at)
-                }),
-                Work::Secret { spec, kv } => refresh(spec, kv, &mut c.out, issuer).await.map(|fresh| {
-                    if fresh {
-                        info!(secret = %spec.name, path = %spec.path, dir = %c.out.path().display(), "published a new version of the secret");
-                    } else {
-                        debug!(secret = %spec.name, "the secret is unchanged");
-                    }
-                    metrics.secret_refresh(&spec.name, Some(fresh));
-                    (fresh, SystemTime::now() + spec.refresh)
-                }),
-            };
+            let name = c.plan.name.as_str();
             match result {
-                Ok((fresh, next)) => {
+                Ok((checked, fresh)) => {
+                    let next = c.plan.source.next_attempt(&checked, now);
+                    match checked {
+                        Checked::Certificate(info) => {
+                            info!(
+                                cert = %name,
+                                issuer = %c.plan.issuer,
+                                serial = %info.serial,
+                                not_after = %fmt_time(info.not_after),
+                                renew_at = %fmt_time(next),
+                                dir = %c.out.path().display(),
+                                "published a new certificate"
+                            );
+                            metrics.certificate(name, info.not_after, next);
+                            metrics.renewal(name, true, started.elapsed(), next);
+                            c.cert = Some(info);
+                        }
+                        Checked::Secret { path } => {
+                            if fresh {
+                                info!(secret = %name, %path, dir = %c.out.path().display(), "published a new version of the secret");
+                            } else {
+                                debug!(secret = %name, "the secret is unchanged");
+                            }
+                            metrics.secret_refresh(name, Some(fresh));
+                        }
+                    }
                     if fresh {
-                        changed.push(c.name().to_owned());
+                        changed.push(name.to_owned());
                     }
                     c.published = true;
                     c.next_attempt = next;
-                    c.retries = None;
+                    c.backoff.succeeded();
                     c.last_error = None;
                 }
                 Err(e) => {
-                    let delay = c
-                        .retries
-                        .get_or_insert_with(|| Box::new(retry_delays()))
-                        .next()
-                        .unwrap_or(crate::schedule::RETRY_MAX);
+                    let delay = c.backoff.failed();
                     let message = chain(&e);
                     let retry_in = humantime::format_duration(round_secs(delay));
-                    match &c.work {
-                        Work::Certificate(_) => {
-                            error!(cert = %c.name(), error = %message, %retry_in, "renewal failed; the files on disk are unchanged")
+                    match c.plan.kind {
+                        Kind::Certificate => {
+                            error!(cert = %name, error = %message, %retry_in, "renewal failed; the files on disk are unchanged")
                         }
-                        Work::Secret { .. } => {
-                            error!(secret = %c.name(), error = %message, %retry_in, "secret refresh failed; the files on disk are unchanged")
+                        Kind::Secret => {
+                            error!(secret = %name, error = %message, %retry_in, "secret refresh failed; the files on disk are unchanged")
                         }
                     }
-                    if c.cert
-                        .as_ref()
-                        .is_some_and(|cur| cur.not_after <= SystemTime::now())
-                    {
-                        error!(cert = %c.name(), "the certificate on disk has EXPIRED and could not be renewed");
+                    if c.cert.as_ref().is_some_and(|cur| cur.not_after <= now) {
+                        error!(cert = %name, "the certificate on disk has EXPIRED and could not be renewed");
                     }
-                    c.last_error = Some(format!("{}: {message}", c.name()));
-                    c.next_attempt = SystemTime::now() + delay;
-                    match &c.work {
-                        Work::Certificate(_) => {
-                            self.metrics
-                                .renewal(c.name(), false, started.elapsed(), c.next_attempt)
+                    c.last_error = Some(format!("{name}: {message}"));
+                    c.next_attempt = now + delay;
+                    match c.plan.kind {
+                        Kind::Certificate => {
+                            metrics.renewal(name, false, started.elapsed(), c.next_attempt)
                         }
-                        Work::Secret { .. } => self.metrics.secret_refresh(c.name(), None),
+                        Kind::Secret => metrics.secret_refresh(name, None),
                     }
                 }
             }
@@ -807,22 +665,29 @@ fn round_secs(d: Duration) -> Duration {
     Duration::from_secs(d.as_secs().max(1))
 }
 
-/// One attempt: key, CSR, sign, verify, publish.
-async fn renew(
-    spec: &CertificateSpec,
-    out: &mut AtomicDir,
-    issuer: &Issuer,
-) -> Result<CertInfo, RenewError> {
-    let owner = Owner {
-        uid: spec.files.uid,
-        gid: spec.files.gid,
+/// One attempt: obtain from the source, render every sink, check, publish.
+/// True with the result when a new generation went live.
+async fn attempt(c: &mut Entry, clock: Clock) -> Result<(Checked, bool), RenewError> {
+    let owner = c.plan.owner;
+    let mut head = Head {
+        dir: c.out.path(),
+        sinks: &c.plan.sinks,
+        owner,
+        beginning: None,
+        key: None,
+        written: Vec::new(),
     };
-    // The new generation is begun in the background while the issuer works.
-    // If anything fails before the files are written into it, it is removed
-    // before this returns.
-    let mut beginning = None;
-    let (issued, key, files) = match obtain(spec, out.path(), issuer, owner, &mut beginning).await {
-        Ok(obtained) => obtained,
+    // A generation begun in the background while the source worked is
+    // removed before this returns if anything fails before it is complete.
+    let made = match c.plan.source.obtain(&mut head).await {
+        Ok(credential) => render(&c.plan.sinks, &credential).map(|files| (credential, files)),
+        Err(e) => Err(e.into()),
+    };
+    let Head {
+        beginning, written, ..
+    } = head;
+    let (credential, mut files) = match made {
+        Ok(made) => made,
         Err(e) => {
             if let Some(beginning) = beginning {
                 abandon(beginning).await;
@@ -830,139 +695,138 @@ async fn renew(
             return Err(e);
         }
     };
+    let name = c.plan.name.as_str();
+    let Some(beginning) = beginning else {
+        // Nothing begun (a secret): check, then publish, which writes
+        // nothing when the content is what is live.
+        let checked = check(credential, clock).await?.1;
+        let fresh = matches!(c.out.publish(&files, owner)?, Published::Generation(_));
+        return Ok((checked, fresh));
+    };
+    files.retain(|f| !written.contains(&f.path));
     let mut staged = beginning
-        .expect("obtain begins the generation before anything it returns")
         .await??
-        .expect("the key was handed over: it was made, so the renewal goes on");
+        .expect("a source that begins with a key hands it over before it succeeds");
     // The rest of the files go into the hidden generation on a blocking
-    // thread while another verifies the certificate: on a real disk the
+    // thread while another checks the credential: on a real disk the
     // fsyncs take longer than the verification. Nothing is visible until the
-    // commit below, and a generation that is not committed (verification
-    // failed, or this future was dropped) is removed when the staging result
-    // is dropped.
+    // commit below, and a generation that is not committed (the check
+    // failed, or this future was dropped) is removed when the staging
+    // result is dropped.
     let staging = tokio::task::spawn_blocking(move || staged.write(&files, owner).map(|()| staged));
-    // Path validation and parsing take CPU in proportion to what the CA
-    // sent: a blocking thread too, so that the runtime thread stays free for
-    // signals, the admin endpoint and the init deadline whatever the answer.
-    let verifying = {
-        let (issued, public_key, names) =
-            (issued.clone(), key.public_key_raw(), spec.names.clone());
-        tokio::task::spawn_blocking(move || verify(&issued, &public_key, &names, SystemTime::now()))
-    };
-    let (staged, verified) = tokio::join!(staging, verifying);
-    let info = verified??;
-    debug!(cert = %spec.name, serial = %info.serial, "the issued certificate passed verification");
-    if let Some(change) = out
-        .current()
-        .and_then(|live| std::fs::read(live.join(&spec.files.ca)).ok())
-        .and_then(|old| anchors_changed(&old, &issued.ca))
-    {
-        warn!(cert = %spec.name, before = %change.0, after = %change.1, "the trust anchors in {} changed: peers that trust only the old ones will reject this certificate until they load the new {0}", spec.files.ca);
+    let (staged, checked) = tokio::join!(staging, check(credential, clock));
+    let (credential, checked) = checked?;
+    debug!(cert = %name, "the issued certificate passed verification");
+    if let Some(live) = c.out.current() {
+        for sink in &c.plan.sinks {
+            sink.notice(&live, &credential);
+        }
     }
-    match out.commit(staged??)? {
+    let fresh = match c.out.commit(staged??)? {
         Published::Generation(g) => {
-            debug!(cert = %spec.name, generation = %g, "swapped in a new generation")
+            debug!(cert = %name, generation = %g, "swapped in a new generation");
+            true
         }
-        Published::Unchanged => debug!(cert = %spec.name, "the files were already up to date"),
-    }
-    Ok(info)
+        Published::Unchanged => {
+            debug!(cert = %name, "the files were already up to date");
+            false
+        }
+    };
+    Ok((checked, fresh))
 }
 
-/// The certificate, its key and the files still to write (all but the key
-/// where the key was already written into the generation begun in
-/// `beginning`).
-async fn obtain(
-    spec: &CertificateSpec,
-    dir: &Path,
-    issuer: &Issuer,
-    owner: Owner,
-    beginning: &mut Option<Beginning>,
-) -> Result<(Issued, PrivateKey, Vec<FileEntry>), RenewError> {
-    if issuer.generates_keys() {
-        *beginning = Some(begin_in_background(spec, dir, None, owner));
-        let (issued, key) = issuer.issue(spec).await?;
-        let mut files = payload(spec, &key, &issued)?;
-        files.push(key_file(spec, &key));
-        return Ok((issued, key, files));
+/// Every sink's files of `credential`.
+fn render(sinks: &[Box<dyn Sink>], credential: &Credential) -> Result<Vec<FileEntry>, RenewError> {
+    let mut files = Vec::new();
+    for sink in sinks {
+        files.extend(sink.render(credential)?);
     }
-    let kept = match spec.key_rotation {
-        KeyRotation::Never => existing_key(spec, dir),
-        KeyRotation::Always => None,
-    };
-    let alg = spec.key_algorithm;
-    let logs_in = issuer.vault().is_some();
-    // The key, the CSR and the new generation with the key in it are made
-    // while the issuer logs in (Vault) and signs: the login goes out first
-    // and the server works on it meanwhile. A failed login returns at once;
-    // the key is then dropped.
-    let making_key = async {
-        if logs_in {
-            // A few turns of the runtime let the login connect and put its
-            // request on the wire before this CPU work.
-            for _ in 0..LOGIN_HEAD_START {
-                tokio::task::yield_now().await;
-            }
+    Ok(files)
+}
+
+/// Checks `credential` ([`Credential::check`]): a certificate on a blocking
+/// thread, since path validation and parsing take CPU in proportion to what
+/// the CA sent, and the runtime thread must stay free for signals, the
+/// admin endpoint and the init deadline whatever the answer.
+async fn check(credential: Credential, clock: Clock) -> Result<(Credential, Checked), RenewError> {
+    let now = clock.now();
+    match credential.kind() {
+        Kind::Secret => {
+            let checked = credential.check(now)?;
+            Ok((credential, checked))
         }
-        // The generation's directory and files are made while the key is,
-        // and the key goes into it once there.
-        let (key_tx, key_rx) = tokio::sync::oneshot::channel();
-        *beginning = Some(begin_in_background(spec, dir, Some(key_rx), owner));
-        let key = match kept {
-            Some(k) => k,
-            // RSA generation takes up to seconds of CPU: a blocking thread.
-            None if alg.is_rsa() => {
-                tokio::task::spawn_blocking(move || PrivateKey::generate(alg)).await??
+        Kind::Certificate => {
+            let (credential, checked) = tokio::task::spawn_blocking(move || {
+                let checked = credential.check(now);
+                (credential, checked)
+            })
+            .await?;
+            Ok((credential, checked?))
+        }
+    }
+}
+
+/// The loop's side of [`HeadStart`]: begins a credential's next generation
+/// on a blocking thread while the source works ([`AtomicDir::begin`]: its
+/// directory, files and symlinks), keeping that off the path after the
+/// answer, and writes the sinks' key files into it when the key comes.
+struct Head<'a> {
+    dir: &'a Path,
+    sinks: &'a [Box<dyn Sink>],
+    owner: Owner,
+    beginning: Option<Beginning>,
+    key: Option<oneshot::Sender<Vec<FileEntry>>>,
+    /// The files written with the key, not to be written again.
+    written: Vec<String>,
+}
+
+impl HeadStart for Head<'_> {
+    fn begin(&mut self, with_key: bool) {
+        if self.beginning.is_some() {
+            return;
+        }
+        let (key, key_rx) = match with_key {
+            true => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
             }
-            // EC and Ed25519 keys take microseconds; a thread would cost more.
-            None => PrivateKey::generate(alg)?,
+            false => (None, None),
         };
-        let csr = key.csr(&spec.names)?;
-        let _ = key_tx.send(key_file(spec, &key));
-        Ok::<_, RenewError>((key, csr))
-    };
-    let logging_in = async { Ok::<_, RenewError>(issuer.log_in().await?) };
-    let ((), (key, csr)) = tokio::try_join!(logging_in, making_key)?;
-    let issued = issuer.sign(&csr, spec).await?;
-    let files = payload(spec, &key, &issued)?;
-    Ok((issued, key, files))
+        self.key = key;
+        let dir = self.dir.to_owned();
+        let owner = self.owner;
+        let files: Vec<(String, u32)> = self
+            .sinks
+            .iter()
+            .flat_map(|s| s.files())
+            .map(|(name, mode)| (name.to_owned(), mode))
+            .collect();
+        self.beginning = Some(tokio::task::spawn_blocking(move || {
+            let files: Vec<(&str, u32)> = files.iter().map(|(n, m)| (n.as_str(), *m)).collect();
+            let mut staged = AtomicDir::begin(&dir, &files, owner)?;
+            if let Some(key_rx) = key_rx {
+                // `None` when the sender is dropped first: the attempt
+                // failed, and the generation is removed again with `staged`.
+                let Ok(key_files) = key_rx.blocking_recv() else {
+                    return Ok(None);
+                };
+                staged.write(&key_files, owner)?;
+            }
+            Ok(Some(staged))
+        }));
+    }
+
+    fn key(&mut self, key: &PrivateKey) {
+        let Some(tx) = self.key.take() else {
+            return;
+        };
+        let files: Vec<FileEntry> = self.sinks.iter().flat_map(|s| s.key_files(key)).collect();
+        self.written = files.iter().map(|f| f.path.clone()).collect();
+        let _ = tx.send(files);
+    }
 }
 
-/// Turns of the runtime a login gets before the key is made: enough to
-/// connect (on loopback at once), hand the request to the connection task
-/// and write it.
-const LOGIN_HEAD_START: usize = 3;
-
-/// Begins the credential's next generation on a blocking thread while the
-/// issuer works ([`AtomicDir::begin`]: its directory, files and symlinks),
-/// keeping that off the path after the answer, and writes the key into it
-/// when `key` brings one. `None` when `key`'s sender is dropped first: the
-/// renewal failed, and the generation is already removed again.
-fn begin_in_background(
-    spec: &CertificateSpec,
-    dir: &Path,
-    key: Option<tokio::sync::oneshot::Receiver<FileEntry>>,
-    owner: Owner,
-) -> Beginning {
-    let dir = dir.to_owned();
-    let files: Vec<(String, u32)> = spec
-        .files
-        .with_modes()
-        .map(|(name, mode)| (name.to_owned(), mode))
-        .collect();
-    tokio::task::spawn_blocking(move || {
-        let files: Vec<(&str, u32)> = files.iter().map(|(n, m)| (n.as_str(), *m)).collect();
-        let mut staged = AtomicDir::begin(&dir, &files, owner)?;
-        if let Some(key) = key {
-            let Ok(key) = key.blocking_recv() else {
-                return Ok(None);
-            };
-            staged.write(&[key], owner)?;
-        }
-        Ok(Some(staged))
-    })
-}
-
-/// A generation being begun in the background; see [`begin_in_background`].
+/// A generation being begun in the background; see [`Head`].
 type Beginning = tokio::task::JoinHandle<Result<Option<Staged>, OutputError>>;
 
 /// Waits for a generation begun in the background and removes it, so that
@@ -973,240 +837,431 @@ async fn abandon(beginning: Beginning) {
     }
 }
 
-/// The subjects of the anchors before and after, when the CA file being
-/// replaced (`old`, PEM) holds other anchors than `new`: a rotated or
-/// replaced CA, which the operator should hear about.
-fn anchors_changed(old: &[u8], new: &[Vec<u8>]) -> Option<(String, String)> {
-    let old = certs_from_pem(old).ok().filter(|o| !o.is_empty())?;
-    if old == new {
-        return None;
-    }
-    let subjects = |ders: &[Vec<u8>]| {
-        ders.iter()
-            .map(|d| inspect(d).map_or_else(|_| "(unparsable)".to_owned(), |i| i.subject))
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
-    Some((subjects(&old), subjects(new)))
-}
-
-/// One secret refresh: read, render, publish if changed. True when a new
-/// generation went live.
-async fn refresh(
-    spec: &SecretSpec,
-    kv: &mut Option<KvMount>,
-    out: &mut AtomicDir,
-    issuer: &Issuer,
-) -> Result<bool, RenewError> {
-    let client = issuer
-        .vault()
-        .expect("validation lets secrets name only vault issuers");
-    let mount = match kv {
-        Some(m) => m.clone(),
-        None => {
-            let m = secrets::detect(client, spec).await?;
-            debug!(secret = %spec.name, mount = %m.mount, version = m.version, "found the KV engine");
-            kv.insert(m).clone()
-        }
-    };
-    let data = secrets::read(client, spec, &mount).await?;
-    let files = secrets::render(spec, &data)?;
-    let owner = Owner {
-        uid: spec.uid,
-        gid: spec.gid,
-    };
-    Ok(matches!(
-        out.publish(&files, owner)?,
-        Published::Generation(_)
-    ))
-}
-
-/// The files of a credential but the key itself ([`key_file`], written
-/// earlier where it can be): certificate chain, CA, and the optional bundle
-/// (key first, then the chain, as haproxy and Kubernetes' Pod Certificates
-/// lay it out) and PKCS#12 files.
-fn payload(
-    spec: &CertificateSpec,
-    key: &PrivateKey,
-    issued: &Issued,
-) -> Result<Vec<FileEntry>, KeystoreError> {
-    let f = &spec.files;
-    let chain_pem = certs_to_pem(&issued.chain);
-    let mut files = vec![
-        FileEntry {
-            path: f.certificate.clone(),
-            data: Zeroizing::new(chain_pem.clone().into_bytes()),
-            mode: f.mode,
-        },
-        FileEntry {
-            path: f.ca.clone(),
-            data: Zeroizing::new(certs_to_pem(&issued.ca).into_bytes()),
-            mode: f.mode,
-        },
-    ];
-    if let Some(bundle) = &f.bundle {
-        let key_pem = key.to_pem();
-        let mut data = Zeroizing::new(Vec::with_capacity(key_pem.len() + chain_pem.len()));
-        data.extend_from_slice(key_pem.as_bytes());
-        data.extend_from_slice(chain_pem.as_bytes());
-        files.push(FileEntry {
-            path: bundle.clone(),
-            data,
-            mode: f.key_mode,
-        });
-    }
-    if let Some(p12) = &f.pkcs12 {
-        // Read at every publish, so a rotated password file takes effect.
-        let password = keystore::read_password(&p12.password_file)?;
-        if let Some(path) = &p12.keystore {
-            let data = keystore::keystore(key, issued, &p12.alias, &password)?;
-            files.push(FileEntry {
-                path: path.clone(),
-                data,
-                mode: f.key_mode,
-            });
-        }
-        if let Some(path) = &p12.truststore {
-            let data = Zeroizing::new(keystore::truststore(issued, &password)?);
-            files.push(FileEntry {
-                path: path.clone(),
-                data,
-                mode: f.mode,
-            });
-        }
-    }
-    Ok(files)
-}
-
-/// The private key's file.
-fn key_file(spec: &CertificateSpec, key: &PrivateKey) -> FileEntry {
-    FileEntry {
-        path: spec.files.private_key.clone(),
-        data: Zeroizing::new(key.to_pem().as_bytes().to_vec()),
-        mode: spec.files.key_mode,
-    }
-}
-
-/// The key on disk, if it can be kept for the next certificate.
-fn existing_key(spec: &CertificateSpec, dir: &Path) -> Option<PrivateKey> {
-    let files = read_live(dir, &[&spec.files.private_key])?;
-    let pem = files.into_iter().next()??;
-    let key = PrivateKey::from_pem(std::str::from_utf8(&pem).ok()?).ok()?;
-    (key.algorithm() == spec.key_algorithm).then_some(key)
-}
-
-/// Checks the credential on disk: complete, valid now, not yet due, with the
-/// configured names, key type and CA, and its key matching its certificate.
-fn existing(
-    spec: &CertificateSpec,
-    dir: &Path,
-    issuer: &Issuer,
-    now: SystemTime,
-) -> Result<CertInfo, String> {
-    let f = &spec.files;
-    // Every file this credential publishes, read from one resolved
-    // generation so that they belong together.
-    let p12 = f.pkcs12.as_ref();
-    let optional = [
-        ("the bundle", f.bundle.as_deref()),
-        ("the keystore", p12.and_then(|p| p.keystore.as_deref())),
-        ("the truststore", p12.and_then(|p| p.truststore.as_deref())),
-    ];
-    let mut names = vec![
-        f.certificate.as_str(),
-        f.private_key.as_str(),
-        f.ca.as_str(),
-    ];
-    names.extend(optional.iter().filter_map(|(_, n)| *n));
-    let files = read_live(dir, &names).ok_or("no certificate on disk yet")?;
-    let mut it = files.into_iter();
-    let mut next = |what: &str| {
-        it.next()
-            .flatten()
-            .ok_or(format!("{what} is missing on disk"))
-    };
-    let (cert_pem, key_pem, ca_pem) = (
-        next("the certificate")?,
-        next("the key")?,
-        next("the CA file")?,
-    );
-    for (what, _) in optional.iter().filter(|(_, n)| n.is_some()) {
-        next(what)?;
-    }
-    on_disk_fits(
-        spec,
-        issuer.generates_keys(),
-        issuer.trust_anchors(),
-        &cert_pem,
-        &key_pem,
-        &ca_pem,
-        now,
-    )
-}
-
-/// The pure part of [`existing`]: whether the certificate, key and CA files
-/// read from disk belong together and fit the configuration.
-pub(crate) fn on_disk_fits(
-    spec: &CertificateSpec,
-    generates_keys: bool,
-    anchors: Option<Vec<Vec<u8>>>,
-    cert_pem: &[u8],
-    key_pem: &[u8],
-    ca_pem: &[u8],
-    now: SystemTime,
-) -> Result<CertInfo, String> {
-    let chain = certs_from_pem(cert_pem).map_err(|_| "the certificate on disk is not PEM")?;
-    let ca = certs_from_pem(ca_pem).map_err(|_| "the CA file on disk is not PEM")?;
-    let key = std::str::from_utf8(key_pem)
-        .ok()
-        .and_then(|k| PrivateKey::from_pem(k).ok())
-        .ok_or("the key on disk is unreadable")?;
-    if !generates_keys && key.algorithm() != spec.key_algorithm {
-        return Err(format!(
-            "the key on disk is {}, the configuration asks for {}",
-            key.algorithm(),
-            spec.key_algorithm
-        ));
-    }
-    let issued = Issued { chain, ca };
-    let info = verify(&issued, &key.public_key_raw(), &spec.names, now)
-        .map_err(|e| format!("the certificate on disk does not fit: {e}"))?;
-    if let Some(anchors) = anchors {
-        if anchors != issued.ca {
-            return Err(
-                "the certificate on disk is from another CA than the configured one".into(),
-            );
-        }
-    }
-    Ok(info)
-}
-
+/// The loop in-process, with in-memory sources and sinks: what it does is
+/// seen in the sources' log of attempts, the files and the published state.
+/// Most tests run on tokio's paused clock, so hours pass in milliseconds.
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
 
-    fn ca(name: &str) -> Vec<u8> {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let key = rcgen::KeyPair::generate().unwrap();
-        params.self_signed(&key).unwrap().der().to_vec()
+    use super::*;
+    use crate::credential::Secret;
+    use crate::secrets::SecretError;
+    use crate::sources::Source;
+
+    /// What the in-memory sources are told to do, and what they saw.
+    #[derive(Debug, Default)]
+    struct Script {
+        /// Every attempt: the credential's name and when, by the loop's clock.
+        attempts: Vec<(String, Duration)>,
+        /// These fail.
+        failing: BTreeSet<String>,
+        /// These never answer.
+        hanging: BTreeSet<String>,
+        /// The content of each credential; a change makes new files.
+        versions: BTreeMap<String, u32>,
     }
 
-    #[test]
-    fn a_replaced_trust_anchor_is_noticed_and_an_unchanged_one_is_not() {
-        let (a, b) = (ca("root A"), ca("root B"));
-        let pem_a = certs_to_pem(std::slice::from_ref(&a));
-        assert_eq!(
-            anchors_changed(pem_a.as_bytes(), std::slice::from_ref(&a)),
-            None
+    type Shared = Arc<Mutex<Script>>;
+
+    /// A source that answers from the [`Script`]: a secret whose data is
+    /// its name and version, obtained again every `every`.
+    #[derive(Debug)]
+    struct Memory {
+        name: String,
+        every: Duration,
+        script: Shared,
+        clock: Clock,
+        start: SystemTime,
+    }
+
+    impl Source for Memory {
+        fn obtain<'a>(
+            &'a mut self,
+            _head: &'a mut dyn HeadStart,
+        ) -> futures::future::BoxFuture<'a, Result<Credential, SourceError>> {
+            Box::pin(async move {
+                let at = self.clock.now().duration_since(self.start).unwrap();
+                let (fails, hangs, version) = {
+                    let mut s = self.script.lock().unwrap();
+                    s.attempts.push((self.name.clone(), at));
+                    (
+                        s.failing.contains(&self.name),
+                        s.hanging.contains(&self.name),
+                        s.versions.get(&self.name).copied().unwrap_or_default(),
+                    )
+                };
+                if hangs {
+                    std::future::pending::<()>().await;
+                }
+                if fails {
+                    return Err(SourceError::Secret(SecretError::NotFound {
+                        path: self.name.clone(),
+                    }));
+                }
+                let data = serde_json::json!({ "name": self.name, "version": version });
+                Ok(Credential::Secret(Secret {
+                    path: self.name.clone(),
+                    data: data.as_object().unwrap().clone(),
+                }))
+            })
+        }
+
+        fn next_attempt(&self, _checked: &Checked, now: SystemTime) -> SystemTime {
+            now + self.every
+        }
+
+        fn same_as(&self, other: &dyn Source) -> bool {
+            other
+                .as_any()
+                .downcast_ref::<Memory>()
+                .is_some_and(|o| o.every == self.every)
+        }
+
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+    }
+
+    /// A sink of one file holding the secret's data as JSON.
+    #[derive(Debug)]
+    struct OneFile;
+
+    impl Sink for OneFile {
+        fn files(&self) -> Vec<(&str, u32)> {
+            vec![("data.json", 0o600)]
+        }
+
+        fn render(&self, credential: &Credential) -> Result<Vec<FileEntry>, SinkError> {
+            let Credential::Secret(s) = credential else {
+                unreachable!("the memory source makes secrets")
+            };
+            Ok(vec![FileEntry {
+                path: "data.json".into(),
+                data: serde_json::to_vec(&s.data).unwrap().into(),
+                mode: 0o600,
+            }])
+        }
+    }
+
+    /// A loop under test: every `certificates[]` entry of the YAML becomes a
+    /// memory source (its `duration` is how often it is obtained again) with
+    /// one file.
+    struct Case {
+        dir: tempfile::TempDir,
+        script: Shared,
+        clock: Clock,
+        start: SystemTime,
+    }
+
+    impl Case {
+        fn new(paused: bool) -> Case {
+            let clock = match paused {
+                true => Clock::Tokio {
+                    start: SystemTime::now(),
+                    at: tokio::time::Instant::now(),
+                },
+                false => Clock::Wall,
+            };
+            Case {
+                dir: tempfile::tempdir().unwrap(),
+                script: Shared::default(),
+                clock,
+                start: clock.now(),
+            }
+        }
+
+        /// `certs`: (name, how often) pairs; `extra`: more YAML.
+        fn config(&self, certs: &[(&str, &str)], extra: &str) -> Config {
+            let mut yaml = format!("outputDir: {}\ncertificates:\n", self.dir.path().display());
+            for (name, every) in certs {
+                yaml +=
+                    &format!("- name: {name}\n  dnsNames: [{name}.example]\n  duration: {every}\n");
+            }
+            Config::from_yaml(&(yaml + extra), "test.yaml").unwrap()
+        }
+
+        fn planner(&self) -> Planner {
+            let (script, clock, start) = (self.script.clone(), self.clock, self.start);
+            Arc::new(move |config: &Config, _: &BTreeMap<String, Arc<Issuer>>| {
+                config
+                    .certificates
+                    .iter()
+                    .map(|spec| Plan {
+                        name: spec.name.clone(),
+                        issuer: spec.issuer.clone(),
+                        kind: Kind::Secret,
+                        dir: spec.target_dir(&config.output_dir),
+                        owner: Owner::default(),
+                        source: Box::new(Memory {
+                            name: spec.name.clone(),
+                            every: spec.duration,
+                            script: script.clone(),
+                            clock,
+                            start,
+                        }),
+                        sinks: vec![Box::new(OneFile)],
+                    })
+                    .collect()
+            })
+        }
+
+        fn agent(&self, config: Config) -> Agent {
+            Agent::build(
+                config,
+                BTreeMap::new(),
+                Arc::new(Metrics::new()),
+                self.planner(),
+                self.clock,
+            )
+        }
+
+        /// Runs `agent` in the background.
+        fn spawn(
+            &self,
+            agent: Agent,
+            mode: Mode,
+        ) -> (
+            mpsc::UnboundedSender<Command>,
+            tokio::task::JoinHandle<Result<(), AgentError>>,
+        ) {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (tx, tokio::spawn(agent.run(mode, rx)))
+        }
+
+        /// When each attempt at `name` came, in whole seconds from the start.
+        fn attempts(&self, name: &str) -> Vec<u64> {
+            let s = self.script.lock().unwrap();
+            s.attempts
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, at)| at.as_secs())
+                .collect()
+        }
+
+        fn set(&self, what: impl FnOnce(&mut Script)) {
+            what(&mut self.script.lock().unwrap());
+        }
+    }
+
+    async fn stop(
+        tx: mpsc::UnboundedSender<Command>,
+        run: tokio::task::JoinHandle<Result<(), AgentError>>,
+    ) {
+        tx.send(Command::Shutdown).unwrap();
+        run.await.unwrap().unwrap();
+    }
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    #[tokio::test(start_paused = true)]
+    async fn credentials_are_obtained_again_when_their_source_says() {
+        let case = Case::new(true);
+        let agent = case.agent(case.config(&[("a", "10m"), ("b", "25m")], ""));
+        let (tx, run) = case.spawn(agent, Mode::Run);
+        tokio::time::sleep(61 * MINUTE).await;
+        stop(tx, run).await;
+        assert_eq!(case.attempts("a"), [0, 600, 1200, 1800, 2400, 3000, 3600]);
+        assert_eq!(case.attempts("b"), [0, 1500, 3000]);
+        let data = std::fs::read(case.dir.path().join("a/data.json")).unwrap();
+        assert!(String::from_utf8(data).unwrap().contains("version"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_credential_backs_off_capped_while_the_others_go_on() {
+        let case = Case::new(true);
+        case.set(|s| {
+            s.failing.insert("a".into());
+        });
+        let agent = case.agent(case.config(&[("a", "10m"), ("b", "10m")], ""));
+        let state = agent.subscribe();
+        let (tx, run) = case.spawn(agent, Mode::Run);
+        tokio::time::sleep(181 * MINUTE).await;
+        {
+            let state = state.borrow();
+            let (a, b) = (&state[0], &state[1]);
+            assert!(!a.published && a.retry_at.is_some(), "{a:?}");
+            assert!(b.published && b.retry_at.is_none(), "{b:?}");
+        }
+        let a = case.attempts("a");
+        let gaps: Vec<u64> = a.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(
+            (1..=2).contains(&gaps[0]),
+            "the first retry comes after 1-2 s: {gaps:?}"
         );
-        let (before, after) = anchors_changed(pem_a.as_bytes(), &[b]).unwrap();
-        assert!(before.contains("root A"), "{before}");
-        assert!(after.contains("root B"), "{after}");
-        // Nothing published before (or an unreadable file): nothing to compare.
-        assert_eq!(anchors_changed(b"", &[a]), None);
+        assert!(
+            gaps.iter().all(|g| *g <= 600),
+            "capped at 300 s, jitter at most doubles it: {gaps:?}"
+        );
+        assert!(
+            gaps[10..].iter().all(|g| *g >= 300),
+            "and it grows to the cap: {gaps:?}"
+        );
+        assert!(a.len() >= 20, "it never gives up: {a:?}");
+        // The other credential keeps its own schedule throughout (a second
+        // early when a retry of `a` comes within the round window before it).
+        let b = case.attempts("b");
+        assert_eq!(b.len(), 19, "{b:?}");
+        assert!(
+            b.windows(2).all(|w| (598..=600).contains(&(w[1] - w[0]))),
+            "{b:?}"
+        );
+
+        // Recovery: the next attempt succeeds, by itself.
+        case.set(|s| {
+            s.failing.clear();
+        });
+        tokio::time::sleep(11 * MINUTE).await;
+        assert!(state.borrow()[0].published);
+        assert!(state.borrow()[0].retry_at.is_none());
+        stop(tx, run).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_to_renew_does_not_cut_a_backoff_short() {
+        let case = Case::new(true);
+        case.set(|s| {
+            s.failing.insert("a".into());
+        });
+        let agent = case.agent(case.config(&[("a", "10m")], ""));
+        let (tx, run) = case.spawn(agent, Mode::Run);
+        // Into the backoff: attempts at 0 s, 1-2 s, then 2-4 s later...
+        tokio::time::sleep(20 * MINUTE).await;
+        let before = case.attempts("a").len();
+        for _ in 0..50 {
+            tx.send(Command::RenewAll).unwrap();
+            tx.send(Command::Renew("a".into())).unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(case.attempts("a").len(), before, "100 requests, no attempt");
+        stop(tx, run).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sighup_keeps_unchanged_credentials_and_obtains_added_and_changed_ones() {
+        let case = Case::new(true);
+        let first = case.config(&[("a", "10m"), ("b", "10m"), ("c", "10m")], "");
+        let second = {
+            let dir = case.dir.path().display().to_string();
+            move || {
+                let yaml = format!("outputDir: {dir}\ncertificates:\n- {{name: a, dnsNames: [a.example], duration: 10m}}\n- {{name: b, dnsNames: [b.example], duration: 20m}}\n- {{name: d, dnsNames: [d.example], duration: 10m}}\n");
+                Ok((
+                    Config::from_yaml(&yaml, "test.yaml").unwrap(),
+                    BTreeMap::new(),
+                ))
+            }
+        };
+        let agent = case.agent(first).with_config_loader(Box::new(second));
+        let state = agent.subscribe();
+        let (tx, run) = case.spawn(agent, Mode::Run);
+        tokio::time::sleep(MINUTE).await;
+        tx.send(Command::ReloadConfig).unwrap();
+        // To 650 s: past a's renewal at 600 s, before d's at 660 s.
+        tokio::time::sleep(10 * MINUTE - Duration::from_secs(10)).await;
+        let names: Vec<String> = state.borrow().iter().map(|c| c.name.clone()).collect();
+        stop(tx, run).await;
+
+        assert_eq!(
+            case.attempts("a"),
+            [0, 600],
+            "unchanged: its schedule stands"
+        );
+        assert_eq!(
+            case.attempts("b"),
+            [0, 60],
+            "changed: obtained again at once"
+        );
+        assert_eq!(case.attempts("c"), [0], "removed: no longer renewed");
+        assert_eq!(case.attempts("d"), [60], "added: obtained at once");
+        assert_eq!(names, ["a", "b", "d"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn init_ends_at_its_deadline_naming_what_is_missing_and_why() {
+        let case = Case::new(true);
+        case.set(|s| {
+            s.failing.insert("c".into());
+            s.hanging.insert("a".into());
+        });
+        // In the configured order: b is published, c fails, a never answers.
+        let agent = case.agent(case.config(&[("b", "10m"), ("c", "10m"), ("a", "10m")], ""));
+        let (_tx, run) = case.spawn(
+            agent,
+            Mode::Init {
+                timeout: Duration::from_secs(30),
+            },
+        );
+        let started = tokio::time::Instant::now();
+        let Err(AgentError::InitDeadline {
+            names, last_errors, ..
+        }) = run.await.unwrap()
+        else {
+            panic!("init must fail at its deadline");
+        };
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        assert_eq!(names, ["c", "a"]);
+        assert!(
+            last_errors[0].contains("c does not exist"),
+            "{last_errors:?}"
+        );
+        assert_eq!(last_errors[1], "a: still waiting for its issuer");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn init_ends_once_everything_is_published() {
+        let case = Case::new(true);
+        let agent = case.agent(case.config(&[("a", "10m"), ("b", "10m")], ""));
+        let (_tx, run) = case.spawn(
+            agent,
+            Mode::Init {
+                timeout: Duration::from_secs(30),
+            },
+        );
+        run.await.unwrap().unwrap();
+        assert_eq!(case.attempts("a"), [0]);
+        assert_eq!(case.attempts("b"), [0]);
+    }
+
+    /// Real time: the reload runs a real command.
+    #[tokio::test]
+    async fn one_reload_per_round_and_none_when_nothing_changed() {
+        let case = Case::new(false);
+        let count = case.dir.path().join("reloads");
+        let reload = format!(
+            "reload:\n  command: [sh, -c, 'echo r >> \"$0\"', {}]\n",
+            count.display()
+        );
+        let agent = case.agent(case.config(&[("a", "1h"), ("b", "1h"), ("c", "1h")], &reload));
+        let mut state = agent.subscribe();
+        let (tx, run) = case.spawn(agent, Mode::Run);
+        let reloads = || {
+            std::fs::read_to_string(&count)
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        let round = |state: &mut watch::Receiver<_>, command: Command| {
+            state.borrow_and_update();
+            tx.send(command).unwrap();
+            let mut state = state.clone();
+            async move { state.changed().await.unwrap() }
+        };
+        // Three credentials published in the first round: one reload.
+        while !state.borrow().iter().all(|c| c.published) {
+            state.changed().await.unwrap();
+        }
+        assert_eq!(reloads(), 1);
+        // Renewed, but nothing changed: no reload.
+        round(&mut state, Command::RenewAll).await;
+        assert_eq!(reloads(), 1);
+        // Two of three changed: one reload.
+        case.set(|s| {
+            s.versions.insert("a".into(), 1);
+            s.versions.insert("c".into(), 1);
+        });
+        round(&mut state, Command::RenewAll).await;
+        assert_eq!(reloads(), 2);
+        stop(tx, run).await;
     }
 }

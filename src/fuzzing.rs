@@ -122,7 +122,7 @@ pub fn credential_files(data: &[u8]) {
     {
         spec.names = info.names;
     }
-    let _ = crate::agent::on_disk_fits(&spec, false, None, cert, key, ca, SystemTime::now());
+    let _ = crate::sources::on_disk_fits(&spec, false, None, cert, key, ca, SystemTime::now());
 }
 
 #[cfg(test)]

@@ -11,19 +11,22 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod credential;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod issuers;
 pub mod keys;
-pub mod keystore;
 pub mod names;
 pub mod output;
+pub mod preflight;
 pub mod reload;
 pub mod schedule;
 pub mod secrets;
 pub mod server;
 pub mod signals;
+pub mod sinks;
 pub mod small_file;
+pub mod sources;
 pub mod status;
 pub mod telemetry;
 pub mod vault;

@@ -7,9 +7,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use pillion::agent::{self, Agent, Mode};
+use pillion::agent::{Agent, Mode};
 use pillion::cli::{Cli, Command, ReloadArgs, StatusFormat};
 use pillion::config::Config;
+use pillion::preflight;
 use pillion::signals::Signals;
 
 /// dlmalloc keeps freed memory for the next allocation. musl's allocator (the
@@ -82,7 +83,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(EXIT_USAGE, e),
     };
-    let issuers = match agent::preflight(&config, mode.is_some()) {
+    let issuers = match preflight::preflight(&config, mode.is_some()) {
         Ok(i) => i,
         Err(e) => {
             return fail(
@@ -121,7 +122,7 @@ fn main() -> ExitCode {
                 let config = cli
                     .load_config(&Default::default(), &ReloadArgs::default())
                     .map_err(|e| e.to_string())?;
-                let issuers = agent::preflight(&config, true).map_err(|e| e.to_string())?;
+                let issuers = preflight::preflight(&config, true).map_err(|e| e.to_string())?;
                 Ok((config, issuers))
             }));
         }

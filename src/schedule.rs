@@ -82,17 +82,48 @@ pub fn jitter_for(serial: &str) -> f64 {
     (hash >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// The delays between retries after failures: exponential from [`RETRY_MIN`],
-/// capped at [`RETRY_MAX`], each stretched by a random 0-100% so that failed
-/// replicas spread out, never giving up.
-pub fn retry_delays() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(RETRY_MIN)
-        .with_max_delay(RETRY_MAX)
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times()
-        .build()
+/// The backoff of one thing that can fail (a credential's renewal, a Vault
+/// login, keeping a token alive): after each failure a longer wait,
+/// exponential from [`RETRY_MIN`] and capped at [`RETRY_MAX`], each stretched
+/// by a random 0-100% so that failed replicas spread out; a success starts
+/// it over. It never gives up.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    /// The delays still to come; `None` while nothing has failed.
+    delays: Option<backon::ExponentialBackoff>,
+}
+
+impl Backoff {
+    /// A backoff with no failure yet.
+    pub fn new() -> Backoff {
+        Backoff::default()
+    }
+
+    /// Counts a failure: how long to wait before the next attempt.
+    pub fn failed(&mut self) -> Duration {
+        self.delays
+            .get_or_insert_with(|| {
+                ExponentialBuilder::default()
+                    .with_min_delay(RETRY_MIN)
+                    .with_max_delay(RETRY_MAX)
+                    .with_factor(2.0)
+                    .with_jitter()
+                    .without_max_times()
+                    .build()
+            })
+            .next()
+            .unwrap_or(RETRY_MAX)
+    }
+
+    /// Counts a success: the next failure waits [`RETRY_MIN`] again.
+    pub fn succeeded(&mut self) {
+        self.delays = None;
+    }
+
+    /// Whether the last attempt failed.
+    pub fn is_failing(&self) -> bool {
+        self.delays.is_some()
+    }
 }
 
 #[cfg(test)]
@@ -155,9 +186,18 @@ mod tests {
 
     #[test]
     fn retries_back_off_and_stay_capped() {
-        let delays: Vec<_> = retry_delays().take(30).collect();
+        let mut backoff = Backoff::new();
+        assert!(!backoff.is_failing());
+        let delays: Vec<_> = (0..30).map(|_| backoff.failed()).collect();
+        assert!(backoff.is_failing());
         assert_eq!(delays.len(), 30, "retries never stop");
         assert!(delays.iter().all(|d| *d <= RETRY_MAX * 2), "{delays:?}");
         assert!(delays[10] >= RETRY_MIN * 64, "{delays:?}");
+        backoff.succeeded();
+        assert!(!backoff.is_failing());
+        assert!(
+            backoff.failed() <= RETRY_MIN * 2,
+            "a success starts it over"
+        );
     }
 }

@@ -192,13 +192,17 @@ pub struct VaultClient {
     /// Signalled when a new token is stored, so that [`VaultClient::keep_alive`]
     /// learns its renewal time.
     new_token: std::sync::Arc<tokio::sync::Notify>,
+    /// This client, for the task that keeps its token alive: started with
+    /// the first token, it ends when the client is dropped.
+    me: std::sync::Weak<VaultClient>,
+    keeping_alive: std::sync::atomic::AtomicBool,
 }
 
 /// A login that failed, and when the next may be tried.
 struct FailedLogin {
     message: String,
     retry_at: Instant,
-    delays: Box<dyn Iterator<Item = Duration> + Send>,
+    backoff: crate::schedule::Backoff,
 }
 
 impl fmt::Debug for FailedLogin {
@@ -216,7 +220,7 @@ impl VaultClient {
     ///
     /// # Errors
     /// An unreadable CA file or auth file, or a client that cannot be built.
-    pub fn new(spec: &VaultSpec) -> Result<VaultClient, VaultError> {
+    pub fn new(spec: &VaultSpec) -> Result<std::sync::Arc<VaultClient>, VaultError> {
         let mut builder = reqwest::Client::builder()
             .timeout(spec.timeout)
             .connect_timeout(spec.timeout.min(Duration::from_secs(10)))
@@ -253,15 +257,30 @@ impl VaultClient {
                 source,
             })?;
         }
-        Ok(VaultClient {
-            http: builder.build().map_err(VaultError::Client)?,
+        let http = builder.build().map_err(VaultError::Client)?;
+        Ok(std::sync::Arc::new_cyclic(|me| VaultClient {
+            http,
             address: spec.address.clone(),
             namespace: spec.namespace.clone(),
             auth: spec.auth.clone(),
             token: Mutex::new(None),
             failed_login: std::sync::Mutex::new(None),
             new_token: std::sync::Arc::new(tokio::sync::Notify::new()),
-        })
+            me: me.clone(),
+            keeping_alive: std::sync::atomic::AtomicBool::new(false),
+        }))
+    }
+
+    /// A new token is stored: [`VaultClient::keep_alive`] learns its
+    /// renewal time, and is started with the first token.
+    fn stored_token(&self) {
+        self.new_token.notify_one();
+        if !self
+            .keeping_alive
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tokio::spawn(VaultClient::keep_alive(self.me.clone()));
+        }
     }
 
     /// Sends an authenticated request to `/v1/<path>` and returns the JSON
@@ -319,7 +338,7 @@ impl VaultClient {
                     Ok(renewed) => {
                         let value = renewed.value.clone();
                         *guard = Some(renewed);
-                        self.new_token.notify_one();
+                        self.stored_token();
                         return Ok(value);
                     }
                     Err(e) => {
@@ -348,16 +367,16 @@ impl VaultClient {
                 let f = failed.get_or_insert_with(|| FailedLogin {
                     message: String::new(),
                     retry_at: now,
-                    delays: Box::new(crate::schedule::retry_delays()),
+                    backoff: crate::schedule::Backoff::new(),
                 });
                 f.message = crate::telemetry::chain(&e);
-                f.retry_at = Instant::now() + f.delays.next().unwrap_or(crate::schedule::RETRY_MAX);
+                f.retry_at = Instant::now() + f.backoff.failed();
                 return Err(e);
             }
         };
         let value = token.value.clone();
         *guard = Some(token);
-        self.new_token.notify_one();
+        self.stored_token();
         Ok(value)
     }
 
@@ -374,8 +393,8 @@ impl VaultClient {
     /// a token that cannot be obtained again, such as one from a file, does
     /// not lapse between certificate renewals. Failures are retried with
     /// backoff. Returns when the client is dropped.
-    pub async fn keep_alive(client: std::sync::Weak<VaultClient>) {
-        let mut failures: Option<Box<dyn Iterator<Item = Duration> + Send>> = None;
+    async fn keep_alive(client: std::sync::Weak<VaultClient>) {
+        let mut backoff = crate::schedule::Backoff::new();
         loop {
             let Some(c) = client.upgrade() else { return };
             let renew_in = {
@@ -407,12 +426,9 @@ impl VaultClient {
                     }
                     let Some(c) = client.upgrade() else { return };
                     match c.token().await {
-                        Ok(_) => failures = None,
+                        Ok(_) => backoff.succeeded(),
                         Err(e) => {
-                            let delay = failures
-                                .get_or_insert_with(|| Box::new(crate::schedule::retry_delays()))
-                                .next()
-                                .unwrap_or(crate::schedule::RETRY_MAX);
+                            let delay = backoff.failed();
                             warn!(error = %crate::telemetry::chain(&e), retry_in = ?delay, "keeping the Vault token alive failed");
                             drop(c);
                             tokio::time::sleep(delay).await;

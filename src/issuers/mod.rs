@@ -21,7 +21,6 @@ pub(crate) use kubernetes::{certificate_request_progress, csr_progress};
 pub(crate) use vault_pki::parse_certificates;
 
 use crate::config::{CertificateSpec, IssuerSpec};
-use crate::keys::PrivateKey;
 use crate::vault::{VaultClient, VaultError};
 use crate::verify::Issued;
 
@@ -120,12 +119,18 @@ impl Issuer {
         })
     }
 
+    /// The issuer, when it makes the private key itself (Vault's `issue`
+    /// mode): it is asked with [`VaultIssuer::issue`], not with a CSR.
+    pub fn makes_keys(&self) -> Option<&VaultIssuer> {
+        match self {
+            Issuer::Vault(v) if v.generates_keys() => Some(v),
+            _ => None,
+        }
+    }
+
     /// True when the issuer makes the private key itself (Vault `issue`).
     pub fn generates_keys(&self) -> bool {
-        match self {
-            Issuer::Vault(v) => v.generates_keys(),
-            _ => false,
-        }
+        self.makes_keys().is_some()
     }
 
     /// Makes sure the issuer holds a usable login (Vault: a token, logging
@@ -154,14 +159,6 @@ impl Issuer {
             Issuer::Vault(v) => Ok(v.sign(csr_der, cert).await?),
             Issuer::KubernetesCsr(k) => Ok(k.sign(csr_der, cert).await?),
             Issuer::CertManager(c) => Ok(c.sign(csr_der, cert).await?),
-        }
-    }
-
-    /// For issuers that [generate keys](Self::generates_keys): a key and its certificate.
-    pub async fn issue(&self, cert: &CertificateSpec) -> Result<(Issued, PrivateKey), IssuerError> {
-        match self {
-            Issuer::Vault(v) => Ok(v.issue(cert).await?),
-            _ => unreachable!("the agent asks only issuers that generate keys"),
         }
     }
 

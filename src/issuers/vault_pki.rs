@@ -46,7 +46,7 @@ impl VaultIssuer {
     /// An unreadable CA file or auth file.
     pub fn new(spec: &VaultSpec) -> Result<VaultIssuer, VaultError> {
         Ok(VaultIssuer {
-            client: Arc::new(VaultClient::new(spec)?),
+            client: VaultClient::new(spec)?,
             pki: spec.pki.clone(),
         })
     }

@@ -9,22 +9,89 @@ use std::path::{Path, PathBuf};
 use p12_keystore::{Certificate, KeyStore, KeyStoreEntry, PrivateKeyChain};
 use zeroize::Zeroizing;
 
+use super::{kind, Sink, SinkError};
+use crate::config::Pkcs12Spec;
+use crate::credential::Credential;
 use crate::keys::PrivateKey;
+use crate::output::FileEntry;
+use crate::telemetry::chain;
 use crate::verify::Issued;
 
+/// The keystore and truststore of `files.pkcs12`.
+#[derive(Debug)]
+pub(super) struct Pkcs12 {
+    spec: Pkcs12Spec,
+    mode: u32,
+    key_mode: u32,
+}
+
+impl Pkcs12 {
+    pub(super) fn new(spec: &Pkcs12Spec, mode: u32, key_mode: u32) -> Pkcs12 {
+        Pkcs12 {
+            spec: spec.clone(),
+            mode,
+            key_mode,
+        }
+    }
+}
+
+impl Sink for Pkcs12 {
+    fn files(&self) -> Vec<(&str, u32)> {
+        let keystore = self.spec.keystore.as_deref().map(|k| (k, self.key_mode));
+        let truststore = self.spec.truststore.as_deref().map(|t| (t, self.mode));
+        keystore.into_iter().chain(truststore).collect()
+    }
+
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        read_password(&self.spec.password_file)
+            .map(drop)
+            .map_err(|e| ("files.pkcs12.passwordFile", chain(&e)))
+    }
+
+    fn render(&self, credential: &Credential) -> Result<Vec<FileEntry>, SinkError> {
+        let Credential::Certificate(c) = credential else {
+            return Err(SinkError::Kind {
+                sink: "PKCS#12",
+                kind: kind(credential),
+            });
+        };
+        // Read at every publish, so a rotated password file takes effect.
+        let password = read_password(&self.spec.password_file)?;
+        let mut files = Vec::new();
+        if let Some(path) = &self.spec.keystore {
+            files.push(FileEntry {
+                path: path.clone(),
+                data: keystore(&c.key, &c.issued, &self.spec.alias, &password)?,
+                mode: self.key_mode,
+            });
+        }
+        if let Some(path) = &self.spec.truststore {
+            files.push(FileEntry {
+                path: path.clone(),
+                data: Zeroizing::new(truststore(&c.issued, &password)?),
+                mode: self.mode,
+            });
+        }
+        Ok(files)
+    }
+}
+
+/// Why the PKCS#12 files could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum KeystoreError {
+    /// The password file.
     #[error("failed to read the PKCS#12 password file {}", path.display())]
     ReadPassword {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The encoder refused.
     #[error("failed to build the PKCS#12 file: {0}")]
     Encode(String),
 }
 
 /// Reads a password file; a trailing newline is not part of the password.
-pub fn read_password(path: &Path) -> Result<Zeroizing<String>, KeystoreError> {
+fn read_password(path: &Path) -> Result<Zeroizing<String>, KeystoreError> {
     let mut text = crate::small_file::read_to_string(path)
         .map(Zeroizing::new)
         .map_err(|source| KeystoreError::ReadPassword {
@@ -42,7 +109,7 @@ fn encode(e: impl std::fmt::Display) -> KeystoreError {
 }
 
 /// A keystore holding `key` and the chain (leaf first), under `alias`.
-pub fn keystore(
+fn keystore(
     key: &PrivateKey,
     issued: &Issued,
     alias: &str,
@@ -70,7 +137,7 @@ pub fn keystore(
 }
 
 /// A truststore holding the trust anchors as trusted certificate entries.
-pub fn truststore(issued: &Issued, password: &str) -> Result<Vec<u8>, KeystoreError> {
+fn truststore(issued: &Issued, password: &str) -> Result<Vec<u8>, KeystoreError> {
     let mut store = KeyStore::new();
     for (i, der) in issued.ca.iter().enumerate() {
         let cert = Certificate::from_der(der).map_err(encode)?;

@@ -1,0 +1,110 @@
+//! Where a credential goes. A sink turns a [`Credential`] into files of the
+//! credential's directory, all published together in one atomic swap by the
+//! loop: the kubelet layout (`tls.crt`, `tls.key`, `ca.crt`), the bundle,
+//! PKCS#12 keystores, a secret's files.
+//!
+//! Adding a sink: a module here with a type that implements [`Sink`], its
+//! configuration in [`crate::config`], and one line in [`for_certificate`]
+//! or [`for_secret`]. The loop does not change.
+
+mod bundle;
+mod kubelet;
+mod pkcs12;
+mod secret_files;
+
+use std::fmt;
+use std::path::Path;
+
+use crate::config::{CertificateSpec, SecretSpec};
+use crate::credential::Credential;
+use crate::keys::PrivateKey;
+use crate::output::FileEntry;
+
+pub use pkcs12::KeystoreError;
+pub use secret_files::SecretFileError;
+
+/// A consumer of credentials: the files it makes of one.
+///
+/// Every method but [`Sink::render`] has a default, so a sink implements
+/// only the steps it takes part in.
+pub trait Sink: Send + Sync + fmt::Debug {
+    /// The files this sink always writes, with their modes, known before
+    /// anything is obtained: the loop begins a generation with them while
+    /// the issuer works, and the app is ready only while all exist. A file
+    /// named by the credential's content (a secret's keys) is not listed.
+    fn files(&self) -> Vec<(&str, u32)> {
+        Vec::new()
+    }
+
+    /// Checks what can be checked before the first credential (a password
+    /// file that must be readable). `Err` holds the configuration field,
+    /// relative to the credential, and the problem.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        Ok(())
+    }
+
+    /// The files that need only the private key, written while the issuer
+    /// signs. [`Sink::render`] may return them again; they are not written
+    /// twice.
+    fn key_files(&self, _key: &PrivateKey) -> Vec<FileEntry> {
+        Vec::new()
+    }
+
+    /// Every file this sink makes of `credential`.
+    ///
+    /// # Errors
+    /// The credential cannot be carried (a secret key that is no file
+    /// name, an unreadable keystore password); nothing of this credential
+    /// is published then.
+    fn render(&self, credential: &Credential) -> Result<Vec<FileEntry>, SinkError>;
+
+    /// Looks at what is live in `live` (a generation directory) before
+    /// `credential` replaces it, to warn about what the app will notice.
+    fn notice(&self, _live: &Path, _credential: &Credential) {}
+}
+
+/// Why a sink could not make its files.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The PKCS#12 files.
+    #[error("writing the PKCS#12 files failed")]
+    Keystore(#[from] KeystoreError),
+    /// A secret's files.
+    #[error(transparent)]
+    SecretFile(#[from] SecretFileError),
+    /// A sink was given a kind of credential it does not carry: a
+    /// registration mistake, not the user's.
+    #[error("the {sink} files cannot be made of a {kind}")]
+    Kind {
+        /// The sink.
+        sink: &'static str,
+        /// What it was given.
+        kind: &'static str,
+    },
+}
+
+/// The sinks of a certificate, as configured in its `files`. The one place
+/// that registers a certificate sink.
+pub fn for_certificate(spec: &CertificateSpec) -> Vec<Box<dyn Sink>> {
+    let f = &spec.files;
+    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(kubelet::KubeletFiles::new(&spec.name, f))];
+    if let Some(bundle) = &f.bundle {
+        sinks.push(Box::new(bundle::Bundle::new(bundle, f.key_mode)));
+    }
+    if let Some(p12) = &f.pkcs12 {
+        sinks.push(Box::new(pkcs12::Pkcs12::new(p12, f.mode, f.key_mode)));
+    }
+    sinks
+}
+
+/// The sinks of a secret. The one place that registers a secret sink.
+pub fn for_secret(spec: &SecretSpec) -> Vec<Box<dyn Sink>> {
+    vec![Box::new(secret_files::SecretFiles::new(spec))]
+}
+
+fn kind(credential: &Credential) -> &'static str {
+    match credential {
+        Credential::Certificate(_) => "certificate",
+        Credential::Secret(_) => "secret",
+    }
+}
