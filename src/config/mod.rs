@@ -2330,7 +2330,7 @@ mod tests {
 
     #[test]
     fn the_readme_documents_every_configuration_key() {
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../../README.md");
         let all = [
             fields_of::<RawConfig>(),
             fields_of::<RawIssuer>(),
