@@ -20,281 +20,31 @@ use crate::keys::KeyAlgorithm;
 use crate::reload::{ReloadSpec, ReloadTarget, SignalName};
 use crate::schedule::RenewPolicy;
 
-/// Lifetime asked for when a certificate names none: one day, short enough that
-/// a leaked key is not useful for long, long enough to ride out a CA outage.
-pub const DEFAULT_DURATION: Duration = Duration::from_secs(24 * 3600);
-/// Renew when a third of the issued lifetime is left (at 2/3 of it), as
-/// smallstep autocert and cert-manager do.
-pub const DEFAULT_RENEW_BEFORE_PERCENTAGE: u8 = 33;
-/// Certificates shorter than this cannot be renewed in time by any schedule.
-pub const MIN_DURATION: Duration = Duration::from_secs(2);
-/// File names follow cert-manager's Secret keys, which most apps already expect.
-pub const DEFAULT_CERTIFICATE_FILE: &str = "tls.crt";
-pub const DEFAULT_PRIVATE_KEY_FILE: &str = "tls.key";
-pub const DEFAULT_CA_FILE: &str = "ca.crt";
-pub const DEFAULT_MODE: u32 = 0o644;
-/// Files holding a private key (the key and the bundle) are owner-only.
-pub const DEFAULT_KEY_MODE: u32 = 0o600;
-/// The issuer name used when the configuration names none.
-pub const DEVELOPMENT_ISSUER: &str = "development";
+mod error;
+mod raw;
+mod spec;
+
+use error::Errors;
+pub use error::{ConfigErrors, FieldError};
+pub use raw::{
+    RawAppRoleAuth, RawCertManager, RawCertificate, RawConfig, RawFiles, RawIssuer, RawIssuerRef,
+    RawKubernetesCsr, RawLocalCa, RawPkcs12, RawPki, RawPrivateKey, RawReload, RawRoleAuth,
+    RawSecret, RawServer, RawTokenAuth, RawVault, RawVaultAuth,
+};
+pub use spec::{
+    default_state_dir, CertManagerSpec, CertificateSpec, FileSpec, IssuerRef, IssuerSpec,
+    KeyRotation, KubernetesCsrSpec, Pkcs12Spec, SecretFormat, SecretSpec, DEFAULT_CA_FILE,
+    DEFAULT_CERTIFICATE_FILE, DEFAULT_CLUSTER_TIMEOUT, DEFAULT_DURATION, DEFAULT_KEY_MODE,
+    DEFAULT_KUBERNETES_TOKEN_FILE, DEFAULT_MODE, DEFAULT_PRIVATE_KEY_FILE,
+    DEFAULT_REFRESH_INTERVAL, DEFAULT_RENEW_BEFORE_PERCENTAGE, DEFAULT_VAULT_TIMEOUT,
+    DEVELOPMENT_ISSUER, MAX_NAMES, MIN_DURATION, SERVICE_ACCOUNT_CA_FILE,
+};
+
+pub use crate::names::Names;
+pub use crate::vault::{PkiMode, PkiSpec, VaultAuth, VaultSpec};
+
 /// X.520 upper bound for a commonName (RFC 5280, ub-common-name).
 const MAX_COMMON_NAME: usize = 64;
-/// The most subject alternative names one certificate may list. Public CAs
-/// stop at 100 (Let's Encrypt, AWS); thousands make CSRs that CAs refuse
-/// and verification that takes the CPU for seconds.
-pub const MAX_NAMES: usize = 100;
-
-// ---------------------------------------------------------------------------
-// Raw configuration, as written.
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RawConfig {
-    pub output_dir: Option<String>,
-    pub state_dir: Option<String>,
-    pub issuers: Option<BTreeMap<String, RawIssuer>>,
-    pub certificates: Option<Vec<RawCertificate>>,
-    pub secrets: Option<Vec<RawSecret>>,
-    pub reload: Option<RawReload>,
-    pub server: Option<RawServer>,
-    /// Issuers whose shape was already reported as invalid: they still
-    /// exist for the certificates that name them, so that one mistake is
-    /// not reported again as "not a configured issuer".
-    #[serde(skip)]
-    pub unparsed_issuers: Vec<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RawServer {
-    pub listen: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RawIssuer {
-    pub local_ca: Option<RawLocalCa>,
-    pub vault: Option<RawVault>,
-    pub kubernetes_csr: Option<RawKubernetesCsr>,
-    pub cert_manager: Option<RawCertManager>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RawKubernetesCsr {
-    pub signer_name: Option<String>,
-    pub usages: Option<Vec<String>>,
-    pub ca_file: Option<String>,
-    pub timeout: Option<String>,
-    pub kubeconfig: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RawCertManager {
-    pub issuer_ref: Option<RawIssuerRef>,
-    pub namespace: Option<String>,
-    pub usages: Option<Vec<String>>,
-    pub ca_file: Option<String>,
-    pub timeout: Option<String>,
-    pub kubeconfig: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RawIssuerRef {
-    pub name: Option<String>,
-    pub kind: Option<String>,
-    pub group: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RawVault {
-    pub address: Option<String>,
-    pub ca_file: Option<String>,
-    pub tls_skip_verify_insecure: Option<bool>,
-    pub namespace: Option<String>,
-    pub timeout: Option<String>,
-    pub auth: Option<RawVaultAuth>,
-    pub pki: Option<RawPki>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RawVaultAuth {
-    pub token: Option<RawTokenAuth>,
-    pub app_role: Option<RawAppRoleAuth>,
-    pub kubernetes: Option<RawRoleAuth>,
-    pub jwt: Option<RawRoleAuth>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RawTokenAuth {
-    pub file: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RawAppRoleAuth {
-    pub role_id_file: Option<String>,
-    pub secret_id_file: Option<String>,
-    pub mount: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RawRoleAuth {
-    pub role: Option<String>,
-    pub mount: Option<String>,
-    pub token_file: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RawPki {
-    pub mount: Option<String>,
-    pub role: Option<String>,
-    pub issuer_ref: Option<String>,
-    pub mode: Option<String>,
-    pub ca_bundle_file: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RawSecret {
-    pub name: Option<String>,
-    pub issuer: Option<String>,
-    pub path: Option<String>,
-    pub kv_version: Option<u8>,
-    pub refresh_interval: Option<String>,
-    pub format: Option<String>,
-    pub key: Option<String>,
-    pub file: Option<String>,
-    pub dir: Option<String>,
-    pub mode: Option<Value>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RawLocalCa {
-    pub cert_file: Option<String>,
-    pub key_file: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RawCertificate {
-    pub name: Option<String>,
-    pub issuer: Option<String>,
-    pub common_name: Option<String>,
-    #[serde(default)]
-    pub dns_names: Vec<String>,
-    #[serde(default)]
-    pub ip_addresses: Vec<String>,
-    #[serde(default)]
-    pub uris: Vec<String>,
-    pub private_key: Option<RawPrivateKey>,
-    pub duration: Option<String>,
-    pub renew_before: Option<String>,
-    pub renew_before_percentage: Option<i64>,
-    pub dir: Option<String>,
-    pub files: Option<RawFiles>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RawPrivateKey {
-    pub algorithm: Option<String>,
-    pub rotation_policy: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RawFiles {
-    pub certificate: Option<String>,
-    pub private_key: Option<String>,
-    pub ca: Option<String>,
-    pub bundle: Option<String>,
-    pub mode: Option<Value>,
-    pub key_mode: Option<Value>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub pkcs12: Option<RawPkcs12>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RawPkcs12 {
-    pub keystore: Option<String>,
-    pub truststore: Option<String>,
-    pub password_file: Option<String>,
-    pub alias: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RawReload {
-    pub signal: Option<String>,
-    pub process: Option<String>,
-    pub process_regex: Option<String>,
-    pub pid_file: Option<String>,
-    pub command: Option<Vec<String>>,
-    pub url: Option<String>,
-    pub include_pid1: Option<bool>,
-}
-
-// ---------------------------------------------------------------------------
-// Errors.
-
-/// One bad field: where it is and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    pub path: String,
-    pub message: String,
-}
-
-/// Every problem found in a configuration.
-#[derive(Debug, thiserror::Error)]
-pub struct ConfigErrors {
-    pub source_name: String,
-    pub errors: Vec<FieldError>,
-}
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.errors.len();
-        write!(
-            f,
-            "{} has {} problem{}:",
-            self.source_name,
-            n,
-            if n == 1 { "" } else { "s" }
-        )?;
-        for e in &self.errors {
-            write!(f, "\n  {}: {}", e.path, e.message)?;
-        }
-        Ok(())
-    }
-}
-
-#[derive(Default)]
-struct Errors(Vec<FieldError>);
-
-impl Errors {
-    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(FieldError {
-            path: path.into(),
-            message: message.into(),
-        });
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Validated configuration.
 
 /// A validated configuration: everything pillion will do.
 #[derive(Debug, Clone)]
@@ -307,165 +57,6 @@ pub struct Config {
     pub reload: Option<ReloadSpec>,
     /// Where the admin endpoint listens; `None` turns it off.
     pub listen: Option<SocketAddr>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IssuerSpec {
-    /// A CA whose certificate and key are read from PEM files.
-    LocalCa {
-        cert_file: PathBuf,
-        key_file: PathBuf,
-    },
-    /// A CA pillion creates and keeps under its state directory. Development only.
-    Development,
-    /// A Vault or OpenBao server: PKI certificates and KV secrets.
-    Vault(Box<VaultSpec>),
-    /// The Kubernetes CertificateSigningRequest API.
-    KubernetesCsr(KubernetesCsrSpec),
-    /// cert-manager's CertificateRequest.
-    CertManager(CertManagerSpec),
-}
-
-/// Where the pod's service-account CA is mounted; the trust anchor of the
-/// built-in kube-controller-manager signers.
-/// Where Kubernetes mounts the pod's service-account token.
-pub const DEFAULT_KUBERNETES_TOKEN_FILE: &str =
-    "/var/run/secrets/kubernetes.io/serviceaccount/token";
-/// Per-request timeout to Vault when the configuration names none.
-pub const DEFAULT_VAULT_TIMEOUT: Duration = Duration::from_secs(30);
-pub const SERVICE_ACCOUNT_CA_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
-/// How long a cluster CA may take to approve and sign before the attempt is
-/// abandoned (and retried with backoff).
-pub const DEFAULT_CLUSTER_TIMEOUT: Duration = Duration::from_secs(300);
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KubernetesCsrSpec {
-    pub signer_name: String,
-    /// Default: digital signature (+ key encipherment for RSA), server auth, client auth.
-    pub usages: Option<Vec<String>>,
-    /// Trust anchors for `ca.crt`; the CSR API returns none.
-    pub ca_file: Option<PathBuf>,
-    pub timeout: Duration,
-    pub kubeconfig: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertManagerSpec {
-    pub issuer_ref: IssuerRef,
-    /// Default: $POD_NAMESPACE, else the client's default namespace.
-    pub namespace: Option<String>,
-    pub usages: Option<Vec<String>>,
-    /// Trust anchors for `ca.crt` when the issuer sets no `status.ca`.
-    pub ca_file: Option<PathBuf>,
-    pub timeout: Duration,
-    pub kubeconfig: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IssuerRef {
-    pub name: String,
-    pub kind: String,
-    pub group: String,
-}
-
-pub use crate::vault::{PkiMode, PkiSpec, VaultAuth, VaultSpec};
-
-/// A KV secret to publish.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecretSpec {
-    pub name: String,
-    pub issuer: String,
-    /// As the user writes it for `bao kv get`: mount and path, without `data/`.
-    pub path: String,
-    pub kv_version: Option<u8>,
-    pub refresh: Duration,
-    pub format: SecretFormat,
-    pub dir: PathBuf,
-    pub mode: u32,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SecretFormat {
-    /// The data object as JSON.
-    Json { file: String },
-    /// `KEY="value"` lines.
-    Env { file: String },
-    /// One file per key.
-    Files,
-    /// One key's value.
-    Raw { key: String, file: String },
-}
-
-impl SecretSpec {
-    pub fn target_dir(&self, output_dir: &Path) -> PathBuf {
-        if self.dir == Path::new(".") {
-            output_dir.to_path_buf()
-        } else {
-            output_dir.join(&self.dir)
-        }
-    }
-}
-
-pub use crate::names::Names;
-
-/// When the private key is replaced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyRotation {
-    /// A new key with every certificate (the default; as cert-manager's `Always`).
-    Always,
-    /// Keep the key on disk across renewals while it still matches the config.
-    Never,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertificateSpec {
-    pub name: String,
-    pub issuer: String,
-    pub names: Names,
-    pub key_algorithm: KeyAlgorithm,
-    pub key_rotation: KeyRotation,
-    pub duration: Duration,
-    pub renew: RenewPolicy,
-    /// Relative to the output directory; `.` is the output directory itself.
-    pub dir: PathBuf,
-    pub files: FileSpec,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileSpec {
-    pub certificate: String,
-    pub private_key: String,
-    pub ca: String,
-    pub bundle: Option<String>,
-    pub mode: u32,
-    pub key_mode: u32,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub pkcs12: Option<Pkcs12Spec>,
-}
-
-/// PKCS#12 files for Java apps: a keystore (key + chain) and/or a
-/// truststore (the CA), encrypted with the password in `password_file`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pkcs12Spec {
-    pub keystore: Option<String>,
-    pub truststore: Option<String>,
-    pub password_file: PathBuf,
-    /// The keystore alias of the key entry.
-    pub alias: String,
-}
-
-impl CertificateSpec {
-    /// The directory this credential is published into.
-    pub fn target_dir(&self, output_dir: &Path) -> PathBuf {
-        if self.dir == Path::new(".") {
-            output_dir.to_path_buf()
-        } else {
-            output_dir.join(&self.dir)
-        }
-    }
 }
 
 /// Where a configuration came from, which decides how field paths are shown.
@@ -1350,9 +941,6 @@ fn validate_vault(errs: &mut Errors, path: &str, rv: RawVault) -> Option<VaultSp
     })
 }
 
-/// How often a secret is read again when the configuration does not say.
-pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
-
 fn validate_secret(
     errs: &mut Errors,
     path: &str,
@@ -1497,18 +1085,6 @@ fn validate_secret(
         uid: rs.uid,
         gid: rs.gid,
     })
-}
-
-impl SecretFormat {
-    /// The one file this format writes, if it writes exactly one.
-    pub fn file(&self) -> Option<&str> {
-        match self {
-            SecretFormat::Json { file }
-            | SecretFormat::Env { file }
-            | SecretFormat::Raw { file, .. } => Some(file),
-            SecretFormat::Files => None,
-        }
-    }
 }
 
 fn cluster_timeout(errs: &mut Errors, path: &str, raw: Option<String>) -> Duration {
@@ -1755,37 +1331,6 @@ fn normal(p: &Path) -> PathBuf {
         .collect()
 }
 
-impl FileSpec {
-    /// Every file name this credential publishes.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.with_modes().map(|(name, _)| name)
-    }
-
-    /// Each file with its mode: files holding the key get `key_mode`.
-    pub fn with_modes(&self) -> impl Iterator<Item = (&str, u32)> {
-        let p12 = self
-            .pkcs12
-            .as_ref()
-            .map(|p| {
-                [
-                    p.keystore.as_ref().map(|k| (k, self.key_mode)),
-                    p.truststore.as_ref().map(|t| (t, self.mode)),
-                ]
-            })
-            .unwrap_or_default();
-        [
-            Some((&self.certificate, self.mode)),
-            Some((&self.private_key, self.key_mode)),
-            Some((&self.ca, self.mode)),
-            self.bundle.as_ref().map(|b| (b, self.key_mode)),
-        ]
-        .into_iter()
-        .chain(p12)
-        .flatten()
-        .map(|(name, mode)| (name.as_str(), mode))
-    }
-}
-
 /// The pod identity variables a name may use, as the downward API exposes
 /// them, so one configuration serves every replica.
 pub const POD_VARIABLES: [&str; 4] = [
@@ -1897,18 +1442,6 @@ pub fn is_valid_dns_name(n: &str) -> bool {
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
-}
-
-/// Where the development CA lives when no `stateDir` is given: outside any
-/// volume shared with the app.
-pub fn default_state_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d).join("pillion");
-    }
-    if let Some(h) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
-        return PathBuf::from(h).join(".local/state/pillion");
-    }
-    PathBuf::from("/var/lib/pillion")
 }
 
 /// Maps a configuration path to the flag a flag-mode user actually typed.
@@ -2310,76 +1843,6 @@ mod tests {
         ] {
             assert!(!is_valid_dns_name(bad), "{bad}");
         }
-    }
-
-    /// The field names serde accepts for `T`, read from its unknown-field
-    /// error, so that the list cannot drift from the types.
-    fn fields_of<T: for<'de> Deserialize<'de>>() -> Vec<String> {
-        let err = serde_yaml_ng::from_str::<T>("__probe__: 1")
-            .err()
-            .expect("every raw type denies unknown fields");
-        let text = err.to_string();
-        let expected = text.split("expected").nth(1).unwrap_or_default();
-        expected
-            .split('`')
-            .skip(1)
-            .step_by(2)
-            .map(str::to_owned)
-            .collect()
-    }
-
-    #[test]
-    fn the_readme_documents_every_configuration_key() {
-        let readme = include_str!("../../README.md");
-        let all = [
-            fields_of::<RawConfig>(),
-            fields_of::<RawIssuer>(),
-            fields_of::<RawLocalCa>(),
-            fields_of::<RawVault>(),
-            fields_of::<RawVaultAuth>(),
-            fields_of::<RawTokenAuth>(),
-            fields_of::<RawAppRoleAuth>(),
-            fields_of::<RawRoleAuth>(),
-            fields_of::<RawPki>(),
-            fields_of::<RawKubernetesCsr>(),
-            fields_of::<RawCertManager>(),
-            fields_of::<RawIssuerRef>(),
-            fields_of::<RawCertificate>(),
-            fields_of::<RawPrivateKey>(),
-            fields_of::<RawFiles>(),
-            fields_of::<RawPkcs12>(),
-            fields_of::<RawSecret>(),
-            fields_of::<RawReload>(),
-            fields_of::<RawServer>(),
-        ];
-        let mut missing = Vec::new();
-        for field in all.iter().flatten() {
-            let documented =
-                readme.contains(&format!("{field}:")) || readme.contains(&format!("{{{field}:"));
-            if !documented {
-                missing.push(field.clone());
-            }
-        }
-        assert!(
-            all.iter().all(|f| !f.is_empty()),
-            "could not read the field lists: {all:?}"
-        );
-        assert_eq!(
-            all[0],
-            [
-                "outputDir",
-                "stateDir",
-                "issuers",
-                "certificates",
-                "secrets",
-                "reload",
-                "server"
-            ]
-        );
-        assert!(
-            missing.is_empty(),
-            "README.md does not document these configuration keys: {missing:?}"
-        );
     }
 
     #[test]
