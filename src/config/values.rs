@@ -19,7 +19,11 @@ pub(super) fn required_path(errs: &mut Errors, path: &str, value: Option<String>
 
 /// A certificate's or secret's name; `None` for an entry whose shape was
 /// already reported as invalid (its placeholder name starts with `#invalid-`).
-pub(super) fn credential_name(errs: &mut Errors, path: &str, raw: Option<String>) -> Option<String> {
+pub(super) fn credential_name(
+    errs: &mut Errors,
+    path: &str,
+    raw: Option<String>,
+) -> Option<String> {
     Some(match raw {
         Some(n) if n.starts_with("#invalid-") => return None,
         Some(n) if is_valid_name(&n) => n,
