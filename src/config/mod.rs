@@ -6,6 +6,23 @@
 //! problem at once, each with its path (`certificates[1].dnsNames[0]`). Nothing
 //! here reads key files or touches the network or the output directory; see
 //! [`crate::agent::preflight`] for the checks that do.
+//!
+//! The layers, bottom to top, each file with its tests:
+//!
+//! - `raw`: the serde shapes, as written ([`RawConfig`] and the `Raw*` parts);
+//!   the command-line flags are mapped onto the same shapes by [`crate::cli`].
+//! - `yaml`: reading the document into those shapes, part by part, so that one
+//!   typo hides nothing; refuses documents built to make the parser slow.
+//! - `spec`: the validated types ([`CertificateSpec`], [`IssuerSpec`], ...) and
+//!   the defaults filled in for what the user left out.
+//! - `error`: [`FieldError`], [`ConfigErrors`] and the collector the
+//!   validators share.
+//! - `values` and `expand`: small parsers (durations, modes, names) and
+//!   `${POD_*}` expansion.
+//! - `certificates`, `issuers`, `secrets`, `files`, `reload`: validation, one
+//!   area each, called in order by [`Config::from_raw`].
+//! - `plan`: what `pillion check` prints ([`Config`]'s `Display`), and the
+//!   flag a field came from in flag mode.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -63,11 +80,17 @@ pub use crate::vault::{PkiMode, PkiSpec, VaultAuth, VaultSpec};
 /// A validated configuration: everything pillion will do.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The directory shared with the app, where credentials are published.
     pub output_dir: PathBuf,
+    /// pillion's own state (the development CA); never shared with the app.
     pub state_dir: PathBuf,
+    /// The issuers by name; holds [`DEVELOPMENT_ISSUER`] when none was configured.
     pub issuers: BTreeMap<String, IssuerSpec>,
+    /// The certificates to keep fresh, in configuration order.
     pub certificates: Vec<CertificateSpec>,
+    /// The Vault KV secrets to publish, in configuration order.
     pub secrets: Vec<SecretSpec>,
+    /// How to tell the app its files changed; `None`: the app watches them.
     pub reload: Option<ReloadSpec>,
     /// Where the admin endpoint listens; `None` turns it off.
     pub listen: Option<SocketAddr>,
@@ -76,7 +99,9 @@ pub struct Config {
 /// Where a configuration came from, which decides how field paths are shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
+    /// A YAML file: paths are YAML paths (`certificates[0].dnsNames[1]`).
     File,
+    /// Command-line flags: paths are the flags (`--dns-name`).
     Flags,
 }
 
@@ -108,7 +133,12 @@ impl Config {
         }
     }
 
-    /// Validates a raw configuration, collecting every problem.
+    /// Validates a raw configuration, collecting every problem. `origin`
+    /// decides how paths are shown and where a certificate's directory
+    /// defaults to (its name for a file, the output directory for flags).
+    ///
+    /// # Errors
+    /// Every invalid or missing field, each with its path (or flag).
     pub fn from_raw(raw: RawConfig, origin: Origin) -> Result<Config, Vec<FieldError>> {
         let mut errs = Errors::default();
         let output_dir = match raw.output_dir.as_deref() {
