@@ -7,9 +7,8 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::{
-    listing, openssl_ca, pillion, run_bounded, KeyKind, OpensslCa, Ran, COMMAND_DEADLINE,
-};
+use common::fixture::{Fixture, FixtureBuilder};
+use common::{listing, openssl_ca, run_bounded, KeyKind, OpensslCa, Ran, COMMAND_DEADLINE};
 
 /// Contents of the file every test plants in the output directory beforehand.
 const SENTINEL: &str = "sentinel: pillion must not touch this directory\n";
@@ -17,66 +16,58 @@ const SENTINEL_NAME: &str = "sentinel.txt";
 
 const ALL_MODES: &[&str] = &["check", "init", "run"];
 
-/// One test's world: a temp root holding the config, a pre-created output directory with a
-/// sentinel file in it, and a (never created) state directory.
+/// One test's world: a [`Fixture`] whose output directory was pre-created with a sentinel file
+/// in it (or must not come to exist), and whose state directory is never created.
 struct Case {
-    root: tempfile::TempDir,
-    /// `outputDir` as written into configs.
-    out: PathBuf,
+    fixture: Fixture,
     /// Whether `out` was pre-created with the sentinel (otherwise it must not come to exist).
     out_existed: bool,
+}
+
+impl std::ops::Deref for Case {
+    type Target = Fixture;
+    fn deref(&self) -> &Fixture {
+        &self.fixture
+    }
 }
 
 impl Case {
     /// Output directory exists and holds only the sentinel.
     fn new() -> Case {
-        let case = Case::without_out_dir();
-        fs::create_dir(&case.out).unwrap();
-        fs::write(case.out.join(SENTINEL_NAME), SENTINEL).unwrap();
         Case {
+            fixture: Case::builder()
+                .file(Path::new("out").join(SENTINEL_NAME), SENTINEL)
+                .build(),
             out_existed: true,
-            ..case
         }
     }
 
     /// Output directory does not exist (and must still not exist afterwards).
     fn without_out_dir() -> Case {
-        let root = tempfile::Builder::new()
-            .prefix("pillion-bad-input")
-            .tempdir()
-            .unwrap();
-        let out = root.path().join("out");
         Case {
-            root,
-            out,
+            fixture: Case::builder().build(),
             out_existed: false,
         }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
-        self.root.path().join(name)
+    fn builder() -> FixtureBuilder {
+        Fixture::builder().prefix("pillion-bad-input")
     }
 
-    fn state_dir(&self) -> PathBuf {
-        self.path("state")
-    }
-
-    /// Writes `pillion.yaml`; `{out}` in `yaml` becomes the output directory.
-    fn config(&self, yaml: &str) -> PathBuf {
-        let path = self.path("pillion.yaml");
+    /// Writes the config file; `{out}` in `yaml` becomes the output directory.
+    fn config_file(&self, yaml: &str) -> PathBuf {
         let text = yaml.replace("{out}", &self.out.display().to_string());
-        fs::write(&path, text).unwrap();
-        path
+        fs::write(&self.config, text).unwrap();
+        self.config.clone()
     }
 
     /// Runs `pillion <args>` with a private state dir, bounded in time (a `run` that accepted
     /// a bad config would never return; run_bounded kills it and fails the test).
     fn pillion(&self, args: &[&str]) -> Ran {
-        let mut cmd = pillion();
-        cmd.args(args)
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .current_dir(self.root.path());
+        let mut cmd = self.command(args);
+        cmd.arg("--state-dir")
+            .arg(&self.state)
+            .current_dir(self.path());
         run_bounded(&mut cmd, COMMAND_DEADLINE)
     }
 
@@ -137,14 +128,14 @@ impl Case {
             );
         }
         assert!(
-            fs::symlink_metadata(self.state_dir()).is_err(),
+            fs::symlink_metadata(&self.state).is_err(),
             "state dir must not be created for a refused input\n{}",
             self.report(run)
         );
     }
 
     fn report(&self, run: &Ran) -> String {
-        let config = fs::read_to_string(self.path("pillion.yaml")).unwrap_or_default();
+        let config = fs::read_to_string(&self.config).unwrap_or_default();
         format!(
             "{}--- config ---\n{config}\n{}",
             run.describe(),
@@ -223,7 +214,7 @@ fn with_certificate(cert_fields: &str) -> String {
 #[test]
 fn invalid_yaml_syntax_is_refused_with_its_location() {
     let case = Case::new();
-    let config = case.config(
+    let config = case.config_file(
         "outputDir: {out}\ncertificates:\n  - name: web\n    dnsNames: [localhost\n    duration: 1h\n",
     );
     let runs = case.assert_config_refused(&config, &["line"]);
@@ -240,7 +231,7 @@ fn invalid_yaml_syntax_is_refused_with_its_location() {
 #[test]
 fn unknown_top_level_key_is_refused_by_name() {
     let case = Case::without_out_dir();
-    let config = case.config(
+    let config = case.config_file(
         "outputDir: {out}\ncertificates:\n  - name: web\n    dnsNames: [localhost]\nreloadd:\n  process: nginx\n",
     );
     let runs = case.assert_config_refused(&config, &["reloadd"]);
@@ -250,7 +241,7 @@ fn unknown_top_level_key_is_refused_by_name() {
 #[test]
 fn unknown_key_inside_a_certificate_is_refused_with_its_path() {
     let case = Case::new();
-    let config = case.config(&with_certificate("    dnsName: [localhost]\n"));
+    let config = case.config_file(&with_certificate("    dnsName: [localhost]\n"));
     let runs = case.assert_config_refused(&config, &["certificates[0]"]);
     assert_mentions_word(&runs, "dnsName");
 }
@@ -258,7 +249,7 @@ fn unknown_key_inside_a_certificate_is_refused_with_its_path() {
 #[test]
 fn bad_duration_is_refused_with_path_and_value() {
     let case = Case::new();
-    let config = case.config(&with_certificate(
+    let config = case.config_file(&with_certificate(
         "    dnsNames: [localhost]\n    duration: 24x\n",
     ));
     let runs = case.assert_config_refused(&config, &["certificates[0].duration", "24x"]);
@@ -272,7 +263,7 @@ fn bad_duration_is_refused_with_path_and_value() {
 #[test]
 fn invalid_dns_name_is_refused_with_path_and_value() {
     let case = Case::new();
-    let config = case.config(&with_certificate(
+    let config = case.config_file(&with_certificate(
         "    dnsNames: [localhost, \"bad_name!\"]\n",
     ));
     let runs = case.assert_config_refused(&config, &["certificates[0].dnsNames[1]", "bad_name!"]);
@@ -282,7 +273,7 @@ fn invalid_dns_name_is_refused_with_path_and_value() {
 #[test]
 fn invalid_ip_address_is_refused_with_path_and_value() {
     let case = Case::new();
-    let config = case.config(&with_certificate(
+    let config = case.config_file(&with_certificate(
         "    dnsNames: [localhost]\n    ipAddresses: [\"300.1.2.3\"]\n",
     ));
     let runs =
@@ -293,7 +284,7 @@ fn invalid_ip_address_is_refused_with_path_and_value() {
 #[test]
 fn invalid_uri_is_refused_with_path_and_value() {
     let case = Case::new();
-    let config = case.config(&with_certificate(
+    let config = case.config_file(&with_certificate(
         "    dnsNames: [localhost]\n    uris: [\"not a uri\"]\n",
     ));
     let runs = case.assert_config_refused(&config, &["certificates[0].uris[0]", "not a uri"]);
@@ -303,7 +294,7 @@ fn invalid_uri_is_refused_with_path_and_value() {
 #[test]
 fn certificate_without_any_name_is_refused() {
     let case = Case::new();
-    let config = case.config(&with_certificate("    duration: 1h\n"));
+    let config = case.config_file(&with_certificate("    duration: 1h\n"));
     let runs = case.assert_config_refused(&config, &["certificates[0]"]);
     assert_line_starts_with(&runs, "certificates[0]");
 }
@@ -311,7 +302,7 @@ fn certificate_without_any_name_is_refused() {
 #[test]
 fn duplicate_certificate_names_are_refused() {
     let case = Case::new();
-    let config = case.config(
+    let config = case.config_file(
         "outputDir: {out}\ncertificates:\n  - name: web\n    dnsNames: [a.example]\n  - name: web\n    dnsNames: [b.example]\n    dir: other\n",
     );
     let runs = case.assert_config_refused(&config, &["certificates[1].name", "web"]);
@@ -325,7 +316,7 @@ fn duplicate_certificate_names_are_refused() {
 #[test]
 fn unknown_key_algorithm_is_refused_with_path_and_value() {
     let case = Case::new();
-    let config = case.config(&with_certificate(
+    let config = case.config_file(&with_certificate(
         "    dnsNames: [localhost]\n    privateKey: {algorithm: DSA-1024}\n",
     ));
     case.assert_config_refused(
@@ -337,7 +328,7 @@ fn unknown_key_algorithm_is_refused_with_path_and_value() {
 #[test]
 fn renew_before_and_renew_before_percentage_together_are_refused() {
     let case = Case::new();
-    let config = case.config(&with_certificate(
+    let config = case.config_file(&with_certificate(
         "    dnsNames: [localhost]\n    duration: 1h\n    renewBefore: 10m\n    renewBeforePercentage: 33\n",
     ));
     let runs = case.assert_config_refused(&config, &["certificates[0]", "renewBeforePercentage"]);
@@ -347,7 +338,7 @@ fn renew_before_and_renew_before_percentage_together_are_refused() {
 #[test]
 fn renew_before_equal_to_duration_is_refused() {
     let case = Case::new();
-    let config = case.config(&with_certificate(
+    let config = case.config_file(&with_certificate(
         "    dnsNames: [localhost]\n    duration: 1h\n    renewBefore: 60m\n",
     ));
     let runs = case.assert_config_refused(&config, &["certificates[0].renewBefore"]);
@@ -357,7 +348,7 @@ fn renew_before_equal_to_duration_is_refused() {
 #[test]
 fn renew_before_longer_than_duration_is_refused() {
     let case = Case::new();
-    let config = case.config(&with_certificate(
+    let config = case.config_file(&with_certificate(
         "    dnsNames: [localhost]\n    duration: 1h\n    renewBefore: 2h\n",
     ));
     let runs = case.assert_config_refused(&config, &["certificates[0].renewBefore"]);
@@ -367,7 +358,7 @@ fn renew_before_longer_than_duration_is_refused() {
 #[test]
 fn renew_before_percentage_zero_is_refused() {
     let case = Case::new();
-    let config = case.config(&with_certificate(
+    let config = case.config_file(&with_certificate(
         "    dnsNames: [localhost]\n    renewBeforePercentage: 0\n",
     ));
     let runs = case.assert_config_refused(&config, &["certificates[0].renewBeforePercentage"]);
@@ -377,7 +368,7 @@ fn renew_before_percentage_zero_is_refused() {
 #[test]
 fn renew_before_percentage_hundred_is_refused() {
     let case = Case::new();
-    let config = case.config(&with_certificate(
+    let config = case.config_file(&with_certificate(
         "    dnsNames: [localhost]\n    renewBeforePercentage: 100\n",
     ));
     let runs =
@@ -394,7 +385,7 @@ fn certificate_referring_to_an_undefined_issuer_is_refused() {
     let case = Case::new();
     let ca = ca();
     let (crt, key) = (&ca.cert, &ca.key);
-    let config = case.config(&format!(
+    let config = case.config_file(&format!(
         "outputDir: {{out}}\nissuers:\n  ca:\n    localCa: {{certFile: {}, keyFile: {}}}\ncertificates:\n  - name: web\n    issuer: vault\n    dnsNames: [localhost]\n",
         crt.display(),
         key.display()
@@ -408,8 +399,8 @@ fn missing_ca_certificate_file_is_refused_naming_the_path() {
     let case = Case::new();
     let ca = ca();
     let key = &ca.key;
-    let missing = case.path("no-such-ca.crt");
-    let config = case.config(&format!(
+    let missing = case.file("no-such-ca.crt");
+    let config = case.config_file(&format!(
         "outputDir: {{out}}\nissuers:\n  ca:\n    localCa: {{certFile: {}, keyFile: {}}}\ncertificates:\n  - name: web\n    dnsNames: [localhost]\n",
         missing.display(),
         key.display()
@@ -422,9 +413,9 @@ fn ca_key_file_that_is_not_a_pem_key_is_refused_naming_the_path() {
     let case = Case::new();
     let ca = ca();
     let crt = &ca.cert;
-    let not_a_key = case.path("not-a-key.pem");
+    let not_a_key = case.file("not-a-key.pem");
     fs::write(&not_a_key, "this is not a private key\n").unwrap();
-    let config = case.config(&format!(
+    let config = case.config_file(&format!(
         "outputDir: {{out}}\nissuers:\n  ca:\n    localCa: {{certFile: {}, keyFile: {}}}\ncertificates:\n  - name: web\n    dnsNames: [localhost]\n",
         crt.display(),
         not_a_key.display()
@@ -437,7 +428,7 @@ fn ca_key_that_does_not_match_its_certificate_is_refused() {
     let case = Case::new();
     let (a, b) = (ca(), ca());
     let (crt_a, key_b) = (&a.cert, &b.key);
-    let config = case.config(&format!(
+    let config = case.config_file(&format!(
         "outputDir: {{out}}\nissuers:\n  ca:\n    localCa: {{certFile: {}, keyFile: {}}}\ncertificates:\n  - name: web\n    dnsNames: [localhost]\n",
         crt_a.display(),
         key_b.display()
@@ -488,11 +479,11 @@ fn rcgen_ca(
 
 /// A config with a local CA from `cert_pem` and `key`, one certificate of `duration`.
 fn local_ca_config(case: &Case, cert_pem: &str, key: &rcgen::KeyPair, duration: &str) -> PathBuf {
-    let crt = case.path("ca.crt");
-    let key_file = case.path("ca.key");
+    let crt = case.file("ca.crt");
+    let key_file = case.file("ca.key");
     fs::write(&crt, cert_pem).unwrap();
     fs::write(&key_file, key.serialize_pem()).unwrap();
-    case.config(&format!(
+    case.config_file(&format!(
         "outputDir: {{out}}\nissuers:\n  ca:\n    localCa: {{certFile: {}, keyFile: {}}}\ncertificates:\n  - name: web\n    dnsNames: [localhost]\n    duration: {duration}\n",
         crt.display(),
         key_file.display()
@@ -538,7 +529,7 @@ fn ca_material_that_cannot_issue_a_valid_chain_is_refused_at_load() {
             &config,
             &[
                 "issuers.ca",
-                &case.path("ca.crt").display().to_string(),
+                &case.file("ca.crt").display().to_string(),
                 expected,
             ],
         );
@@ -577,7 +568,7 @@ fn a_leaf_never_outlives_its_ca() {
         "-noout".as_ref(),
         "-enddate".as_ref(),
         "-in".as_ref(),
-        case.path("ca.crt").as_os_str(),
+        case.file("ca.crt").as_os_str(),
     ]);
     let leaf_end = common::openssl(&[
         "x509".as_ref(),
@@ -592,7 +583,7 @@ fn a_leaf_never_outlives_its_ca() {
         "the leaf ends with its CA\n{}",
         case.report(&run)
     );
-    common::openssl_verify(&case.path("ca.crt"), &leaf).unwrap();
+    common::openssl_verify(&case.file("ca.crt"), &leaf).unwrap();
     assert!(
         run.stderr.contains("expires in")
             && run.stderr.contains("the certificate ends with the CA"),
@@ -609,10 +600,10 @@ fn a_leaf_never_outlives_its_ca() {
 fn output_dir_under_a_regular_file_is_refused() {
     // Permission bits do not stop root, but no one can create a directory inside a file.
     let case = Case::without_out_dir();
-    let blocker = case.path("blocker");
+    let blocker = case.file("blocker");
     fs::write(&blocker, SENTINEL).unwrap();
     let out = blocker.join("sub");
-    let config = case.path("pillion.yaml");
+    let config = case.file("pillion.yaml");
     fs::write(
         &config,
         format!(
@@ -644,7 +635,7 @@ fn output_dir_under_a_regular_file_is_refused() {
             "blocker changed"
         );
         assert!(
-            fs::symlink_metadata(case.state_dir()).is_err(),
+            fs::symlink_metadata(&case.state).is_err(),
             "state dir must not be created (no dev CA for a config that cannot run)\n{}",
             case.report(&run)
         );
@@ -654,7 +645,7 @@ fn output_dir_under_a_regular_file_is_refused() {
 #[test]
 fn payload_file_name_with_dot_dot_is_refused() {
     let case = Case::new();
-    let config = case.config(&with_certificate(
+    let config = case.config_file(&with_certificate(
         "    dnsNames: [localhost]\n    files: {certificate: ../escape.crt}\n",
     ));
     let runs = case.assert_config_refused(
@@ -667,7 +658,7 @@ fn payload_file_name_with_dot_dot_is_refused() {
 #[test]
 fn absolute_payload_file_name_is_refused() {
     let case = Case::new();
-    let config = case.config(&with_certificate(
+    let config = case.config_file(&with_certificate(
         "    dnsNames: [localhost]\n    files: {privateKey: /tmp/pillion-escape.key}\n",
     ));
     let runs = case.assert_config_refused(
@@ -684,18 +675,18 @@ fn absolute_payload_file_name_is_refused() {
 #[test]
 fn credential_dir_escaping_the_output_dir_is_refused() {
     let case = Case::new();
-    let config = case.config(&with_certificate(
+    let config = case.config_file(&with_certificate(
         "    dnsNames: [localhost]\n    dir: ../escape\n",
     ));
     let runs = case.assert_config_refused(&config, &["certificates[0].dir", "../escape"]);
     assert_line_starts_with(&runs, "certificates[0].dir");
-    assert!(!case.path("escape").exists());
+    assert!(!case.file("escape").exists());
 }
 
 #[test]
 fn two_files_with_the_same_name_are_refused() {
     let case = Case::new();
-    let config = case.config(&with_certificate(
+    let config = case.config_file(&with_certificate(
         "    dnsNames: [localhost]\n    files: {certificate: tls.pem, privateKey: tls.pem}\n",
     ));
     let runs = case.assert_config_refused(&config, &["certificates[0].files", "tls.pem"]);
@@ -705,7 +696,7 @@ fn two_files_with_the_same_name_are_refused() {
 #[test]
 fn file_mode_that_is_not_octal_is_refused() {
     let case = Case::new();
-    let config = case.config(&with_certificate(
+    let config = case.config_file(&with_certificate(
         "    dnsNames: [localhost]\n    files: {mode: \"0999\"}\n",
     ));
     let runs = case.assert_config_refused(&config, &["certificates[0].files.mode", "0999"]);
@@ -719,7 +710,7 @@ fn file_mode_that_is_not_octal_is_refused() {
 #[test]
 fn two_reload_targets_at_once_are_refused() {
     let case = Case::new();
-    let config = case.config(
+    let config = case.config_file(
         "outputDir: {out}\ncertificates:\n  - name: web\n    dnsNames: [localhost]\nreload:\n  process: nginx\n  pidFile: /run/nginx.pid\n",
     );
     let runs = case.assert_config_refused(&config, &["reload", "pidFile"]);
@@ -730,7 +721,7 @@ fn two_reload_targets_at_once_are_refused() {
 #[test]
 fn unknown_reload_signal_is_refused_with_path_and_value() {
     let case = Case::new();
-    let config = case.config(
+    let config = case.config_file(
         "outputDir: {out}\ncertificates:\n  - name: web\n    dnsNames: [localhost]\nreload:\n  signal: SIGFOO\n  process: nginx\n",
     );
     let runs = case.assert_config_refused(&config, &["reload.signal", "SIGFOO"]);
@@ -740,7 +731,7 @@ fn unknown_reload_signal_is_refused_with_path_and_value() {
 #[test]
 fn invalid_process_regex_is_refused_with_path() {
     let case = Case::new();
-    let config = case.config(
+    let config = case.config_file(
         "outputDir: {out}\ncertificates:\n  - name: web\n    dnsNames: [localhost]\nreload:\n  processRegex: \"python3 ([\"\n",
     );
     let runs = case.assert_config_refused(&config, &["reload.processRegex"]);
@@ -754,7 +745,7 @@ fn invalid_process_regex_is_refused_with_path() {
 #[test]
 fn config_with_three_errors_reports_all_three_in_one_run() {
     let case = Case::without_out_dir();
-    let config = case.config(
+    let config = case.config_file(
         "outputDir: {out}\ncertificates:\n  - name: web\n    dnsNames: [localhost, \"bad_name!\"]\n  - name: api\n    dnsNames: [api.example]\n    ipAddresses: [\"10.0.0.256\"]\n    duration: 24x\n",
     );
     let runs = case.assert_config_refused(
@@ -784,7 +775,7 @@ fn config_with_three_errors_reports_all_three_in_one_run() {
 #[test]
 fn config_combined_with_dns_name_flag_is_a_usage_error() {
     let case = Case::new();
-    let config = case.config(&with_certificate("    dnsNames: [localhost]\n"));
+    let config = case.config_file(&with_certificate("    dnsNames: [localhost]\n"));
     case.assert_refused(
         ALL_MODES,
         &[
@@ -837,7 +828,7 @@ fn baseline_inputs_pass_check_so_each_refusal_above_is_due_to_its_one_fault() {
     let mut baselines = vec![
         vec![
             "--config".to_string(),
-            case.config(&with_certificate("    dnsNames: [localhost]\n"))
+            case.config_file(&with_certificate("    dnsNames: [localhost]\n"))
                 .display()
                 .to_string(),
         ],
@@ -850,7 +841,7 @@ fn baseline_inputs_pass_check_so_each_refusal_above_is_due_to_its_one_fault() {
             "24h".to_string(),
         ],
     ];
-    let with_ca = case.path("with-ca.yaml");
+    let with_ca = case.file("with-ca.yaml");
     fs::write(
         &with_ca,
         format!(
@@ -883,8 +874,8 @@ fn baseline_inputs_pass_check_so_each_refusal_above_is_due_to_its_one_fault() {
 fn an_owner_pillion_cannot_set_is_refused_by_check() {
     use std::os::unix::fs::PermissionsExt;
     let case = Case::without_out_dir();
-    fs::set_permissions(case.root.path(), fs::Permissions::from_mode(0o777)).unwrap();
-    let config = case.config(
+    fs::set_permissions(case.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let config = case.config_file(
         "outputDir: {out}\ncertificates:\n  - name: web\n    dnsNames: [localhost]\n    files: {uid: 0, gid: 0}\n",
     );
     fs::set_permissions(&config, fs::Permissions::from_mode(0o644)).unwrap();
@@ -900,7 +891,7 @@ fn an_owner_pillion_cannot_set_is_refused_by_check() {
     .arg("--config")
     .arg(&config)
     .arg("--state-dir")
-    .arg(case.state_dir())
+    .arg(&case.state)
     .arg("check");
     let run = run_bounded(&mut cmd, COMMAND_DEADLINE);
     assert_eq!(run.code(), Some(2), "{}", case.report(&run));
@@ -917,8 +908,8 @@ fn an_owner_pillion_cannot_set_is_refused_by_check() {
 #[test]
 fn a_missing_ca_file_for_the_csr_api_is_refused_naming_it() {
     let case = Case::new();
-    let missing = case.path("no-such-cluster-ca.crt");
-    let config = case.config(&format!(
+    let missing = case.file("no-such-cluster-ca.crt");
+    let config = case.config_file(&format!(
         "outputDir: {{out}}\nissuers:\n  cluster:\n    kubernetesCsr: {{signerName: example.com/app, caFile: {}}}\ncertificates:\n  - name: web\n    dnsNames: [localhost]\n",
         missing.display()
     ));

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::fixture::Fixture;
 use common::*;
 use rustix::process::{Pid, Signal};
 
@@ -19,62 +20,35 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 const RELOAD_FAILED: &str = "reloading the app failed; the new files are in place";
 
-/// A temp dir with an output dir, a state dir and (optionally) a config file in it.
-struct Setup {
-    dir: tempfile::TempDir,
-    out: PathBuf,
-    state: PathBuf,
-    config: PathBuf,
+/// Writes the config: one 1h certificate published in outputDir itself, and `reload`.
+fn write_config(s: &Fixture, reload: &str) {
+    s.write_config(&format!(
+        "stateDir: '{}'\ncertificates:\n  - name: app\n    dir: .\n    \
+         dnsNames: [app.pillion.test]\n    duration: 1h\nreload:\n{reload}",
+        s.state.display(),
+    ));
 }
 
-impl Setup {
-    fn new() -> Setup {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("out");
-        let state = dir.path().join("state");
-        let config = dir.path().join("pillion.yaml");
-        Setup {
-            dir,
-            out,
-            state,
-            config,
-        }
-    }
+/// The certificate, published in outputDir itself.
+fn crt(s: &Fixture) -> PathBuf {
+    s.out.join("tls.crt")
+}
 
-    /// One 1h certificate published in outputDir itself, and `reload`.
-    fn write_config(&self, reload: &str) {
-        write(
-            self.dir.path(),
-            "pillion.yaml",
-            &format!(
-                "outputDir: '{}'\nstateDir: '{}'\ncertificates:\n  - name: app\n    dir: .\n    \
-                 dnsNames: [app.pillion.test]\n    duration: 1h\nreload:\n{reload}",
-                self.out.display(),
-                self.state.display(),
-            ),
-        );
-    }
-
-    fn crt(&self) -> PathBuf {
-        self.out.join("tls.crt")
-    }
-
-    /// Flag-mode arguments for one 1h certificate (nothing renews by itself during a test:
-    /// every new serial is SIGUSR1's doing), plus `extra`.
-    fn flags(&self, extra: &[&str]) -> Vec<String> {
-        let mut args = vec![
-            "--state-dir".to_owned(),
-            self.state.display().to_string(),
-            "--out".to_owned(),
-            self.out.display().to_string(),
-            "--dns-name".to_owned(),
-            "app.pillion.test".to_owned(),
-            "--duration".to_owned(),
-            "1h".to_owned(),
-        ];
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
-        args
-    }
+/// Flag-mode arguments for one 1h certificate (nothing renews by itself during a test:
+/// every new serial is SIGUSR1's doing), plus `extra`.
+fn flags(s: &Fixture, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "--state-dir".to_owned(),
+        s.state.display().to_string(),
+        "--out".to_owned(),
+        s.out.display().to_string(),
+        "--dns-name".to_owned(),
+        "app.pillion.test".to_owned(),
+        "--duration".to_owned(),
+        "1h".to_owned(),
+    ];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args
 }
 
 /// Waits for the first certificate; returns its serial.
@@ -116,14 +90,17 @@ const PRINT_SERIAL: &str = r#"openssl x509 -noout -serial -in "$1" >> "$2""#;
 
 #[test]
 fn a_reload_command_runs_once_per_rotation_after_the_files_are_in_place() {
-    let s = Setup::new();
+    let s = Fixture::new();
     // A space in the path: the argv reaches the program as written, no shell splits it.
-    let log = s.dir.path().join("reload log.txt");
-    s.write_config(&format!(
-        "  command: ['/bin/sh', '-c', '{PRINT_SERIAL}', 'sh', '{}', '{}']\n",
-        s.crt().display(),
-        log.display()
-    ));
+    let log = s.path().join("reload log.txt");
+    write_config(
+        &s,
+        &format!(
+            "  command: ['/bin/sh', '-c', '{PRINT_SERIAL}', 'sh', '{}', '{}']\n",
+            crt(&s).display(),
+            log.display()
+        ),
+    );
     let daemon = Daemon::run([Path::new("--config"), &s.config]);
     let ctx = || {
         format!(
@@ -134,14 +111,14 @@ fn a_reload_command_runs_once_per_rotation_after_the_files_are_in_place() {
         )
     };
 
-    let mut serials = vec![first_serial(&daemon, &s.crt())];
+    let mut serials = vec![first_serial(&daemon, &crt(&s))];
     daemon.wait_for(
         "the reload command to run for the first certificate",
         DEADLINE,
         || serial_lines(&log).len() == 1,
     );
     for round in 1..=2 {
-        let next = rotate(&daemon, &s.crt(), serials.last().unwrap());
+        let next = rotate(&daemon, &crt(&s), serials.last().unwrap());
         serials.push(next);
         daemon.wait_for(
             &format!("the reload command to run after rotation {round}"),
@@ -176,16 +153,16 @@ fn a_reload_command_runs_once_per_rotation_after_the_files_are_in_place() {
 
 #[test]
 fn the_reload_command_flag_is_split_on_whitespace() {
-    let s = Setup::new();
-    let script = write(s.dir.path(), "print-serial.sh", PRINT_SERIAL);
-    let log = s.dir.path().join("reload.log");
+    let s = Fixture::new();
+    let script = write(s.path(), "print-serial.sh", PRINT_SERIAL);
+    let log = s.path().join("reload.log");
     let command = format!(
         "/bin/sh {} {} {}",
         script.display(),
-        s.crt().display(),
+        crt(&s).display(),
         log.display()
     );
-    let daemon = Daemon::run(s.flags(&["--reload-command", &command]));
+    let daemon = Daemon::run(flags(&s, &["--reload-command", &command]));
     let ctx = || {
         format!(
             "reload log: {:?}\n{}",
@@ -193,11 +170,11 @@ fn the_reload_command_flag_is_split_on_whitespace() {
             daemon.describe()
         )
     };
-    let first = first_serial(&daemon, &s.crt());
+    let first = first_serial(&daemon, &crt(&s));
     daemon.wait_for("the reload command to run once", DEADLINE, || {
         serial_lines(&log).len() == 1
     });
-    let second = rotate(&daemon, &s.crt(), &first);
+    let second = rotate(&daemon, &crt(&s), &first);
     daemon.wait_for("the reload command to run after SIGUSR1", DEADLINE, || {
         serial_lines(&log).len() == 2
     });
@@ -362,16 +339,16 @@ impl Drop for HttpServer {
 
 #[test]
 fn a_reload_url_gets_one_empty_post_per_rotation() {
-    let s = Setup::new();
-    let server = HttpServer::start(&s.crt());
-    s.write_config(&format!("  url: '{}'\n", server.url("/-/reload")));
+    let s = Fixture::new();
+    let server = HttpServer::start(&crt(&s));
+    write_config(&s, &format!("  url: '{}'\n", server.url("/-/reload")));
     let daemon = Daemon::run([Path::new("--config"), &s.config]);
     let ctx = || format!("{}\n{}", server.describe(), daemon.describe());
 
-    let mut serials = vec![first_serial(&daemon, &s.crt())];
+    let mut serials = vec![first_serial(&daemon, &crt(&s))];
     daemon.wait_for("the first POST", DEADLINE, || server.count() == 1);
     for round in 1..=2 {
-        let next = rotate(&daemon, &s.crt(), serials.last().unwrap());
+        let next = rotate(&daemon, &crt(&s), serials.last().unwrap());
         serials.push(next);
         daemon.wait_for(
             &format!("the POST after rotation {round}"),
@@ -414,13 +391,13 @@ fn a_reload_url_gets_one_empty_post_per_rotation() {
 
 #[test]
 fn a_reload_url_answering_500_is_logged_and_pillion_keeps_running() {
-    let s = Setup::new();
-    let server = HttpServer::start(&s.crt());
+    let s = Fixture::new();
+    let server = HttpServer::start(&crt(&s));
     let url = server.url("/fail");
-    let daemon = Daemon::run(s.flags(&["--reload-url", &url]));
+    let daemon = Daemon::run(flags(&s, &["--reload-url", &url]));
     let ctx = || format!("{}\n{}", server.describe(), daemon.describe());
 
-    let first = first_serial(&daemon, &s.crt());
+    let first = first_serial(&daemon, &crt(&s));
     daemon.wait_for("a WARN about the failed reload", DEADLINE, || {
         !reload_failures(&daemon).is_empty()
     });
@@ -440,7 +417,7 @@ fn a_reload_url_answering_500_is_logged_and_pillion_keeps_running() {
     assert!(!daemon.exited(), "pillion exited\n{}", ctx());
 
     // It keeps going: the next rotation is published and POSTed again.
-    let second = rotate(&daemon, &s.crt(), &first);
+    let second = rotate(&daemon, &crt(&s), &first);
     daemon.wait_for("the second POST and its WARN", DEADLINE, || {
         server.count() == 2 && reload_failures(&daemon).len() == 2
     });
@@ -481,14 +458,14 @@ fn uids_of(pid: u32) -> String {
 #[test]
 fn a_signal_the_kernel_refuses_names_both_uids_and_cap_kill() {
     const NOBODY: u32 = 65534;
-    let s = Setup::new();
+    let s = Fixture::new();
     // nobody must reach the counter's PID file and write the output and state dirs.
-    fs::set_permissions(s.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(s.path(), fs::Permissions::from_mode(0o755)).unwrap();
     for dir in [&s.out, &s.state] {
         fs::create_dir_all(dir).unwrap();
         std::os::unix::fs::chown(dir, Some(NOBODY), Some(NOBODY)).unwrap();
     }
-    let counter = HupCounter::start(s.dir.path(), "rootapp", &[]);
+    let counter = HupCounter::start(s.path(), "rootapp", &[]);
     let counter_pid = counter.pid();
 
     let mut cmd = Command::new("setpriv");
@@ -497,14 +474,14 @@ fn a_signal_the_kernel_refuses_names_both_uids_and_cap_kill() {
         .arg("--clear-groups")
         .arg(pillion_bin())
         .arg("run")
-        .args(s.flags(&[]))
+        .args(flags(&s, &[]))
         .arg("--reload-pid-file")
         .arg(counter.pid_file());
     pillion_env(&mut cmd);
     let daemon = Daemon::spawn(cmd);
     let ctx = || format!("{}\n{}", counter.describe(), daemon.describe());
 
-    let first = first_serial(&daemon, &s.crt());
+    let first = first_serial(&daemon, &crt(&s));
     assert_eq!(
         uids_of(daemon.pid()),
         "65534 65534 65534 65534",
@@ -531,7 +508,7 @@ fn a_signal_the_kernel_refuses_names_both_uids_and_cap_kill() {
     assert!(!daemon.exited(), "pillion exited\n{}", ctx());
 
     // Still refused on the next rotation, and still running.
-    let _second = rotate(&daemon, &s.crt(), &first);
+    let _second = rotate(&daemon, &crt(&s), &first);
     daemon.wait_for("a second WARN", DEADLINE, || {
         reload_failures(&daemon).len() == 2
     });
@@ -562,9 +539,9 @@ fn a_signal_the_kernel_refuses_names_both_uids_and_cap_kill() {
 
 #[test]
 fn no_matching_process_is_logged_with_the_share_process_namespace_hint_and_rotation_goes_on() {
-    let s = Setup::new();
-    let daemon = Daemon::run(s.flags(&["--reload-process", "nosuchproc123"]));
-    let first = first_serial(&daemon, &s.crt());
+    let s = Fixture::new();
+    let daemon = Daemon::run(flags(&s, &["--reload-process", "nosuchproc123"]));
+    let first = first_serial(&daemon, &crt(&s));
     daemon.wait_for("a WARN that no process matched", DEADLINE, || {
         !reload_failures(&daemon).is_empty()
     });
@@ -582,14 +559,14 @@ fn no_matching_process_is_logged_with_the_share_process_namespace_hint_and_rotat
     }
     assert!(!daemon.exited(), "pillion exited\n{}", daemon.describe());
 
-    let second = rotate(&daemon, &s.crt(), &first);
+    let second = rotate(&daemon, &crt(&s), &first);
     daemon.wait_for("the WARN for the second rotation", DEADLINE, || {
         reload_failures(&daemon).len() == 2
     });
     assert_atomic_layout(&s.out, &["tls.crt", "tls.key", "ca.crt"]);
-    openssl_verify(&s.out.join("ca.crt"), &s.crt())
+    openssl_verify(&s.out.join("ca.crt"), &crt(&s))
         .unwrap_or_else(|e| panic!("{e}\n{}", daemon.describe()));
-    assert_eq!(serial(&s.crt()), second, "{}", daemon.describe());
+    assert_eq!(serial(&crt(&s)), second, "{}", daemon.describe());
     let status = daemon.stop();
     assert!(
         status.success(),

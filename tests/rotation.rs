@@ -6,50 +6,33 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use common::fixture::Fixture;
 use common::*;
 use rustix::process::Signal;
 
 /// Long enough for anything to happen on a loaded 2-core CI machine; only reached on failure.
 const DEADLINE: Duration = Duration::from_secs(90);
 
-struct Setup {
-    dir: tempfile::TempDir,
-    out: PathBuf,
-    config: PathBuf,
+/// Writes the config: `stateDir` (the fixture's, given in the config rather than as a flag), the
+/// `certificates` entries and the `reload` section.
+fn write_config(s: &Fixture, certificates: &str, reload: &str) {
+    s.write_config(&format!(
+        "stateDir: \"{}\"\ncertificates:\n{certificates}reload:\n{reload}",
+        s.state.display(),
+    ));
 }
 
-impl Setup {
-    fn new() -> Setup {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("out");
-        let config = dir.path().join("pillion.yaml");
-        Setup { dir, out, config }
-    }
-
-    fn write_config(&self, certificates: &str, reload: &str) {
-        write(
-            self.dir.path(),
-            "pillion.yaml",
-            &format!(
-                "outputDir: \"{}\"\nstateDir: \"{}\"\ncertificates:\n{certificates}reload:\n{reload}",
-                self.out.display(),
-                self.dir.path().join("state").display(),
-            ),
-        );
-    }
-
-    fn context(&self, daemon: &Daemon, counter: &HupCounter) -> String {
-        format!(
-            "config:\n{}\n{}\n{}\n{}",
-            std::fs::read_to_string(&self.config).unwrap_or_default(),
-            listing(&self.out),
-            counter.describe(),
-            daemon.describe()
-        )
-    }
+/// The config and output dir, what the application saw, and the daemon's logs.
+fn context(s: &Fixture, daemon: &Daemon, counter: &HupCounter) -> String {
+    format!(
+        "{}\n{}\n{}",
+        s.describe(),
+        counter.describe(),
+        daemon.describe()
+    )
 }
 
 /// A `processRegex` that matches only this test's counter (its script path is in its cmdline).
@@ -91,16 +74,17 @@ fn assert_snapshot_consistent(seen: &HupSeen, ctx: &dyn Fn() -> String) {
 
 #[test]
 fn run_renews_a_six_second_certificate_and_sends_one_sighup_per_rotation() {
-    let s = Setup::new();
+    let s = Fixture::new();
     let crt = s.out.join("app/tls.crt");
     let key = s.out.join("app/tls.key");
-    let counter = HupCounter::start(s.dir.path(), "rotapp", &[&crt, &key]);
-    s.write_config(
+    let counter = HupCounter::start(s.path(), "rotapp", &[&crt, &key]);
+    write_config(
+        &s,
         "  - name: app\n    dnsNames: [app.pillion.test]\n    duration: 6s\n",
         &regex_for(&counter),
     );
     let daemon = Daemon::run([Path::new("--config"), &s.config]);
-    let ctx = || s.context(&daemon, &counter);
+    let ctx = || context(&s, &daemon, &counter);
 
     // Every distinct serial published, in order, until it has changed 3 times.
     let mut serials: Vec<String> = Vec::new();
@@ -186,18 +170,19 @@ fn run_renews_a_six_second_certificate_and_sends_one_sighup_per_rotation() {
 
 #[test]
 fn sigusr1_renews_immediately_and_reloads_once() {
-    let s = Setup::new();
+    let s = Fixture::new();
     let crt = s.out.join("tls.crt");
     let key = s.out.join("tls.key");
-    let counter = HupCounter::start(s.dir.path(), "usr1app", &[&crt, &key]);
+    let counter = HupCounter::start(s.path(), "usr1app", &[&crt, &key]);
     // A one-hour certificate: nothing renews on its own during the test, so any new serial is
     // SIGUSR1's doing. The certificate is published in outputDir itself (dir: ".").
-    s.write_config(
+    write_config(
+        &s,
         "  - name: app\n    dir: .\n    dnsNames: [app.pillion.test]\n    duration: 1h\n",
         &format!("  pidFile: \"{}\"\n", counter.pid_file().display()),
     );
     let daemon = Daemon::run([Path::new("--config"), &s.config]);
-    let ctx = || s.context(&daemon, &counter);
+    let ctx = || context(&s, &daemon, &counter);
 
     let mut current = None;
     daemon.wait_for("the first certificate", DEADLINE, || {
@@ -265,16 +250,16 @@ fn sigusr1_renews_immediately_and_reloads_once() {
 
 #[test]
 fn a_round_renewing_two_certificates_sends_exactly_one_reload_after_both_are_published() {
-    let s = Setup::new();
+    let s = Fixture::new();
     let web = s.out.join("web/tls.crt");
     let api = s.out.join("api/tls.crt");
-    let counter = HupCounter::start(s.dir.path(), "twoapp", &[&web, &api]);
-    s.write_config(
+    let counter = HupCounter::start(s.path(), "twoapp", &[&web, &api]);
+    write_config(&s,
         "  - name: web\n    dnsNames: [web.pillion.test]\n    duration: 1h\n  - name: api\n    dnsNames: [api.pillion.test]\n    duration: 1h\n",
         &regex_for(&counter),
     );
     let daemon = Daemon::run([Path::new("--config"), &s.config]);
-    let ctx = || s.context(&daemon, &counter);
+    let ctx = || context(&s, &daemon, &counter);
 
     let mut pair = (String::new(), String::new());
     daemon.wait_for("both certificates", DEADLINE, || {

@@ -7,14 +7,15 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
 use super::fake_kube::{FakeKube, RecordedRequest};
-use super::{listing, run_bounded, Daemon, Ran, COMMAND_DEADLINE};
+use super::fixture::Fixture;
+use super::{run_bounded, Daemon, Ran, COMMAND_DEADLINE};
 
 /// The variables pillion expands in names, plus `KUBECONFIG`: removed from every command this
 /// module builds, so a test sets exactly the ones it means.
@@ -34,13 +35,9 @@ pub fn certificate_request_collection(namespace: &str) -> String {
     format!("/apis/cert-manager.io/v1/namespaces/{namespace}/certificaterequests")
 }
 
-/// One test's pillion set-up: a temp dir holding the config, the state dir and the output dir.
-pub struct KubeCase {
-    pub dir: tempfile::TempDir,
-    pub out: PathBuf,
-    pub state: PathBuf,
-    pub config: PathBuf,
-}
+/// One test's pillion set-up against the fake: a [`Fixture`] whose pillion commands start
+/// with none of [`POD_ENVIRONMENT`] set, and take the ones a test means per command.
+pub struct KubeCase(Fixture);
 
 impl Default for KubeCase {
     fn default() -> Self {
@@ -48,45 +45,23 @@ impl Default for KubeCase {
     }
 }
 
+impl std::ops::Deref for KubeCase {
+    type Target = Fixture;
+    fn deref(&self) -> &Fixture {
+        &self.0
+    }
+}
+
 impl KubeCase {
     pub fn new() -> KubeCase {
-        let dir = tempfile::tempdir().expect("create test dir");
-        let out = dir.path().join("out");
-        let state = dir.path().join("state");
-        let config = dir.path().join("pillion.yaml");
-        KubeCase {
-            dir,
-            out,
-            state,
-            config,
-        }
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Writes the config: `outputDir`, then `body` (`issuers:`, `certificates:`) verbatim.
-    pub fn write_config(&self, body: &str) {
-        let yaml = format!("outputDir: \"{}\"\n{body}", self.out.display());
-        fs::write(&self.config, yaml).expect("write config");
+        KubeCase(Fixture::builder().unset_env(&POD_ENVIRONMENT).build())
     }
 
     /// `pillion --config C --state-dir S <args>` (not run), with no pod variable or KUBECONFIG
     /// but those in `env`.
     pub fn pillion(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
-        let mut cmd = super::pillion();
-        for var in POD_ENVIRONMENT {
-            cmd.env_remove(var);
-        }
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd.arg("--config")
-            .arg(&self.config)
-            .arg("--state-dir")
-            .arg(&self.state)
-            .args(args);
+        let mut cmd = self.0.pillion(args);
+        cmd.envs(env.iter().copied());
         cmd
     }
 
@@ -103,16 +78,6 @@ impl KubeCase {
     /// `pillion run` as a daemon.
     pub fn run(&self, env: &[(&str, &str)]) -> Daemon {
         Daemon::spawn(self.pillion(&["run"], env))
-    }
-
-    /// The config and the output dir listing, for failure messages.
-    pub fn describe(&self) -> String {
-        format!(
-            "--- config {} ---\n{}\n{}",
-            self.config.display(),
-            fs::read_to_string(&self.config).unwrap_or_default(),
-            listing(&self.out)
-        )
     }
 }
 

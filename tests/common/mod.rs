@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests: the pillion binary, openssl-made CAs, a daemon
+//! Helpers shared by the integration tests: the pillion binary, one test's temp dirs and config
+//! ([`fixture::Fixture`]), openssl-made CAs, a daemon
 //! wrapper that keeps its logs, a SIGHUP-counting stand-in application, a real nginx, and the
 //! independent checks (openssl CLI, /proc) that decide whether a test passes.
 //!
@@ -9,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod fake_kube;
+pub mod fixture;
 pub mod kube_case;
 pub mod openbao;
 

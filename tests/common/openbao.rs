@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::fixture::Fixture;
 use super::{free_port, run_bounded, wait_for_ctx, write, Ran, COMMAND_DEADLINE, POLL};
 
 /// How long a server may take to answer its health check after spawning.
@@ -804,76 +805,32 @@ pub fn cert_yaml(name: &str, duration: &str) -> String {
     )
 }
 
-/// One test's pillion set-up: a temp dir holding the config, the state dir and the output dir
-/// (`out`), and the credentials files the test makes there.
-pub struct Case {
-    pub dir: tempfile::TempDir,
-    pub out: PathBuf,
-    pub state: PathBuf,
-    pub config: PathBuf,
+/// One test's pillion set-up against OpenBao: a [`Fixture`] (config, state and output dirs, and
+/// the credentials files the test makes in its temp dir) whose config starts with a vault issuer.
+pub struct Case(Fixture);
+
+impl Default for Case {
+    fn default() -> Self {
+        Case::new()
+    }
+}
+
+impl std::ops::Deref for Case {
+    type Target = Fixture;
+    fn deref(&self) -> &Fixture {
+        &self.0
+    }
 }
 
 impl Case {
     pub fn new() -> Case {
-        let dir = tempfile::tempdir().expect("create test dir");
-        let out = dir.path().join("out");
-        let state = dir.path().join("state");
-        let config = dir.path().join("pillion.yaml");
-        Case {
-            dir,
-            out,
-            state,
-            config,
-        }
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
+        Case(Fixture::new())
     }
 
     /// Writes the config: `outputDir`, the issuer, then `body` (`certificates:`, `secrets:`,
     /// `reload:` sections) verbatim.
     pub fn write_config(&self, issuer: &VaultIssuer, body: &str) {
-        let yaml = format!(
-            "outputDir: \"{}\"\n{}{body}",
-            self.out.display(),
-            issuer.yaml()
-        );
-        fs::write(&self.config, yaml).expect("write config");
-    }
-
-    /// `pillion --config C --state-dir S <args>` (not run).
-    pub fn pillion(&self, args: &[&str]) -> Command {
-        let mut cmd = super::pillion();
-        cmd.arg("--config")
-            .arg(&self.config)
-            .arg("--state-dir")
-            .arg(&self.state)
-            .args(args);
-        cmd
-    }
-
-    /// `pillion init --timeout <timeout>`, bounded.
-    pub fn init(&self, timeout: &str) -> Ran {
-        run_bounded(
-            &mut self.pillion(&["init", "--timeout", timeout]),
-            COMMAND_DEADLINE,
-        )
-    }
-
-    /// `pillion run` as a daemon.
-    pub fn run(&self) -> super::Daemon {
-        super::Daemon::spawn(self.pillion(&["run"]))
-    }
-
-    /// The config and the output dir listing, for failure messages.
-    pub fn describe(&self) -> String {
-        format!(
-            "--- config {} ---\n{}\n{}",
-            self.config.display(),
-            fs::read_to_string(&self.config).unwrap_or_default(),
-            super::listing(&self.out)
-        )
+        self.0.write_config(&format!("{}{body}", issuer.yaml()));
     }
 }
 
