@@ -5,7 +5,7 @@
 //! user wrote, then [`Config::from_raw`] checks every field and reports *every*
 //! problem at once, each with its path (`certificates[1].dnsNames[0]`). Nothing
 //! here reads key files or touches the network or the output directory; see
-//! [`crate::agent::preflight`] for the checks that do.
+//! [`crate::preflight::preflight`] for the checks that do.
 //!
 //! The layers, bottom to top, each file with its tests:
 //!
