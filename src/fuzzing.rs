@@ -40,8 +40,8 @@ pub fn config(data: &[u8]) {
 /// chain and anchor checks run.
 pub fn ca_response(data: &[u8]) {
     let mut parts = data.splitn(2, |b| *b == 0);
-    let chain = verify::certs_from_pem(parts.next().unwrap_or_default()).unwrap_or_default();
-    let anchors = verify::certs_from_pem(parts.next().unwrap_or_default()).unwrap_or_default();
+    let chain = crate::pem::certificates(parts.next().unwrap_or_default()).unwrap_or_default();
+    let anchors = crate::pem::certificates(parts.next().unwrap_or_default()).unwrap_or_default();
     let now = SystemTime::now();
     let (_, roots) = verify::split_chain(&chain);
     let _ = verify::check_issuing_path(&chain, now);
@@ -116,7 +116,7 @@ pub fn credential_files(data: &[u8]) {
     let mut spec: CertificateSpec = Config::for_directory(std::path::Path::new("/fuzz"))
         .certificates
         .remove(0);
-    if let Some(info) = verify::certs_from_pem(cert)
+    if let Some(info) = crate::pem::certificates(cert)
         .ok()
         .and_then(|c| c.first().and_then(|l| verify::inspect(l).ok()))
     {

@@ -18,6 +18,7 @@ use x509_parser::x509::SubjectPublicKeyInfo;
 use zeroize::Zeroizing;
 
 use crate::names::Names;
+use crate::pem;
 
 /// The key algorithms a credential can ask for, named as in the configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,13 +194,8 @@ impl PrivateKey {
     /// Reads a PEM private key: PKCS#8 (`PRIVATE KEY`), SEC1 (`EC PRIVATE KEY`)
     /// or PKCS#1 (`RSA PRIVATE KEY`), as openssl writes them.
     pub fn from_pem(text: &str) -> Result<Self, KeyError> {
-        let block = pem::parse_many(text)
-            .map_err(|_| KeyError::NotPem)?
-            .into_iter()
-            .find(|p| p.tag().ends_with("PRIVATE KEY"))
-            .ok_or(KeyError::NotPem)?;
-        let contents = Zeroizing::new(block.contents().to_vec());
-        let pkcs8 = match block.tag() {
+        let (label, contents) = pem::private_key(text).ok_or(KeyError::NotPem)?;
+        let pkcs8 = match label.as_str() {
             "PRIVATE KEY" => contents,
             "EC PRIVATE KEY" => der::sec1_to_pkcs8(&contents).ok_or(KeyError::Unsupported)?,
             "RSA PRIVATE KEY" => der::pkcs1_to_pkcs8(&contents),
@@ -228,12 +224,7 @@ impl PrivateKey {
 
     /// The key as a PKCS#8 PEM document (`-----BEGIN PRIVATE KEY-----`).
     pub fn to_pem(&self) -> Zeroizing<String> {
-        let block = pem::Pem::new("PRIVATE KEY", self.pkcs8.to_vec());
-        let text = Zeroizing::new(pem_encode(&block));
-        // `Pem` owns a copy of the key that is not zeroized on drop; wipe it.
-        let mut contents = block.into_contents();
-        zeroize::Zeroize::zeroize(&mut contents);
-        text
+        pem::encode_private_key(&self.pkcs8)
     }
 
     /// An rcgen signing key. Short-lived: rcgen keeps its own copy of the DER.
@@ -279,22 +270,6 @@ impl Names {
         }
         Ok(sans)
     }
-}
-
-/// A CSR from [`PrivateKey::csr`] as PEM (`CERTIFICATE REQUEST`), the form
-/// Vault and the Kubernetes APIs take.
-pub fn csr_pem(csr_der: &[u8]) -> String {
-    pem_encode(&pem::Pem::new("CERTIFICATE REQUEST", csr_der.to_vec()))
-}
-
-/// PEM with LF line ends, as openssl, cert-manager and the kubelet write it.
-/// (The `pem` crate's default is CRLF, which shows in every diff and `cat -A`
-/// of the published files.)
-pub fn pem_encode(block: &pem::Pem) -> String {
-    pem::encode_config(
-        block,
-        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-    )
 }
 
 /// Just enough DER to re-wrap the legacy key formats openssl writes into

@@ -18,6 +18,7 @@ pub mod issuers;
 pub mod keys;
 pub mod names;
 pub mod output;
+pub mod pem;
 pub mod preflight;
 pub mod reload;
 pub mod schedule;

@@ -8,8 +8,9 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::output::read_live;
+use crate::pem;
 use crate::schedule::{jitter_for, renewal_time};
-use crate::verify::{certs_from_pem, fmt_time, inspect};
+use crate::verify::{fmt_time, inspect};
 
 const HEADER: [&str; 7] = [
     "NAME",
@@ -56,7 +57,7 @@ fn entries(config: &Config, now: SystemTime) -> Vec<Value> {
         let dir = spec.target_dir(&config.output_dir);
         let leaf = read_live(&dir, &[&spec.files.certificate])
             .and_then(|files| files.into_iter().next().flatten())
-            .and_then(|pem| certs_from_pem(&pem).ok()?.into_iter().next())
+            .and_then(|text| pem::certificates(&text).ok()?.into_iter().next())
             .and_then(|der| inspect(&der).ok());
         let mut entry = json!({
             "name": spec.name,

@@ -173,22 +173,6 @@ pub fn fmt_time(t: SystemTime) -> humantime::Rfc3339Timestamp {
     humantime::format_rfc3339_seconds(t)
 }
 
-/// Splits PEM text into the DER of each `CERTIFICATE` block, in order.
-pub fn certs_from_pem(text: &[u8]) -> Result<Vec<Vec<u8>>, pem::PemError> {
-    Ok(pem::parse_many(text)?
-        .into_iter()
-        .filter(|p| p.tag() == "CERTIFICATE")
-        .map(pem::Pem::into_contents)
-        .collect())
-}
-
-/// PEM text for a list of DER certificates.
-pub fn certs_to_pem(ders: &[Vec<u8>]) -> String {
-    ders.iter()
-        .map(|d| crate::keys::pem_encode(&pem::Pem::new("CERTIFICATE", d.clone())))
-        .collect()
-}
-
 /// Splits CA certificates into intermediates (to follow the leaf in
 /// `tls.crt`) and trust anchors (for `ca.crt`): the self-signed ones, or the
 /// last certificate when none is self-signed.

@@ -26,7 +26,8 @@ use tracing::{debug, info, warn};
 
 use crate::config::{CertManagerSpec, CertificateSpec, KubernetesCsrSpec};
 use crate::keys::KeyAlgorithm;
-use crate::verify::{certs_from_pem, split_chain, Issued};
+use crate::pem;
+use crate::verify::{split_chain, Issued};
 
 /// The Kubernetes API refuses CSR lifetimes shorter than this
 /// (`spec.expirationSeconds` minimum).
@@ -265,23 +266,23 @@ fn chain_from(
     let bad = || KubeError::BadCertificate {
         resource: resource.to_owned(),
     };
-    let mut certs = certs_from_pem(pem_bytes).map_err(|_| bad())?;
+    let mut certs = pem::certificates(pem_bytes).map_err(|_| bad())?;
     if certs.is_empty() {
         return Err(bad());
     }
     let leaf = certs.remove(0);
     let mut anchors = match ca {
-        Some(ca) if !ca.is_empty() => certs_from_pem(ca).map_err(|_| bad())?,
+        Some(ca) if !ca.is_empty() => pem::certificates(ca).map_err(|_| bad())?,
         _ => Vec::new(),
     };
     // The configured CA file is used when the response carries no CA (always
     // for the CSR API; for cert-manager when the issuer sets no status.ca).
     if let Some(path) = ca_file.filter(|_| anchors.is_empty()) {
-        let pem = crate::small_file::read(path).map_err(|source| KubeError::ReadCa {
+        let text = crate::small_file::read(path).map_err(|source| KubeError::ReadCa {
             path: path.clone(),
             source,
         })?;
-        anchors = certs_from_pem(&pem).map_err(|_| bad())?;
+        anchors = pem::certificates(&text).map_err(|_| bad())?;
     }
     let (intermediates, roots) = split_chain(&certs);
     if anchors.is_empty() {
@@ -383,7 +384,7 @@ impl KubernetesCsr {
                 ..ObjectMeta::default()
             },
             spec: CertificateSigningRequestSpec {
-                request: k8s_openapi::ByteString(crate::keys::csr_pem(csr_der).into_bytes()),
+                request: k8s_openapi::ByteString(crate::pem::encode_csr(csr_der).into_bytes()),
                 signer_name: self.spec.signer_name.clone(),
                 usages: Some(
                     self.spec
@@ -482,7 +483,7 @@ impl CertManager {
         let r = &self.spec.issuer_ref;
         object.data = json!({
             "spec": {
-                "request": base64_encode(crate::keys::csr_pem(csr_der).as_bytes()),
+                "request": base64_encode(crate::pem::encode_csr(csr_der).as_bytes()),
                 "issuerRef": {"name": r.name, "kind": r.kind, "group": r.group},
                 "duration": format!("{}s", cert.duration.as_secs()),
                 "usages": self.spec.usages.clone().unwrap_or_else(|| usages(cert.key_algorithm)),

@@ -18,7 +18,8 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use zeroize::Zeroizing;
 
 use crate::keys::{KeyAlgorithm, KeyError, PrivateKey};
-use crate::verify::{certs_from_pem, split_chain, Issued};
+use crate::pem;
+use crate::verify::{split_chain, Issued};
 
 /// The development CA's directory under the state directory.
 pub const DEV_CA_DIR: &str = "dev-ca";
@@ -146,12 +147,12 @@ impl LocalCa {
     }
 
     fn material(&self) -> Result<Material, LocalCaError> {
-        let pem =
+        let text =
             crate::small_file::read(&self.cert_file).map_err(|source| LocalCaError::ReadCert {
                 path: self.cert_file.clone(),
                 source,
             })?;
-        let chain = certs_from_pem(&pem)
+        let chain = pem::certificates(&text)
             .ok()
             .filter(|c| !c.is_empty())
             .ok_or_else(|| LocalCaError::NoCert {
@@ -198,12 +199,12 @@ impl LocalCa {
     /// The self-signed certificates of the CA file (the roots), or its last
     /// certificate when it holds no root.
     pub fn trust_anchors(&self) -> Result<Vec<Vec<u8>>, LocalCaError> {
-        let pem =
+        let text =
             crate::small_file::read(&self.cert_file).map_err(|source| LocalCaError::ReadCert {
                 path: self.cert_file.clone(),
                 source,
             })?;
-        let chain = certs_from_pem(&pem).unwrap_or_default();
+        let chain = pem::certificates(&text).unwrap_or_default();
         Ok(split_chain(&chain).1)
     }
 

@@ -62,8 +62,8 @@ fn check_anchor_file(field: &'static str, path: &Path) -> Result<(), IssuerError
         path: path.to_owned(),
         reason,
     };
-    let pem = crate::small_file::read(path).map_err(|e| fail(e.to_string()))?;
-    let ders = crate::verify::certs_from_pem(&pem)
+    let text = crate::small_file::read(path).map_err(|e| fail(e.to_string()))?;
+    let ders = crate::pem::certificates(&text)
         .ok()
         .filter(|c| !c.is_empty())
         .ok_or_else(|| fail("it holds no PEM CERTIFICATE block".into()))?;

@@ -13,8 +13,9 @@ use zeroize::Zeroizing;
 
 use crate::config::{CertificateSpec, PkiMode, PkiSpec, VaultSpec};
 use crate::keys::{KeyError, PrivateKey};
+use crate::pem;
 use crate::vault::{VaultClient, VaultError};
-use crate::verify::{certs_from_pem, split_chain, Issued};
+use crate::verify::{split_chain, Issued};
 
 /// One Vault issuer: its client (shared with the secrets read through it) and
 /// its PKI settings, if it issues certificates.
@@ -65,7 +66,7 @@ impl VaultIssuer {
         let pki = self.pki.as_ref().ok_or(VaultPkiError::NoPki)?;
         let path = format!("{}/sign/{}", pki.mount, pki.role);
         let mut body = request_body(cert, pki);
-        body["csr"] = Value::String(crate::keys::csr_pem(csr_der));
+        body["csr"] = Value::String(crate::pem::encode_csr(csr_der));
         let answer = self
             .client
             .request(Method::POST, &path, Some(&body))
@@ -78,11 +79,11 @@ impl VaultIssuer {
         let Some(path) = self.pki.as_ref().and_then(|p| p.ca_bundle_file.as_ref()) else {
             return Ok(issued);
         };
-        let pem = crate::small_file::read(path).map_err(|source| VaultPkiError::ReadBundle {
+        let text = crate::small_file::read(path).map_err(|source| VaultPkiError::ReadBundle {
             path: path.clone(),
             source,
         })?;
-        let anchors = certs_from_pem(&pem)
+        let anchors = pem::certificates(&text)
             .ok()
             .filter(|c| !c.is_empty())
             .ok_or_else(|| VaultPkiError::ReadBundle {
@@ -164,7 +165,7 @@ pub(crate) fn parse_certificates(data: &Value, path: &str) -> Result<Issued, Vau
         .as_str()
         .ok_or_else(|| malformed("data.certificate"))?;
     let mut certs =
-        certs_from_pem(leaf_pem.as_bytes()).map_err(|_| malformed("data.certificate"))?;
+        pem::certificates(leaf_pem.as_bytes()).map_err(|_| malformed("data.certificate"))?;
     if certs.is_empty() {
         return Err(malformed("data.certificate"));
     }
@@ -176,10 +177,14 @@ pub(crate) fn parse_certificates(data: &Value, path: &str) -> Result<Issued, Vau
         .flatten()
         .filter_map(Value::as_str)
     {
-        rest.extend(certs_from_pem(pem_text.as_bytes()).map_err(|_| malformed("data.ca_chain"))?);
+        rest.extend(
+            pem::certificates(pem_text.as_bytes()).map_err(|_| malformed("data.ca_chain"))?,
+        );
     }
     if let Some(issuing) = data["issuing_ca"].as_str() {
-        rest.extend(certs_from_pem(issuing.as_bytes()).map_err(|_| malformed("data.issuing_ca"))?);
+        rest.extend(
+            pem::certificates(issuing.as_bytes()).map_err(|_| malformed("data.issuing_ca"))?,
+        );
     }
     let mut unique: Vec<Vec<u8>> = Vec::new();
     for c in rest {

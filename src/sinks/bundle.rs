@@ -6,7 +6,7 @@ use zeroize::Zeroizing;
 use super::{kind, Sink, SinkError};
 use crate::credential::Credential;
 use crate::output::FileEntry;
-use crate::verify::certs_to_pem;
+use crate::pem;
 
 /// The bundle file (`files.bundle`), owner-only like the key.
 #[derive(Debug)]
@@ -37,7 +37,7 @@ impl Sink for Bundle {
             });
         };
         let key_pem = c.key.to_pem();
-        let chain_pem = certs_to_pem(&c.issued.chain);
+        let chain_pem = pem::encode_certificates(&c.issued.chain);
         let mut data = Zeroizing::new(Vec::with_capacity(key_pem.len() + chain_pem.len()));
         data.extend_from_slice(key_pem.as_bytes());
         data.extend_from_slice(chain_pem.as_bytes());

@@ -12,7 +12,8 @@ use crate::config::FileSpec;
 use crate::credential::Credential;
 use crate::keys::PrivateKey;
 use crate::output::FileEntry;
-use crate::verify::{certs_from_pem, certs_to_pem, inspect};
+use crate::pem;
+use crate::verify::inspect;
 
 /// The certificate, key and CA files.
 #[derive(Debug)]
@@ -66,12 +67,12 @@ impl Sink for KubeletFiles {
         let mut files = vec![
             FileEntry {
                 path: self.certificate.clone(),
-                data: Zeroizing::new(certs_to_pem(&c.issued.chain).into_bytes()),
+                data: Zeroizing::new(pem::encode_certificates(&c.issued.chain).into_bytes()),
                 mode: self.mode,
             },
             FileEntry {
                 path: self.ca.clone(),
-                data: Zeroizing::new(certs_to_pem(&c.issued.ca).into_bytes()),
+                data: Zeroizing::new(pem::encode_certificates(&c.issued.ca).into_bytes()),
                 mode: self.mode,
             },
         ];
@@ -98,7 +99,7 @@ impl Sink for KubeletFiles {
 /// replaced (`old`, PEM) holds other anchors than `new`: a rotated or
 /// replaced CA, which the operator should hear about.
 fn anchors_changed(old: &[u8], new: &[Vec<u8>]) -> Option<(String, String)> {
-    let old = certs_from_pem(old).ok().filter(|o| !o.is_empty())?;
+    let old = pem::certificates(old).ok().filter(|o| !o.is_empty())?;
     if old == new {
         return None;
     }
@@ -128,7 +129,7 @@ mod tests {
     #[test]
     fn a_replaced_trust_anchor_is_noticed_and_an_unchanged_one_is_not() {
         let (a, b) = (ca("root A"), ca("root B"));
-        let pem_a = certs_to_pem(std::slice::from_ref(&a));
+        let pem_a = pem::encode_certificates(std::slice::from_ref(&a));
         assert_eq!(
             anchors_changed(pem_a.as_bytes(), std::slice::from_ref(&a)),
             None

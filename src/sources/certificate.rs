@@ -14,8 +14,9 @@ use crate::credential::{Certificate, Checked, Credential, HeadStart};
 use crate::issuers::Issuer;
 use crate::keys::PrivateKey;
 use crate::output::read_live;
+use crate::pem;
 use crate::schedule::{jitter_for, renewal_time};
-use crate::verify::{certs_from_pem, verify, CertInfo, Issued};
+use crate::verify::{verify, CertInfo, Issued};
 
 /// Turns of the runtime a login gets before the key is made: enough to
 /// connect (on loopback at once), hand the request to the connection task
@@ -203,8 +204,8 @@ pub(crate) fn on_disk_fits(
     ca_pem: &[u8],
     now: SystemTime,
 ) -> Result<CertInfo, String> {
-    let chain = certs_from_pem(cert_pem).map_err(|_| "the certificate on disk is not PEM")?;
-    let ca = certs_from_pem(ca_pem).map_err(|_| "the CA file on disk is not PEM")?;
+    let chain = pem::certificates(cert_pem).map_err(|_| "the certificate on disk is not PEM")?;
+    let ca = pem::certificates(ca_pem).map_err(|_| "the CA file on disk is not PEM")?;
     let key = std::str::from_utf8(key_pem)
         .ok()
         .and_then(|k| PrivateKey::from_pem(k).ok())
