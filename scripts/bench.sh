@@ -8,12 +8,18 @@
 #     each a new ECDSA-P256 key + sign + verify + fsynced atomic publish);
 #   - idle resident memory (VmRSS, VmHWM) of `pillion run` after its first publish.
 # Usage: scripts/bench.sh [runs]   (default 50)
+#        PILLION_BIN=/path/to/pillion scripts/bench.sh   (another build, e.g. an older one, to
+#        compare before and after a change on the same machine)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-50}
 
-cargo build --release --quiet
-bin=$PWD/target/release/pillion
+if [ -n "${PILLION_BIN:-}" ]; then
+    bin=$(realpath "$PILLION_BIN")
+else
+    cargo build --release --quiet
+    bin=$PWD/target/release/pillion
+fi
 work=$(mktemp -d)
 trap 'kill "${pid:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
 
