@@ -17,6 +17,9 @@ use crate::config::{
 /// a stuck init container is noticed.
 pub const DEFAULT_INIT_TIMEOUT: &str = "2m";
 
+/// The parsed command line: the global options and the subcommand.
+// clap would make this comment the top-level help, but the explicit `about`
+// and `long_about` below replace it: `pillion --help` shows those.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "pillion",
@@ -51,10 +54,15 @@ pub struct Cli {
     #[arg(long, global = true, env = "PILLION_LISTEN", value_name = "ADDR:PORT")]
     pub listen: Option<String>,
 
+    /// What to do, with the subcommand's own flags.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The subcommands. Each variant's doc comment is its line in `pillion --help`
+/// and the summary of `pillion <command> --help`.
+// clap would also make this comment the top-level help; `Cli`'s explicit
+// `about` and `long_about` replace it.
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Obtain, publish and keep renewing until stopped (SIGTERM/SIGINT). SIGUSR1 renews everything now.
@@ -69,8 +77,12 @@ pub enum Command {
     Version,
 }
 
+/// `init`'s flags: the certificate, and how long to wait for it. No reload
+/// flags: an init container runs before the app exists.
+// Not shown by `init --help`: the `Init` variant's doc comment replaces it.
 #[derive(Debug, Clone, Args)]
 pub struct InitArgs {
+    /// The certificate to obtain, when there is no --config.
     #[command(flatten)]
     pub cert: CertArgs,
     /// Give up, exiting 1, if not everything is published by then.
@@ -78,6 +90,8 @@ pub struct InitArgs {
     pub timeout: Duration,
 }
 
+/// `status`'s flags: which files to inspect, and how to print them.
+// Not shown by `status --help`: the `Status` variant's doc comment replaces it.
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
     /// Output directory to inspect when no --config is given.
@@ -180,8 +194,10 @@ pub struct ReloadArgs {
 /// `run` and `check`: the certificate and how to reload the app.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
+    /// The certificate to obtain, when there is no --config.
     #[command(flatten)]
     pub cert: CertArgs,
+    /// How to tell the app about new files, when there is no --config.
     #[command(flatten)]
     pub reload: ReloadArgs,
 }
@@ -198,13 +214,22 @@ pub enum StatusFormat {
 /// A usage or configuration error: exit code 2.
 #[derive(Debug, thiserror::Error)]
 pub enum UsageError {
+    /// Certificate or reload flags were given together with --config.
     #[error("{flags} cannot be combined with --config: describe the certificate in the configuration file instead")]
-    FlagsWithConfig { flags: String },
+    FlagsWithConfig {
+        /// The flags given, comma-separated, e.g. `--out, --dns-name`.
+        flags: String,
+    },
+    /// The --config file cannot be opened or read, is too large, or is not UTF-8.
     #[error("failed to read the configuration file {}: {cause}", path.display())]
     ReadConfig {
+        /// The --config path as given.
         path: PathBuf,
+        /// The read error.
         cause: std::io::Error,
     },
+    /// The configuration, from the file or the flags (--listen included), has
+    /// errors; each names its field.
     #[error(transparent)]
     Config(#[from] ConfigErrors),
 }

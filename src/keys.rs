@@ -23,15 +23,25 @@ use crate::pem;
 /// The key algorithms a credential can ask for, named as in the configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyAlgorithm {
+    /// ECDSA on NIST P-256 (secp256r1), signing with SHA-256: `ECDSA-P256`,
+    /// the default for `privateKey.algorithm` and the development CA's key.
     EcdsaP256,
+    /// ECDSA on NIST P-384 (secp384r1), signing with SHA-384: `ECDSA-P384`.
     EcdsaP384,
+    /// Ed25519 (RFC 8410), written as PKCS#8 v1 so OpenSSL 3.0 reads it:
+    /// `Ed25519`. Most web browsers do not accept it in TLS.
     Ed25519,
+    /// RSA with a 2048-bit modulus, signing with PKCS#1 v1.5 SHA-256: `RSA-2048`.
     Rsa2048,
+    /// RSA with a 3072-bit modulus, signing with PKCS#1 v1.5 SHA-256: `RSA-3072`.
     Rsa3072,
+    /// RSA with a 4096-bit modulus, signing with PKCS#1 v1.5 SHA-256: `RSA-4096`;
+    /// generating one can take seconds.
     Rsa4096,
 }
 
 impl KeyAlgorithm {
+    /// Every algorithm, in the order a parse error lists them.
     pub const ALL: [KeyAlgorithm; 6] = [
         KeyAlgorithm::EcdsaP256,
         KeyAlgorithm::EcdsaP384,
@@ -41,6 +51,8 @@ impl KeyAlgorithm {
         KeyAlgorithm::Rsa4096,
     ];
 
+    /// The name used in the configuration and logs (`ECDSA-P256`, `RSA-2048`,
+    /// …); [`FromStr`] accepts it in any case.
     pub fn as_str(self) -> &'static str {
         match self {
             KeyAlgorithm::EcdsaP256 => "ECDSA-P256",
@@ -63,6 +75,8 @@ impl KeyAlgorithm {
         }
     }
 
+    /// True for the RSA sizes, whose generation is slow enough for a
+    /// blocking thread and whose certificates also get `keyEncipherment`.
     pub fn is_rsa(self) -> bool {
         self.rsa_bits().is_some()
     }
@@ -133,12 +147,17 @@ impl FromStr for KeyAlgorithm {
 /// Why a key could not be generated, read or used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
+    /// Generating a key of this algorithm failed (the OS random source or the
+    /// key generator).
     #[error("failed to generate a {0} key")]
     Generate(KeyAlgorithm),
+    /// The text holds no PEM block with a private-key label pillion reads.
     #[error("the data is not a PEM-encoded private key (expected PRIVATE KEY, EC PRIVATE KEY or RSA PRIVATE KEY)")]
     NotPem,
+    /// The key does not parse, or is not one of the [`KeyAlgorithm`]s.
     #[error("the private key is malformed or of an unsupported type (supported: ECDSA P-256/P-384, Ed25519, RSA 2048-4096)")]
     Unsupported,
+    /// rcgen could not build the CSR, e.g. a DNS name or URI it cannot encode.
     #[error("failed to build the certificate signing request: {0}")]
     Csr(rcgen::Error),
 }
@@ -213,6 +232,7 @@ impl PrivateKey {
         Ok(PrivateKey { pkcs8, algorithm })
     }
 
+    /// The key's algorithm, as generated or as detected when it was read.
     pub fn algorithm(&self) -> KeyAlgorithm {
         self.algorithm
     }

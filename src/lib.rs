@@ -7,6 +7,7 @@
 //! [`signals`], [`server`] and [`status`] face the user.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod agent;
 pub mod cli;

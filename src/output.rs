@@ -45,29 +45,52 @@ const DATA_TMP_LINK: &str = "..data_tmp";
 pub struct FileEntry {
     /// Relative to the credential's directory; validated as a payload path.
     pub path: String,
+    /// The file's content; wiped from memory when the entry is dropped.
     pub data: Zeroizing<Vec<u8>>,
+    /// Permission bits (e.g. `0o600`), set when the file is created, before
+    /// any byte is written.
     pub mode: u32,
 }
 
 /// Who should own the files; `None` leaves the id as pillion's.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Owner {
+    /// The user to give the files to (`uid` in the configuration).
     pub uid: Option<u32>,
+    /// The group to give the files to (`gid` in the configuration).
     pub gid: Option<u32>,
 }
 
+/// Why a credential's files could not be published; the live ones stay as
+/// they were.
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
+    /// A file name is absolute, empty, climbs out with `..`, or uses a
+    /// `..`-prefixed name reserved for the atomic layout.
     #[error("refusing to publish {path:?}: {reason}")]
-    BadPath { path: String, reason: &'static str },
+    BadPath {
+        /// The file name as given, relative to the credential's directory.
+        path: String,
+        /// What is wrong with it, e.g. `is an absolute path: ...`.
+        reason: &'static str,
+    },
+    /// A file-system step failed, e.g. a full disk or a read-only mount.
     #[error("failed to {action} {}", path.display())]
     Io {
+        /// The step, as the message words it, e.g. `create the directory`.
         action: &'static str,
+        /// The file, symlink or directory the step was on.
         path: PathBuf,
+        /// The OS error.
         source: std::io::Error,
     },
+    /// A name to publish is taken by a file or directory rather than a
+    /// symlink, e.g. one another tool wrote.
     #[error("{} exists and is not a symlink pillion made; move it away or choose another file name", path.display())]
-    Occupied { path: PathBuf },
+    Occupied {
+        /// The taken name, in the credential's directory.
+        path: PathBuf,
+    },
 }
 
 /// Did a publish change anything?
@@ -96,6 +119,8 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
 }
 
 impl AtomicDir {
+    /// Publishes into `dir`; nothing on disk is touched until the first
+    /// publish, [`AtomicDir::begin`] or [`AtomicDir::recover`].
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         AtomicDir {
             dir: dir.into(),
@@ -103,6 +128,7 @@ impl AtomicDir {
         }
     }
 
+    /// The directory the app reads, where the visible names live.
     pub fn path(&self) -> &Path {
         &self.dir
     }

@@ -19,6 +19,7 @@ pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// A signal pillion may send, with the name the user wrote it as.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct SignalName {
+    /// The signal sent to the app's processes.
     pub signal: Signal,
     name: &'static str,
 }
@@ -87,18 +88,23 @@ impl FromStr for SignalName {
 /// What to do after a round of publishing.
 #[derive(Debug, Clone)]
 pub struct ReloadSpec {
+    /// `reload.signal` (default SIGHUP); used by the process, processRegex and
+    /// pidFile targets only.
     pub signal: SignalName,
+    /// Who is told: the one target `reload` names.
     pub target: ReloadTarget,
     /// Scans skip PID 1 (the pause container, or the app's init) unless asked.
     pub include_pid1: bool,
 }
 
+/// Who is told to reload, and how: exactly one per configuration.
 #[derive(Debug, Clone)]
 pub enum ReloadTarget {
     /// Exact match on `/proc/PID/comm`.
     Process(String),
     /// A regex searched in `/proc/PID/cmdline`, arguments joined by spaces.
     ProcessRegex(regex_lite::Regex),
+    /// A file holding the PID to signal, read again at each reload.
     PidFile(PathBuf),
     /// A program and its arguments, run without a shell.
     Command(Vec<String>),
@@ -136,55 +142,107 @@ impl fmt::Display for ReloadSpec {
     }
 }
 
+/// Why the app could not be told to reload; the new files stay published.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
+    /// No process matches, or the PID from the PID file is not running.
     #[error("no process {what} is running where pillion can see it; if the app runs in another container, the pod needs `shareProcessNamespace: true`")]
-    NotFound { what: String },
+    NotFound {
+        /// The processes looked for, as the message words it, e.g. `named "nginx"`.
+        what: String,
+    },
+    /// The kernel refused the signal (EPERM): another UID, no CAP_KILL.
     #[error("not permitted to send {signal} to PID {pid} ({comm}, uid {target_uid}) from uid {our_uid}: run pillion as the same UID as the app or add the CAP_KILL capability")]
     Permission {
+        /// The signal that was refused.
         signal: SignalName,
+        /// The process it was meant for.
         pid: i32,
+        /// That process's name from `/proc/PID/status`, or `unknown`.
         comm: String,
+        /// That process's real UID from `/proc/PID/status`, or `unknown`.
         target_uid: String,
+        /// pillion's effective UID.
         our_uid: u32,
     },
+    /// Sending the signal failed for a reason other than a missing process or
+    /// a permission.
     #[error("failed to send {signal} to PID {pid}")]
     Signal {
+        /// The signal being sent.
         signal: SignalName,
+        /// The process it was meant for.
         pid: i32,
+        /// The error `kill(2)` returned.
         source: std::io::Error,
     },
+    /// `reload.pidFile` cannot be read.
     #[error("failed to read the PID file {}", path.display())]
     PidFile {
+        /// The PID file as configured.
         path: PathBuf,
+        /// The read error.
         source: std::io::Error,
     },
+    /// `reload.pidFile` holds something other than a positive number.
     #[error("the PID file {} does not hold a process ID (found {content:?})", path.display())]
-    BadPid { path: PathBuf, content: String },
+    BadPid {
+        /// The PID file as configured.
+        path: PathBuf,
+        /// The file's first 40 characters.
+        content: String,
+    },
+    /// `reload.pidFile` names pillion's own PID.
     #[error("refusing to signal PID {pid} from {}: it is pillion itself", path.display())]
-    OwnPid { pid: i32, path: PathBuf },
+    OwnPid {
+        /// pillion's PID, as found in the file.
+        pid: i32,
+        /// The PID file as configured.
+        path: PathBuf,
+    },
+    /// The reload command could not be started, or waiting for it failed.
     #[error("failed to run the reload command {program:?}")]
     Spawn {
+        /// The program, the first word of `reload.command`.
         program: String,
+        /// The error from starting or waiting for it.
         source: std::io::Error,
     },
+    /// The reload command exited unsuccessfully.
     #[error("the reload command {program:?} exited with {status}{stderr}")]
     CommandFailed {
+        /// The program, the first word of `reload.command`.
         program: String,
+        /// How it exited.
         status: std::process::ExitStatus,
+        /// `: ` and the last non-blank line of its stderr (at most 300
+        /// characters), or empty when it wrote none.
         stderr: String,
     },
+    /// The reload command ran past [`RELOAD_TIMEOUT`] and was killed.
     #[error("the reload command {program:?} did not finish within {}s and was killed", RELOAD_TIMEOUT.as_secs())]
-    CommandTimeout { program: String },
+    CommandTimeout {
+        /// The program, the first word of `reload.command`.
+        program: String,
+    },
+    /// The POST to `reload.url` got no answer: connecting, TLS, or the timeout
+    /// failed.
     #[error("POST {url} failed")]
     Http {
+        /// `reload.url`.
         url: url::Url,
+        /// The HTTP client's error.
         source: reqwest::Error,
     },
+    /// `reload.url` answered with a status other than 2xx.
     #[error("POST {url} answered {status}{body}")]
     HttpStatus {
+        /// `reload.url`.
         url: url::Url,
+        /// The status it answered.
         status: reqwest::StatusCode,
+        /// `: ` and the trimmed answer body (at most 300 characters), or empty
+        /// when there was none.
         body: String,
     },
 }

@@ -16,25 +16,40 @@ use crate::vault::{VaultClient, VaultError};
 pub struct KvMount {
     /// With a trailing slash, e.g. `secret/`.
     pub mount: String,
+    /// The KV engine version, 1 or 2: whether reads go through `<mount>data/`.
     pub version: u8,
 }
 
+/// Why a KV secret could not be read from Vault.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
+    /// Vault answered 404, or KV v2's current version is deleted.
     #[error("the secret {path} does not exist (or was deleted)")]
-    NotFound { path: String },
+    NotFound {
+        /// `secrets[N].path` as configured.
+        path: String,
+    },
+    /// The request failed: transport, login, or Vault's own error, verbatim.
     #[error(transparent)]
     Vault(#[from] VaultError),
+    /// The path's mount is not a KV (or `generic`) engine, or Vault names no mount.
     #[error(
         "{path} is not in a KV secrets engine (Vault reports mount {mount:?} of type {kind:?})"
     )]
     NotKv {
+        /// `secrets[N].path` as configured.
         path: String,
+        /// The mount Vault reports for it; empty when none.
         mount: String,
+        /// The engine type Vault reports, e.g. `pki`; empty when none.
         kind: String,
     },
+    /// Vault answered the read without a `data` object.
     #[error("Vault's answer for {path} has no data object")]
-    NoData { path: String },
+    NoData {
+        /// `secrets[N].path` as configured.
+        path: String,
+    },
 }
 
 /// Finds the KV mount and version of `spec.path`.

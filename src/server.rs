@@ -67,11 +67,11 @@ fn connection_cap() -> usize {
 /// Serves requests until the runtime stops. Each connection is served on its
 /// own task; a broken connection affects nothing else.
 ///
-/// Bounded against abuse: at most [`connection_cap`] connections (the oldest
+/// Bounded against abuse: at most `connection_cap()` connections (the oldest
 /// is closed for a new one), headers within [`HEADER_READ_TIMEOUT`] and
 /// [`MAX_HEADER_BYTES`], connections closed after [`CONNECTION_LIFETIME`],
 /// a growing pause after accept errors, and those logged at most once per
-/// [`LOG_INTERVAL`].
+/// `LOG_INTERVAL`.
 pub async fn serve(
     listener: TcpListener,
     state: watch::Receiver<Vec<CredentialState>>,

@@ -105,6 +105,8 @@ fn unix_seconds(t: SystemTime) -> i64 {
 }
 
 impl Metrics {
+    /// Every metric registered under the `pillion_` prefix, with no series
+    /// yet except `build_info`.
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("pillion");
         let not_after = Family::<Name, Gauge>::default();
@@ -219,6 +221,8 @@ impl Metrics {
             .inc();
     }
 
+    /// A reload of the app ended; `target` is
+    /// [`ReloadTarget::kind`](crate::reload::ReloadTarget::kind).
     pub fn reload(&self, target: &'static str, ok: bool) {
         let result = if ok { "success" } else { "failure" };
         self.reloads

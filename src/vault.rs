@@ -27,43 +27,82 @@ const MAX_ERROR_TEXT: usize = 1000;
 /// How to reach and log in to a Vault/OpenBao server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VaultSpec {
+    /// `vault.address`: the server's http:// or https:// URL; requests go to
+    /// `<address>/v1/<path>`.
     pub address: url::Url,
+    /// `vault.caFile`: the only roots Vault's TLS certificate is checked
+    /// against; `None` uses the system roots.
     pub ca_file: Option<PathBuf>,
+    /// `vault.tlsSkipVerifyInsecure`: accept any TLS certificate from Vault
+    /// (logged as a warning at start-up); for development only.
     pub tls_skip_verify_insecure: bool,
+    /// `vault.namespace`, sent as `X-Vault-Namespace`; `None` when unset or empty.
     pub namespace: Option<String>,
+    /// Limit on each HTTP request to Vault (`vault.timeout`, default 30s);
+    /// connecting is also held to 10s at most.
     pub timeout: Duration,
+    /// The one auth method configured under `vault.auth`.
     pub auth: VaultAuth,
+    /// `vault.pki`, for issuing certificates; `None` for an issuer that only
+    /// serves `secrets`.
     pub pki: Option<PkiSpec>,
 }
 
 /// The Vault auth methods pillion logs in with.
+///
+/// Every file named here is read again at each login (projected
+/// service-account tokens rotate) and must not be empty after trimming.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VaultAuth {
+    /// `auth.token`: an existing token, looked up with
+    /// `auth/token/lookup-self` to learn its TTL.
     Token {
+        /// The file holding the token.
         file: PathBuf,
     },
+    /// `auth.appRole`: login at `auth/<mount>/login` with a role ID and secret ID.
     AppRole {
+        /// The file holding the role ID.
         role_id_file: PathBuf,
+        /// The file holding the secret ID.
         secret_id_file: PathBuf,
+        /// Where the AppRole auth method is mounted, without slashes (default `approle`).
         mount: String,
     },
+    /// `auth.kubernetes`: login at `auth/<mount>/login` with the pod's
+    /// service-account token.
     Kubernetes {
+        /// The Vault role to log in as.
         role: String,
+        /// Where the Kubernetes auth method is mounted, without slashes
+        /// (default `kubernetes`).
         mount: String,
+        /// The service-account token to present (default: the one the
+        /// kubelet mounts into the pod).
         token_file: PathBuf,
     },
+    /// `auth.jwt`: login at `auth/<mount>/login` with a JWT from a file.
     Jwt {
+        /// The Vault role to log in as.
         role: String,
+        /// Where the JWT auth method is mounted, without slashes (default `jwt`).
         mount: String,
+        /// The file holding the JWT to present; required.
         token_file: PathBuf,
     },
 }
 
+/// `vault.pki`: the PKI secrets engine a Vault issuer gets certificates from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PkiSpec {
+    /// Where the PKI engine is mounted, without slashes (default `pki`).
     pub mount: String,
+    /// The PKI role in `<mount>/sign/<role>` or `<mount>/issue/<role>`.
     pub role: String,
+    /// The PKI issuer to sign with, sent as `issuer_ref`; `None` uses the
+    /// mount's default issuer.
     pub issuer_ref: Option<String>,
+    /// Whether the key is made in the pod or by Vault.
     pub mode: PkiMode,
     /// Trust anchors to publish as `ca.crt` instead of the root(s) Vault returns.
     pub ca_bundle_file: Option<PathBuf>,
@@ -78,45 +117,85 @@ pub enum PkiMode {
     Issue,
 }
 
+/// Why setting up the Vault client, logging in, or a request to Vault failed.
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
+    /// `vault.caFile` cannot be read.
     #[error("failed to read the Vault CA file {}", path.display())]
     ReadCa {
+        /// The `vault.caFile` as configured.
         path: PathBuf,
+        /// The read error.
         source: std::io::Error,
     },
+    /// `vault.caFile` holds no certificate that parses.
     #[error("the Vault CA file {} holds no usable PEM certificate", path.display())]
-    BadCa { path: PathBuf },
+    BadCa {
+        /// The `vault.caFile` as configured.
+        path: PathBuf,
+    },
+    /// The HTTP client cannot be built, e.g. the TLS backend failed to start.
     #[error("failed to set up the HTTP client for Vault")]
     Client(#[source] reqwest::Error),
+    /// An auth file is missing or unreadable, at start-up or at a login.
     #[error("failed to read the {what} at {}", path.display())]
     ReadFile {
+        /// Which file, as the message names it, e.g. `AppRole role-id file`.
         what: &'static str,
+        /// The file as configured.
         path: PathBuf,
+        /// The read error.
         source: std::io::Error,
     },
+    /// An auth file holds nothing but whitespace.
     #[error("the {what} at {} is empty", path.display())]
-    EmptyFile { what: &'static str, path: PathBuf },
+    EmptyFile {
+        /// Which file, as the message names it, e.g. `Vault token file`.
+        what: &'static str,
+        /// The file as configured.
+        path: PathBuf,
+    },
+    /// No answer: connecting, TLS, the timeout, or reading the body failed.
     #[error("{method} {url} failed")]
     Request {
+        /// The HTTP method sent.
         method: Method,
+        /// The full URL, `<address>/v1/<path>`.
         url: String,
+        /// The transport error.
         source: reqwest::Error,
     },
+    /// Vault answered with an error status. From [`VaultClient::request`], a
+    /// rejected token (403) has already been retried once after a fresh login.
     #[error("Vault answered {status} to {method} {path}: {message}")]
     Status {
+        /// The HTTP method sent.
         method: Method,
+        /// The API path under `/v1/`, e.g. `pki/sign/web`.
         path: String,
+        /// The HTTP status Vault answered.
         status: StatusCode,
+        /// Vault's `errors` joined with `; ` (or the body), on one line and
+        /// cut to 1000 characters.
         message: String,
     },
     /// A login failed moments ago; the next waits for its backoff.
     #[error("not logging in to Vault again for {}: the last login failed: {message}", humantime::format_duration(Duration::from_secs(retry_in.as_secs().max(1))))]
-    LoginBackoff { message: String, retry_in: Duration },
+    LoginBackoff {
+        /// The last login's error, with its causes.
+        message: String,
+        /// How long until the next login may be tried.
+        retry_in: Duration,
+    },
+    /// Vault's answer is not JSON, is over 4 MiB, or lacks a documented
+    /// field; also a token that cannot go in an HTTP header.
     #[error("Vault's answer to {method} {path} is not what the API documents: {reason}")]
     Malformed {
+        /// The HTTP method sent.
         method: Method,
+        /// The API path under `/v1/`, e.g. `auth/approle/login`.
         path: String,
+        /// What is wrong with the answer, e.g. `no auth.client_token`.
         reason: String,
     },
 }
@@ -687,6 +766,8 @@ impl VaultAuth {
         }
     }
 
+    /// The method's name as in the configuration (`token`, `appRole`,
+    /// `kubernetes`, `jwt`), for logs and the plan.
     pub fn name(&self) -> &'static str {
         match self {
             VaultAuth::Token { .. } => "token",

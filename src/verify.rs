@@ -25,52 +25,105 @@ pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
 /// then intermediates) and the trust anchors for `ca.crt`. All DER.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Issued {
+    /// The certificates for `tls.crt`: the leaf first, then its intermediates.
     pub chain: Vec<Vec<u8>>,
+    /// The trust anchors for `ca.crt`; [`verify`] rejects an empty list.
     pub ca: Vec<Vec<u8>>,
 }
 
 /// The facts about a certificate that pillion logs, schedules on and shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {
+    /// The serial number as colon-separated lowercase hex bytes (`0a:1b:…`).
     pub serial: String,
+    /// The subject DN on one line (`CN=…, O=…`).
     pub subject: String,
+    /// The issuer DN on one line, as for `subject`.
     pub issuer: String,
+    /// The start of validity (notBefore); the Unix epoch if it is earlier.
     pub not_before: SystemTime,
+    /// The end of validity (notAfter); the Unix epoch if it is earlier.
     pub not_after: SystemTime,
+    /// The subject's common name and the DNS, IP and URI SANs; other SAN
+    /// types are left out.
     pub names: Names,
+    /// The key's algorithm; `None` for one pillion cannot generate (another
+    /// curve, an RSA size other than 2048/3072/4096).
     pub key_algorithm: Option<KeyAlgorithm>,
     /// The subjectPublicKey bits.
     pub public_key: Vec<u8>,
 }
 
+/// Why what an issuer returned is not published; the files on disk stay.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
+    /// The issuer returned an empty chain.
     #[error("the CA returned no certificate")]
     Empty,
+    /// The issuer returned nothing to publish as `ca.crt`.
     #[error("the CA returned no trust anchor to publish as the CA file")]
     NoTrustAnchor,
+    /// A returned certificate does not parse.
     #[error("certificate {index} of the chain is not valid DER X.509: {reason}")]
-    Malformed { index: usize, reason: String },
+    Malformed {
+        /// Its position: 0 is the leaf, then the rest of the chain, then the anchors.
+        index: usize,
+        /// The X.509 parser's complaint.
+        reason: String,
+    },
+    /// An intermediate or trust anchor lacks `CA:TRUE` or `keyCertSign`
+    /// (RFC 5280 4.2.1.9, 4.2.1.3).
     #[error("the issuing certificate {subject:?} is not a CA certificate: {reason}")]
     NotCa {
+        /// The offending certificate's subject DN.
         subject: String,
+        /// Which of the two it lacks.
         reason: &'static str,
     },
+    /// The leaf certifies a public key other than the one pillion holds for it.
     #[error("the certificate's public key is not the key pillion generated for it")]
     KeyMismatch,
+    /// A requested DNS name, IP address or URI is not among the leaf's SANs.
     #[error("the certificate lacks the requested {kind} {name:?}")]
-    MissingName { kind: &'static str, name: String },
+    MissingName {
+        /// `DNS name`, `IP address` or `URI`.
+        kind: &'static str,
+        /// The requested name that is missing.
+        name: String,
+    },
+    /// The leaf carries a SAN that was not requested (a DNS name equal to the
+    /// common name is allowed).
     #[error("the certificate carries the {kind} {name:?}, which was not requested")]
-    ExtraName { kind: &'static str, name: String },
+    ExtraName {
+        /// `DNS name`, `IP address` or `URI`.
+        kind: &'static str,
+        /// The unrequested name.
+        name: String,
+    },
+    /// A common name was requested and the leaf's differs.
     #[error("the certificate's common name is {got:?}, not the requested {want:?}")]
-    CommonName { want: String, got: String },
+    CommonName {
+        /// The requested common name.
+        want: String,
+        /// The leaf's common name; empty when it has none.
+        got: String,
+    },
+    /// The leaf starts more than [`CLOCK_SKEW`] after now.
     #[error("the certificate is not valid before {} (now {})", fmt_time(*not_before), fmt_time(*now))]
     NotYetValid {
+        /// The leaf's notBefore.
         not_before: SystemTime,
+        /// The local time it was checked at.
         now: SystemTime,
     },
+    /// The leaf's notAfter has passed.
     #[error("the certificate expired at {}", fmt_time(*not_after))]
-    Expired { not_after: SystemTime },
+    Expired {
+        /// The leaf's notAfter.
+        not_after: SystemTime,
+    },
+    /// RFC 5280 path validation (rustls-webpki) found no path from the leaf to
+    /// a usable published anchor; the text is webpki's or the anchor's problem.
     #[error("the certificate does not chain to the CA certificate(s) to be published: {0}")]
     Chain(String),
 }
@@ -80,7 +133,7 @@ pub enum VerifyError {
 /// as the next one in the file is it, up to the first self-signed one. What
 /// follows (more roots, a root beside its cross-signed copy) is not on the
 /// path and is not checked here. Each certificate on the path must be a CA
-/// valid now ([`check_ca_cert`]) whose `pathlen` allows the CAs below it, and
+/// valid now (`check_ca_cert`) whose `pathlen` allows the CAs below it, and
 /// carry a signature its issuer's key verifies. Returns the earliest expiry
 /// on the path: no certificate issued under it can be valid longer.
 ///
@@ -169,6 +222,8 @@ fn check_ca_cert(
     Ok(facts.not_after)
 }
 
+/// A time for messages and status: RFC 3339 in UTC, to the second
+/// (`2025-01-31T12:00:00Z`).
 pub fn fmt_time(t: SystemTime) -> humantime::Rfc3339Timestamp {
     humantime::format_rfc3339_seconds(t)
 }

@@ -94,7 +94,8 @@ pub struct CertManagerSpec {
     pub issuer_ref: IssuerRef,
     /// Default: $POD_NAMESPACE, else the client's default namespace.
     pub namespace: Option<String>,
-    /// Key usages to request; default: cert-manager's.
+    /// Key usages to request; default: digital signature (plus key encipherment
+    /// for RSA), server auth and client auth.
     pub usages: Option<Vec<String>>,
     /// Trust anchors for `ca.crt` when the issuer sets no `status.ca`.
     pub ca_file: Option<PathBuf>,

@@ -35,61 +35,110 @@ pub const MIN_EXPIRATION: Duration = Duration::from_secs(600);
 /// Where the policies pillion needs are kept, for RBAC error messages.
 const RBAC_POLICY_FILE: &str = "policies/kubernetes/";
 
+/// Why a Kubernetes issuer (CSR API or cert-manager) gave no certificate.
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
+    /// No usable client configuration: a bad kubeconfig, or none at all.
     #[error(
         "failed to configure the Kubernetes client (in-cluster, $KUBECONFIG or ~/.kube/config)"
     )]
     Config(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The API answered 403: pillion's service account lacks an RBAC permission.
     #[error("RBAC forbids pillion to {verb} {resource}: {message}. Grant it with the Role/ClusterRole in {RBAC_POLICY_FILE}")]
     Forbidden {
+        /// The refused verb: `create`, `list` or `watch`.
         verb: &'static str,
+        /// The resource type, e.g. `certificatesigningrequests.certificates.k8s.io`;
+        /// a cert-manager create adds its namespace.
         resource: String,
+        /// The API server's Status message, verbatim.
         message: String,
     },
+    /// The API refused a request with a status other than 403.
     #[error("the Kubernetes API refused to {verb} {resource}: {message} ({reason}, {code})")]
     Api {
+        /// The refused verb, e.g. `create`.
         verb: &'static str,
+        /// The resource type, e.g. `certificatesigningrequests.certificates.k8s.io`;
+        /// a cert-manager create adds its namespace.
         resource: String,
+        /// The API server's Status message, verbatim.
         message: String,
+        /// The Status reason, e.g. `Invalid` or `AlreadyExists`.
         reason: String,
+        /// The HTTP status code.
         code: u16,
     },
+    /// The API server could not be reached or its answer could not be read.
     #[error("failed to {verb} {resource} through the Kubernetes API")]
     Transport {
+        /// The verb attempted, e.g. `create`.
         verb: &'static str,
+        /// The resource type, e.g. `certificatesigningrequests.certificates.k8s.io`;
+        /// a cert-manager create adds its namespace.
         resource: String,
+        /// The client's error.
         source: kube::Error,
     },
+    /// The request object has a `Denied` condition: an approver or policy refused it.
     #[error("{resource} was denied ({reason}): {message}")]
     Denied {
+        /// The request object, by kind and name.
         resource: String,
+        /// The condition's reason.
         reason: String,
+        /// The condition's message.
         message: String,
     },
+    /// The signer gave up on the request object: a `Failed` condition, or for
+    /// cert-manager `InvalidRequest` or `Ready=False` with a final reason.
     #[error("{resource} failed ({reason}): {message}")]
     Failed {
+        /// The request object, by kind and name.
         resource: String,
+        /// The condition's reason; prefixed `InvalidRequest: ` for that condition.
         reason: String,
+        /// The condition's message.
         message: String,
     },
+    /// The request object was deleted (or the watch ended) before it was signed.
     #[error("{resource} was deleted before it was signed")]
-    Deleted { resource: String },
+    Deleted {
+        /// The request object, by kind and name.
+        resource: String,
+    },
+    /// The request object was still pending when the issuer's `timeout` ran out.
     #[error("{resource}: {state} within {}", humantime::format_duration(*timeout))]
     Deadline {
+        /// The request object, by kind and name.
         resource: String,
+        /// What it was last waiting on, with a hint (e.g. `not approved: …`).
         state: String,
+        /// The configured `timeout` that passed.
         timeout: Duration,
     },
+    /// The signed object's certificate or its CA does not parse as PEM.
     #[error("{resource} carries a certificate that is not PEM")]
-    BadCertificate { resource: String },
+    BadCertificate {
+        /// The request object, by kind and name.
+        resource: String,
+    },
+    /// The configured `caFile`, needed because the answer carried no CA, is unreadable
+    /// or not PEM.
     #[error("failed to read the CA file {}", path.display())]
     ReadCa {
+        /// The configured `caFile`.
         path: PathBuf,
+        /// Why it could not be read.
         source: std::io::Error,
     },
+    /// Signed, but no trust anchor for `ca.crt`: none in the answer, no
+    /// `caFile`, and no root in the chain.
     #[error("{resource} is signed but no CA certificate is known to publish: set caFile")]
-    NoCa { resource: String },
+    NoCa {
+        /// The request object, by kind and name.
+        resource: String,
+    },
 }
 
 /// A Kubernetes API client, connected lazily on first use.
@@ -108,6 +157,8 @@ impl Debug for Cluster {
 }
 
 impl Cluster {
+    /// A client for `kubeconfig`, or the default configuration when `None`;
+    /// nothing is read until first use.
     pub fn new(kubeconfig: Option<PathBuf>) -> Cluster {
         Cluster {
             kubeconfig,
@@ -282,7 +333,10 @@ fn chain_from(
             path: path.clone(),
             source,
         })?;
-        anchors = pem::certificates(&text).map_err(|_| bad())?;
+        anchors = pem::certificates(&text).map_err(|e| KubeError::ReadCa {
+            path: path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })?;
     }
     let (intermediates, roots) = split_chain(&certs);
     if anchors.is_empty() {
@@ -305,10 +359,7 @@ fn chain_from(
 /// and client certificate of this key type.
 fn usages(alg: KeyAlgorithm) -> Vec<String> {
     let mut u = vec!["digital signature".to_owned()];
-    if matches!(
-        alg,
-        KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Rsa4096
-    ) {
+    if alg.is_rsa() {
         u.push("key encipherment".to_owned());
     }
     u.extend(["server auth".to_owned(), "client auth".to_owned()]);
@@ -361,6 +412,7 @@ pub struct KubernetesCsr {
 }
 
 impl KubernetesCsr {
+    /// Sets up the issuer; the API server is first contacted by [`Self::sign`].
     pub fn new(spec: &KubernetesCsrSpec) -> KubernetesCsr {
         KubernetesCsr {
             spec: spec.clone(),
@@ -450,6 +502,7 @@ fn certificate_request_resource() -> ApiResource {
 }
 
 impl CertManager {
+    /// Sets up the issuer; the API server is first contacted by [`Self::sign`].
     pub fn new(spec: &CertManagerSpec) -> CertManager {
         CertManager {
             spec: spec.clone(),

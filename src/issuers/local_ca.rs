@@ -30,6 +30,8 @@ const DEV_CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// certificates must stay usable).
 const MAX_BACKDATE: Duration = Duration::from_secs(300);
 
+/// A CA that signs in-process with a certificate and key read from PEM
+/// files: `localCa`, or the development CA.
 #[derive(Debug)]
 pub struct LocalCa {
     cert_file: PathBuf,
@@ -40,37 +42,76 @@ pub struct LocalCa {
     expires: Option<std::time::SystemTime>,
 }
 
+/// Why a local or development CA could not be loaded or could not sign.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalCaError {
+    /// The CA certificate file could not be read.
     #[error("failed to read the CA certificate file {}", path.display())]
     ReadCert {
+        /// The CA certificate file (`localCa.certFile` or `dev-ca/ca.crt`).
         path: PathBuf,
+        /// Why it could not be read.
         source: std::io::Error,
     },
+    /// The CA certificate file holds no PEM certificate.
     #[error("the CA certificate file {} holds no PEM CERTIFICATE block", path.display())]
-    NoCert { path: PathBuf },
+    NoCert {
+        /// The CA certificate file.
+        path: PathBuf,
+    },
+    /// A certificate in the CA file does not parse as X.509.
     #[error("the CA certificate in {} is not valid X.509: {reason}", path.display())]
-    BadCert { path: PathBuf, reason: String },
+    BadCert {
+        /// The CA certificate file.
+        path: PathBuf,
+        /// The X.509 parser's complaint.
+        reason: String,
+    },
+    /// The CA key file could not be read.
     #[error("failed to read the CA key file {}", path.display())]
     ReadKey {
+        /// The CA key file (`localCa.keyFile` or `dev-ca/ca.key`).
         path: PathBuf,
+        /// Why it could not be read.
         source: std::io::Error,
     },
+    /// The CA key file is not a PEM private key of a supported type.
     #[error("the CA key file {} is unusable", path.display())]
-    BadKey { path: PathBuf, source: KeyError },
+    BadKey {
+        /// The CA key file.
+        path: PathBuf,
+        /// Why the key was rejected.
+        source: KeyError,
+    },
+    /// The key is not the one of the first (signing) certificate in the CA file.
     #[error("the CA key {} does not belong to the CA certificate {}", key.display(), cert.display())]
-    Mismatch { cert: PathBuf, key: PathBuf },
+    Mismatch {
+        /// The CA certificate file.
+        cert: PathBuf,
+        /// The CA key file.
+        key: PathBuf,
+    },
     /// The CA file can never issue a chain clients accept (not a CA,
     /// expired, not yet valid, a pathlen exceeded, a chain that does not link).
     #[error("the CA certificate file {} cannot issue certificates: {reason}", path.display())]
-    Unusable { path: PathBuf, reason: String },
+    Unusable {
+        /// The CA certificate file.
+        path: PathBuf,
+        /// The first problem on the issuing path, naming the certificate by subject.
+        reason: String,
+    },
+    /// The development CA's directory or files could not be written.
     #[error("failed to create the development CA in {}", path.display())]
     CreateDevCa {
+        /// The development CA's directory, [`DEV_CA_DIR`] under the state directory.
         path: PathBuf,
+        /// What failed: the directory, the key, the certificate, or a file write.
         source: std::io::Error,
     },
+    /// rcgen could not parse the CSR it was asked to sign.
     #[error("the certificate signing request is invalid: {0}")]
     BadCsr(rcgen::Error),
+    /// rcgen could not sign the leaf with the CA's certificate and key.
     #[error("signing the certificate failed: {0}")]
     Sign(rcgen::Error),
 }
@@ -121,7 +162,7 @@ impl LocalCa {
     }
 
     /// What to warn about at start: the development CA, and a CA that
-    /// expires within [`CA_EXPIRY_WARNING`].
+    /// expires within 30 days (`CA_EXPIRY_WARNING`).
     pub fn warning(&self) -> Option<String> {
         let mut warnings = Vec::new();
         if self.development {

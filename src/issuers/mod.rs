@@ -27,27 +27,44 @@ use crate::verify::Issued;
 /// A configured, loaded issuer.
 #[derive(Debug)]
 pub enum Issuer {
+    /// A CA from PEM files (`localCa`), or the development CA pillion keeps
+    /// under its state directory; signs in-process.
     LocalCa(LocalCa),
+    /// A Vault/OpenBao PKI mount, signing our CSR or issuing key and
+    /// certificate (`pki.mode`).
     Vault(VaultIssuer),
+    /// The Kubernetes CertificateSigningRequest API (`certificates.k8s.io/v1`).
     KubernetesCsr(KubernetesCsr),
+    /// cert-manager's CertificateRequest (`cert-manager.io/v1`).
     CertManager(CertManager),
 }
 
+/// Why an issuer could not be loaded, log in, or sign.
 #[derive(Debug, thiserror::Error)]
 pub enum IssuerError {
+    /// The local or development CA's files are unusable, or it could not sign.
     #[error(transparent)]
     LocalCa(#[from] LocalCaError),
+    /// The Vault client could not be built (CA or auth file) or could not
+    /// log in ([`Issuer::log_in`]).
     #[error(transparent)]
     VaultSetup(#[from] VaultError),
+    /// Vault's PKI engine refused or garbled a sign/issue request.
     #[error(transparent)]
     Vault(#[from] VaultPkiError),
+    /// The Kubernetes API could not be reached or refused us, or the request
+    /// object was denied, failed or not signed in time.
     #[error(transparent)]
     Kube(#[from] KubeError),
     /// A configured CA file (the trust anchors to publish) is unusable.
     #[error("the CA file {} ({field}) is unusable: {reason}", path.display())]
     CaFile {
+        /// The configuration field that names the file (e.g. `certManager.caFile`).
         field: &'static str,
+        /// The CA file as configured.
         path: std::path::PathBuf,
+        /// Why no certificate in it can anchor a chain (one reason per
+        /// certificate), or why it could not be read.
         reason: String,
     },
 }

@@ -21,28 +21,46 @@ use crate::verify::{split_chain, Issued};
 /// its PKI settings, if it issues certificates.
 #[derive(Debug)]
 pub struct VaultIssuer {
+    /// The Vault client, shared with the KV secrets read through this issuer.
     pub client: Arc<VaultClient>,
     pki: Option<PkiSpec>,
 }
 
+/// Why Vault's PKI secrets engine gave no usable certificate.
 #[derive(Debug, thiserror::Error)]
 pub enum VaultPkiError {
+    /// A certificate uses a Vault issuer without `pki` (secrets only); config
+    /// validation rejects this first.
     #[error("the issuer has no pki section")]
     NoPki,
+    /// The request failed: transport, login, or Vault's own error, verbatim.
     #[error(transparent)]
     Vault(#[from] VaultError),
+    /// Vault answered, but without a field the PKI API documents, or with one
+    /// that is not PEM.
     #[error("Vault's answer from {path} has no usable {field}")]
-    Malformed { path: String, field: &'static str },
+    Malformed {
+        /// The API path asked: `<mount>/sign/<role>` or `<mount>/issue/<role>`.
+        path: String,
+        /// The JSON field at fault, e.g. `data.certificate`.
+        field: &'static str,
+    },
+    /// The configured `pki.caBundleFile` is unreadable or holds no PEM certificate.
     #[error("failed to read the caBundleFile {}", path.display())]
     ReadBundle {
+        /// The `pki.caBundleFile` as configured.
         path: std::path::PathBuf,
+        /// The read error; `InvalidData` when the file holds no certificate.
         source: std::io::Error,
     },
+    /// `mode: issue` only: the `data.private_key` Vault returned does not parse.
     #[error("the private key Vault issued is unusable")]
     Key(#[source] KeyError),
 }
 
 impl VaultIssuer {
+    /// Builds the issuer and its Vault client; no network traffic yet.
+    ///
     /// # Errors
     /// An unreadable CA file or auth file.
     pub fn new(spec: &VaultSpec) -> Result<VaultIssuer, VaultError> {

@@ -82,7 +82,9 @@ pub enum KeystoreError {
     /// The password file.
     #[error("failed to read the PKCS#12 password file {}", path.display())]
     ReadPassword {
+        /// The configured `files.pkcs12.passwordFile`.
         path: PathBuf,
+        /// Why it could not be read.
         source: std::io::Error,
     },
     /// The encoder refused.

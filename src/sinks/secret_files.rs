@@ -48,15 +48,22 @@ pub enum SecretFileError {
     /// `format: raw` names a key the secret lacks.
     #[error("the secret {path} has no key {key:?} (it has: {keys})")]
     MissingKey {
+        /// The secret's KV path, as configured.
         path: String,
+        /// The key `format: raw` asks for.
         key: String,
+        /// The keys the secret does have, comma-separated.
         keys: String,
     },
     /// A key that cannot be a file or variable name.
     #[error("the key {key:?} of {path} cannot be {what}")]
     BadKey {
+        /// The secret's KV path, as configured.
         path: String,
+        /// The offending key of the secret's data.
         key: String,
+        /// What the format needs it to be: a file name or an environment
+        /// variable name, with the rules.
         what: &'static str,
     },
 }
