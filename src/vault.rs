@@ -46,6 +46,9 @@ pub struct VaultSpec {
     /// `vault.pki`, for issuing certificates; `None` for an issuer that only
     /// serves `secrets`.
     pub pki: Option<PkiSpec>,
+    /// The fields the configuration left out and the environment filled in
+    /// (`VAULT_ADDR`, ...), as (field, variable), for `pillion check`.
+    pub from_environment: Vec<(&'static str, &'static str)>,
 }
 
 /// The Vault auth methods pillion logs in with.

@@ -430,3 +430,56 @@ fn run_after_init_reuses_the_certificate_on_disk() {
         signed.join("\n")
     );
 }
+
+#[test]
+fn vault_environment_variables_fill_what_the_config_leaves_out_and_the_config_wins() {
+    let bao = OpenBao::shared_tls();
+    let ca = bao.ca_file.clone().expect("the TLS server has a CA");
+
+    // No address and no caFile in the config: VAULT_ADDR and VAULT_CACERT supply them.
+    let case = Case::new();
+    let login = bao.approle(case.path(), "pki-tls-env");
+    let mut issuer = bao.issuer(Auth::AppRole(login));
+    issuer.ca_file = None;
+    let without_address: String = issuer
+        .yaml()
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("address:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    common::fixture::Fixture::write_config(&case, &format!("{without_address}{}", web_cert()));
+    let with_env = |cmd: &mut std::process::Command| {
+        cmd.env("VAULT_ADDR", &bao.addr).env("VAULT_CACERT", &ca);
+    };
+    let mut check = case.pillion(&["check"]);
+    with_env(&mut check);
+    let checked = run_bounded(&mut check, COMMAND_DEADLINE);
+    checked.assert_success();
+    assert!(
+        checked
+            .stdout
+            .contains("(address from $VAULT_ADDR, caFile from $VAULT_CACERT)"),
+        "pillion check should say where the values came from\n{}",
+        checked.describe()
+    );
+    let mut init = case.pillion(&["init", "--timeout", INIT_TIMEOUT]);
+    with_env(&mut init);
+    let ran = run_bounded(&mut init, COMMAND_DEADLINE);
+    ran.assert_success();
+    let web = case.out.join("web");
+    openssl_verify(&bao.root_ca, &web.join("tls.crt"))
+        .unwrap_or_else(|e| panic!("{e}\n{}", ctx(&case, &ran, bao)));
+
+    // The config wins: a dead VAULT_ADDR and a VAULT_CACERT that is no CA change nothing.
+    let case = Case::new();
+    let login = bao.approle(case.path(), "pki-tls-env-config");
+    case.write_config(&bao.issuer(Auth::AppRole(login)), &web_cert());
+    let mut init = case.pillion(&["init", "--timeout", INIT_TIMEOUT]);
+    init.env("VAULT_ADDR", "https://127.0.0.1:1")
+        .env("BAO_ADDR", "https://127.0.0.1:1")
+        .env("VAULT_CACERT", "/etc/hostname");
+    let ran = run_bounded(&mut init, COMMAND_DEADLINE);
+    ran.assert_success();
+    openssl_verify(&bao.root_ca, &case.out.join("web").join("tls.crt"))
+        .unwrap_or_else(|e| panic!("{e}\n{}", ctx(&case, &ran, bao)));
+}

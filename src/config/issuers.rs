@@ -117,13 +117,60 @@ pub(super) fn validate_issuers(
     issuers
 }
 
-fn validate_vault(errs: &mut Errors, path: &str, rv: RawVault) -> Option<VaultSpec> {
+/// Vault's and OpenBao's environment variables, read as the `vault` and
+/// `bao` CLIs and Vault Agent read them: each fills its field of every Vault
+/// issuer that leaves the field out. The configuration wins when both are
+/// set; OpenBao's name wins over Vault's. `VAULT_SKIP_VERIFY` is not read on
+/// purpose: turning TLS verification off takes `tlsSkipVerifyInsecure`.
+pub const VAULT_ENVIRONMENT: [(&str, [&str; 2]); 3] = [
+    ("address", ["BAO_ADDR", "VAULT_ADDR"]),
+    ("caFile", ["BAO_CACERT", "VAULT_CACERT"]),
+    ("namespace", ["BAO_NAMESPACE", "VAULT_NAMESPACE"]),
+];
+
+/// Fills what `rv` leaves out from [`VAULT_ENVIRONMENT`] through `lookup`;
+/// returns what was filled, as (field, variable). An empty variable counts
+/// as unset; an empty field in the configuration counts as set.
+fn fill_from_environment(
+    rv: &mut RawVault,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Vec<(&'static str, &'static str)> {
+    let mut filled = Vec::new();
+    for (field, vars) in VAULT_ENVIRONMENT {
+        let slot = match field {
+            "address" => &mut rv.address,
+            "caFile" => &mut rv.ca_file,
+            _ => &mut rv.namespace,
+        };
+        if slot.is_some() {
+            continue;
+        }
+        if let Some((var, value)) = vars
+            .iter()
+            .find_map(|v| lookup(v).filter(|x| !x.is_empty()).map(|x| (*v, x)))
+        {
+            *slot = Some(value);
+            filled.push((field, var));
+        }
+    }
+    filled
+}
+
+fn validate_vault(errs: &mut Errors, path: &str, mut rv: RawVault) -> Option<VaultSpec> {
     let before = errs.0.len();
+    let from_environment = fill_from_environment(&mut rv, |v| std::env::var(v).ok());
+    let origin = |field: &str| {
+        from_environment
+            .iter()
+            .find(|(f, _)| *f == field)
+            .map(|(_, var)| format!(" (from ${var})"))
+            .unwrap_or_default()
+    };
     let address = match rv.address.as_deref().map(url::Url::parse) {
         None => {
             errs.add(
                 format!("{path}.address"),
-                "is required (e.g. https://vault.vault.svc:8200)",
+                "is required (e.g. https://vault.vault.svc:8200), or set BAO_ADDR or VAULT_ADDR",
             );
             None
         }
@@ -132,8 +179,9 @@ fn validate_vault(errs: &mut Errors, path: &str, rv: RawVault) -> Option<VaultSp
             errs.add(
                 format!("{path}.address"),
                 format!(
-                    "{:?} is not an http:// or https:// URL",
-                    rv.address.unwrap_or_default()
+                    "{:?}{} is not an http:// or https:// URL",
+                    rv.address.clone().unwrap_or_default(),
+                    origin("address")
                 ),
             );
             None
@@ -264,6 +312,7 @@ fn validate_vault(errs: &mut Errors, path: &str, rv: RawVault) -> Option<VaultSp
         timeout,
         auth,
         pki,
+        from_environment,
     })
 }
 
@@ -297,5 +346,44 @@ mod tests {
     fn a_broken_issuer_is_reported_once_not_again_by_its_certificates() {
         let p = paths("outputDir: /o\nissuers:\n  v:\n    vault: {address: 42}\n  w:\n    vault: {address: 'not a url', auth: {token: {file: /t}}, pki: {mount: pki, role: r}}\ncertificates:\n- name: a\n  issuer: v\n  dnsNames: [a]\n- name: b\n  issuer: w\n  dnsNames: [b]\n");
         assert!(p.iter().all(|p| p.starts_with("issuers.")), "{p:?}");
+    }
+
+    #[test]
+    fn the_environment_fills_what_the_configuration_leaves_out() {
+        use super::{fill_from_environment, RawVault};
+        let env = |name: &str| match name {
+            "VAULT_ADDR" => Some("https://vault:8200".to_owned()),
+            "BAO_ADDR" => Some("https://bao:8200".to_owned()),
+            "VAULT_CACERT" => Some("/ca.pem".to_owned()),
+            "BAO_NAMESPACE" => Some(String::new()),
+            "VAULT_NAMESPACE" => Some("team".to_owned()),
+            _ => None,
+        };
+        let mut rv = RawVault::default();
+        let filled = fill_from_environment(&mut rv, env);
+        assert_eq!(
+            filled,
+            [
+                ("address", "BAO_ADDR"),
+                ("caFile", "VAULT_CACERT"),
+                ("namespace", "VAULT_NAMESPACE")
+            ]
+        );
+        assert_eq!(rv.address.as_deref(), Some("https://bao:8200"));
+        assert_eq!(rv.namespace.as_deref(), Some("team"));
+
+        // The configuration wins, even an empty namespace (no namespace).
+        let mut rv = RawVault {
+            address: Some("https://mine:8200".to_owned()),
+            namespace: Some(String::new()),
+            ..RawVault::default()
+        };
+        assert_eq!(
+            fill_from_environment(&mut rv, env),
+            [("caFile", "VAULT_CACERT")]
+        );
+        assert_eq!(rv.address.as_deref(), Some("https://mine:8200"));
+        assert_eq!(rv.namespace.as_deref(), Some(""));
+        assert!(fill_from_environment(&mut RawVault::default(), |_| None).is_empty());
     }
 }

@@ -55,6 +55,14 @@ impl fmt::Display for Config {
                     if v.tls_skip_verify_insecure {
                         write!(f, ", TLS VERIFICATION OFF")?;
                     }
+                    if !v.from_environment.is_empty() {
+                        let filled: Vec<String> = v
+                            .from_environment
+                            .iter()
+                            .map(|(field, var)| format!("{field} from ${var}"))
+                            .collect();
+                        write!(f, " ({})", filled.join(", "))?;
+                    }
                     writeln!(f)?;
                 }
                 IssuerSpec::KubernetesCsr(k) => writeln!(

@@ -48,10 +48,15 @@ pub fn pillion_bin() -> PathBuf {
 }
 
 /// Gives `cmd` the environment pillion runs with in the tests (for commands that start pillion
-/// indirectly, e.g. through a shell script): no inherited PILLION_* or RUST_LOG, debug logs.
+/// indirectly, e.g. through a shell script): no inherited PILLION_*, VAULT_*, BAO_* (pillion
+/// reads VAULT_ADDR and friends) or RUST_LOG, debug logs.
 pub fn pillion_env(cmd: &mut Command) {
     for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("PILLION_") {
+        let key_text = key.to_string_lossy();
+        if ["PILLION_", "VAULT_", "BAO_"]
+            .iter()
+            .any(|p| key_text.starts_with(p))
+        {
             cmd.env_remove(&key);
         }
     }
