@@ -83,39 +83,60 @@ pub fn jitter_for(serial: &str) -> f64 {
 }
 
 /// The backoff of one thing that can fail (a credential's renewal, a Vault
-/// login, keeping a token alive): after each failure a longer wait,
-/// exponential from [`RETRY_MIN`] and capped at [`RETRY_MAX`], each stretched
-/// by a random 0-100% so that failed replicas spread out; a success starts
-/// it over. It never gives up.
-#[derive(Debug, Default)]
+/// login, keeping a token alive, accepting admin connections): after each
+/// failure a longer wait, exponential from a minimum ([`RETRY_MIN`] unless
+/// made with [`Backoff::between`]) and capped at a maximum ([`RETRY_MAX`]),
+/// each stretched by a random 0-100% so that failed replicas spread out; a
+/// success starts it over. It never gives up.
+#[derive(Debug)]
 pub struct Backoff {
+    min: Duration,
+    max: Duration,
     /// The delays still to come; `None` while nothing has failed.
     delays: Option<backon::ExponentialBackoff>,
 }
 
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff::between(RETRY_MIN, RETRY_MAX)
+    }
+}
+
 impl Backoff {
-    /// A backoff with no failure yet.
+    /// A backoff with no failure yet, from [`RETRY_MIN`] to [`RETRY_MAX`]:
+    /// for anything that asks a server.
     pub fn new() -> Backoff {
         Backoff::default()
     }
 
+    /// A backoff with no failure yet whose first wait is `min` and whose
+    /// waits stop growing at `max`.
+    pub fn between(min: Duration, max: Duration) -> Backoff {
+        Backoff {
+            min,
+            max,
+            delays: None,
+        }
+    }
+
     /// Counts a failure: how long to wait before the next attempt.
     pub fn failed(&mut self) -> Duration {
+        let (min, max) = (self.min, self.max);
         self.delays
             .get_or_insert_with(|| {
                 ExponentialBuilder::default()
-                    .with_min_delay(RETRY_MIN)
-                    .with_max_delay(RETRY_MAX)
+                    .with_min_delay(min)
+                    .with_max_delay(max)
                     .with_factor(2.0)
                     .with_jitter()
                     .without_max_times()
                     .build()
             })
             .next()
-            .unwrap_or(RETRY_MAX)
+            .unwrap_or(max)
     }
 
-    /// Counts a success: the next failure waits [`RETRY_MIN`] again.
+    /// Counts a success: the next failure waits the minimum again.
     pub fn succeeded(&mut self) {
         self.delays = None;
     }

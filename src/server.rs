@@ -20,6 +20,7 @@ use tokio::task::AbortHandle;
 use tracing::{debug, info, warn};
 
 use crate::agent::{Command, CredentialState};
+use crate::schedule::Backoff;
 use crate::telemetry::Metrics;
 
 /// Connections served at once, at most. A probe, a scrape and a `/rotate`
@@ -85,11 +86,11 @@ pub async fn serve(
     let rotate = Arc::new(Mutex::new(TokenBucket::new(ROTATE_BURST, ROTATE_INTERVAL)));
     let mut live: VecDeque<AbortHandle> = VecDeque::with_capacity(cap);
     let mut errors = Throttle::default();
-    let mut pause = Duration::ZERO;
+    let mut pause = Backoff::between(Duration::from_millis(10), MAX_ACCEPT_PAUSE);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => {
-                pause = Duration::ZERO;
+                pause.succeeded();
                 c
             }
             Err(e) => {
@@ -108,8 +109,7 @@ pub async fn serve(
                     if let Some(oldest) = live.pop_front() {
                         oldest.abort();
                     }
-                    pause = (pause * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_PAUSE);
-                    tokio::time::sleep(pause).await;
+                    tokio::time::sleep(pause.failed()).await;
                 }
                 continue;
             }
