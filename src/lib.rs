@@ -31,5 +31,6 @@ pub mod small_file;
 pub mod sources;
 pub mod status;
 pub mod telemetry;
+pub mod template;
 pub mod vault;
 pub mod verify;

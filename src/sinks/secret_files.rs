@@ -97,7 +97,9 @@ fn render(spec: &SecretSpec, data: &Map<String, Value>) -> Result<Vec<FileEntry>
                 }
                 out.extend_from_slice(key.as_bytes());
                 out.extend_from_slice(b"=\"");
-                out.extend_from_slice(env_quote(&value_text(value)).as_bytes());
+                out.extend_from_slice(
+                    crate::template::escape_double_quoted(&value_text(value)).as_bytes(),
+                );
                 out.extend_from_slice(b"\"\n");
             }
             Ok(vec![entry(file, out)])
@@ -146,22 +148,6 @@ fn is_env_name(k: &str) -> bool {
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-/// Escapes a value for a double-quoted shell / dotenv string.
-fn env_quote(s: &str) -> Zeroizing<String> {
-    let mut out = Zeroizing::new(String::with_capacity(s.len() + 8));
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '$' => out.push_str("\\$"),
-            '`' => out.push_str("\\`"),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -1,0 +1,243 @@
+//! Templates: Jinja2 syntax by minijinja, strict about undefined names.
+//!
+//! The one place that knows the template engine. A template is compiled
+//! when the configuration is checked ([`check`], with placeholder data, so
+//! that `pillion check` reports syntax errors and unknown names with their
+//! line) and rendered when its credential is published ([`render`]).
+//!
+//! What a template sees (the context) is built by the caller; this module
+//! adds the filters a configuration file needs: `b64encode`, `b64decode`,
+//! `toyaml`, `shell_quote`, `dotenv_quote`, beside minijinja's own
+//! (`tojson`, `indent`, `default`, `join`, `upper`, ...).
+
+use std::fmt;
+
+use base64::Engine;
+use minijinja::{Environment, ErrorKind, UndefinedBehavior, Value};
+use zeroize::Zeroizing;
+
+/// Why a template could not be compiled or rendered: where (the template's
+/// name, its line) and what, in minijinja's words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateError {
+    /// The template's name: its file, or the configuration field of an
+    /// inline one.
+    pub name: String,
+    /// The line in the template, when known.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for TemplateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{line}: {}", self.name, self.message),
+            None => write!(f, "{}: {}", self.name, self.message),
+        }
+    }
+}
+
+impl std::error::Error for TemplateError {}
+
+impl TemplateError {
+    fn from_engine(name: &str, e: &minijinja::Error) -> TemplateError {
+        // minijinja's Display repeats the name and line ("... (in x:3)");
+        // the kind and the detail say the rest without it.
+        let message = match (e.kind(), e.detail()) {
+            (ErrorKind::UndefinedError, Some(d)) => d.to_owned(),
+            (ErrorKind::UndefinedError, None) => {
+                "a name or key used here is not defined".to_owned()
+            }
+            (kind, Some(d)) => format!("{kind}: {d}"),
+            (kind, None) => kind.to_string(),
+        };
+        TemplateError {
+            name: name.to_owned(),
+            line: e.line(),
+            message,
+        }
+    }
+}
+
+/// The engine as pillion runs it: undefined names and keys are errors (not
+/// empty strings), nothing is HTML-escaped whatever the file name, the
+/// source's last newline is kept, and the filters above are added.
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    env.set_syntax(
+        minijinja::syntax::SyntaxConfig::builder()
+            .keep_trailing_newline(true)
+            .build()
+            .expect("the default delimiters are valid"),
+    );
+    env.add_filter("b64encode", b64encode);
+    env.add_filter("b64decode", b64decode);
+    env.add_filter("toyaml", toyaml);
+    env.add_filter("shell_quote", shell_quote);
+    env.add_filter("dotenv_quote", dotenv_quote);
+    env
+}
+
+/// Compiles `source`; the names it uses from its context, with nested
+/// attributes (`secrets.db.password`), for the caller to check.
+///
+/// # Errors
+/// A syntax error, with its line.
+pub fn compile(name: &str, source: &str) -> Result<Vec<String>, TemplateError> {
+    let env = environment();
+    let template = env
+        .template_from_named_str(name, source)
+        .map_err(|e| TemplateError::from_engine(name, &e))?;
+    let mut used: Vec<String> = template.undeclared_variables(true).into_iter().collect();
+    used.sort();
+    Ok(used)
+}
+
+/// Renders `source` with `context`. The text is held in a wiped buffer,
+/// since templates may carry keys and passwords.
+///
+/// # Errors
+/// A syntax error, an undefined name or key, or a filter that failed, each
+/// with its line.
+pub fn render(
+    name: &str,
+    source: &str,
+    context: &Value,
+) -> Result<Zeroizing<String>, TemplateError> {
+    let env = environment();
+    let template = env
+        .template_from_named_str(name, source)
+        .map_err(|e| TemplateError::from_engine(name, &e))?;
+    template
+        .render(context)
+        .map(Zeroizing::new)
+        .map_err(|e| TemplateError::from_engine(name, &e))
+}
+
+fn b64encode(value: &Value) -> Result<String, minijinja::Error> {
+    let bytes = match value.as_bytes() {
+        Some(b) => b.to_vec(),
+        None => value.to_string().into_bytes(),
+    };
+    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+fn b64decode(value: &str) -> Result<String, minijinja::Error> {
+    let bad =
+        |why: &str| minijinja::Error::new(ErrorKind::InvalidOperation, format!("b64decode: {why}"));
+    let compact: String = value.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(compact)
+        .map_err(|_| bad("the value is not base64"))?;
+    String::from_utf8(bytes).map_err(|_| bad("the decoded value is not UTF-8 text"))
+}
+
+fn toyaml(value: &Value) -> Result<String, minijinja::Error> {
+    serde_yaml_ng::to_string(value)
+        .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("toyaml: {e}")))
+}
+
+/// `'text'` for a POSIX shell: nothing inside single quotes is special
+/// but the single quote, written as `'\''`.
+fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+/// `"text"` as pillion's `env` secret format writes values: `\`, `"`, `$`,
+/// a backquote and a newline escaped, for dotenv files and `sh -c 'source'`.
+fn dotenv_quote(value: &str) -> String {
+    format!("\"{}\"", escape_double_quoted(value).as_str())
+}
+
+/// Escapes `s` for a double-quoted shell or dotenv string: `\`, `"`, `$`,
+/// backquote, and a newline as `\n`.
+pub fn escape_double_quoted(s: &str) -> Zeroizing<String> {
+    let mut out = Zeroizing::new(String::with_capacity(s.len() + 8));
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '$' => out.push_str("\\$"),
+            '`' => out.push_str("\\`"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> Value {
+        Value::from(minijinja::value::Serde(serde_json::json!({
+            "secrets": {"db": {"password": "p'w$\"x", "user": "app", "n": 3}},
+            "env": {"HOME": "/root"},
+        })))
+    }
+
+    #[test]
+    fn renders_with_filters_and_keeps_the_last_newline() {
+        let out = render(
+            "app.env",
+            "U={{ secrets.db.user | b64encode }}\nP={{ secrets.db.password | shell_quote }}\nQ={{ secrets.db.password | dotenv_quote }}\n",
+            &ctx(),
+        )
+        .unwrap();
+        assert_eq!(out.as_str(), "U=YXBw\nP='p'\\''w$\"x'\nQ=\"p'w\\$\\\"x\"\n");
+        let out = render(
+            "x",
+            "{{ 'YXBw' | b64decode }} {{ secrets.db | tojson }}",
+            &ctx(),
+        )
+        .unwrap();
+        // Jinja2's tojson: HTML-safe escapes (\u0027), still JSON.
+        assert_eq!(
+            out.as_str(),
+            r#"app {"n": 3, "password": "p\u0027w$\"x", "user": "app"}"#
+        );
+        let out = render("x.html", "{{ '<a>' }}", &ctx()).unwrap();
+        assert_eq!(out.as_str(), "<a>", "nothing is HTML-escaped");
+        let out = render("x", "{{ secrets.db | toyaml }}", &ctx()).unwrap();
+        assert!(out.contains("user: app\n"), "{}", out.as_str());
+    }
+
+    #[test]
+    fn undefined_names_and_keys_are_errors_with_their_line() {
+        let e = render(
+            "app.properties",
+            "a=1\nb={{ secrets.db.pasword }}\n",
+            &ctx(),
+        )
+        .unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "app.properties:2: `secrets.db.pasword` is undefined"
+        );
+        let e = render("t", "{{ nothing }}", &ctx()).unwrap_err();
+        assert_eq!(e.line, Some(1), "{e}");
+        let e = render("t", "{{ 'not base64!' | b64decode }}", &ctx()).unwrap_err();
+        assert!(
+            e.to_string().contains("b64decode: the value is not base64"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line_and_compile_lists_what_is_used() {
+        let e = compile("t.j2", "ok\n{% if x %}\nno end\n").unwrap_err();
+        assert!(e.to_string().starts_with("t.j2:"), "{e}");
+        assert!(e.line.is_some(), "{e}");
+        let used = compile(
+            "t",
+            "{{ secrets.db.password }}{% for k in certs.web.dnsNames %}{{ k }}{% endfor %}",
+        )
+        .unwrap();
+        assert_eq!(used, ["certs.web.dnsNames", "secrets.db.password"]);
+    }
+}
