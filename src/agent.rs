@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
-use crate::credential::{Checked, Credential, HeadStart, Kind};
+use crate::credential::{Checked, Credential, HeadStart, Inputs, Kind};
 use crate::issuers::Issuer;
 use crate::keys::PrivateKey;
 use crate::output::{AtomicDir, FileEntry, OutputError, Owner, Published, Staged};
@@ -136,6 +136,9 @@ struct Entry {
     next_attempt: SystemTime,
     backoff: Backoff,
     last_error: Option<String>,
+    /// Its files are rendered again from what is in memory at the end of the
+    /// next round (its templates changed with the configuration).
+    rerender: bool,
 }
 
 impl Entry {
@@ -172,11 +175,22 @@ impl Entry {
             next_attempt,
             backoff: Backoff::new(),
             last_error: None,
+            rerender: false,
         }
     }
 
     fn name(&self) -> &str {
         &self.plan.name
+    }
+
+    /// Whether a sink of this credential reads other credentials (templates).
+    fn reads_others(&self) -> bool {
+        self.plan.sinks.iter().any(|s| s.reads_others())
+    }
+
+    /// Whether a sink of this credential reads the credential `name`.
+    fn reads(&self, name: &str) -> bool {
+        name != self.name() && self.plan.sinks.iter().any(|s| s.reads(name))
     }
 
     /// The paths of the files the app reads.
@@ -216,6 +230,10 @@ pub struct Agent {
     loader: Option<ConfigLoader>,
     planner: Planner,
     clock: Clock,
+    /// The last checked credential of each, kept only while some sink reads
+    /// other credentials (`templated`): templates render from it.
+    inputs: Inputs,
+    templated: bool,
 }
 
 impl Agent {
@@ -249,10 +267,22 @@ impl Agent {
                 warn!("{w}");
             }
         }
-        let creds = planner(&config, &issuers)
+        let mut creds: Vec<Entry> = planner(&config, &issuers)
             .into_iter()
             .map(|plan| Entry::new(plan, now, &metrics))
             .collect();
+        // Credentials whose templates read others come last in a round, so
+        // that what they read is fresh when they render.
+        creds.sort_by_key(Entry::reads_others);
+        let templated = creds.iter().any(Entry::reads_others);
+        let mut inputs = Inputs::default();
+        if templated {
+            for c in creds.iter().filter(|c| c.published) {
+                if let Some(live) = c.plan.source.live(&c.plan.dir) {
+                    inputs.insert(c.name(), Arc::new(live));
+                }
+            }
+        }
         let (state, _) = watch::channel(Vec::new());
         let agent = Agent {
             config,
@@ -263,6 +293,8 @@ impl Agent {
             loader: None,
             planner,
             clock,
+            inputs,
+            templated,
         };
         agent.publish_state();
         agent
@@ -387,6 +419,9 @@ impl Agent {
         let old_config = std::mem::replace(&mut self.config, fresh.config);
         self.issuers = fresh.issuers;
         let mut old = std::mem::take(&mut self.creds);
+        let mut old_inputs = std::mem::take(&mut self.inputs);
+        self.inputs = fresh.inputs;
+        self.templated = fresh.templated;
         let (mut kept, mut added, mut changed) = (0, 0, 0);
         for mut c in fresh.creds {
             let issuer = &c.plan.issuer;
@@ -397,6 +432,19 @@ impl Agent {
                     // Keep the schedule and live state, but the new source and
                     // sinks (a new Vault client logs in again when used).
                     prev.plan = c.plan;
+                    if self.templated {
+                        // Its templates may have changed: render its files
+                        // again from the credential in memory, or, with
+                        // none there, obtain it again if templates need it.
+                        if let Some(credential) = old_inputs.take(prev.name()) {
+                            self.inputs.insert(prev.name(), credential);
+                        }
+                        if self.inputs.get(prev.name()).is_some() {
+                            prev.rerender = true;
+                        } else if prev.reads_others() {
+                            prev.next_attempt = self.clock.now();
+                        }
+                    }
                     self.creds.push(prev);
                     kept += 1;
                 }
@@ -412,6 +460,7 @@ impl Agent {
                 }
             }
         }
+        self.creds.sort_by_key(Entry::reads_others);
         let removed: Vec<String> = old.iter().map(|c| c.name().to_owned()).collect();
         info!(kept, added, changed, removed = %removed.join(","), "applied the new configuration");
         if old_config.listen != self.config.listen {
@@ -573,13 +622,16 @@ impl Agent {
         let mut changed = Vec::new();
         for c in self.creds.iter_mut().filter(|c| c.next_attempt <= due_by) {
             let started = std::time::Instant::now();
-            let result = attempt(c, clock).await;
+            let result = attempt(c, clock, &self.inputs).await;
             let now = clock.now();
             let metrics = &self.metrics;
             let name = c.plan.name.as_str();
             match result {
-                Ok((checked, fresh)) => {
+                Ok((credential, checked, fresh)) => {
                     let next = c.plan.source.next_attempt(&checked, now);
+                    if self.templated {
+                        self.inputs.insert(name, Arc::new(credential));
+                    }
                     match checked {
                         Checked::Certificate(info) => {
                             info!(
@@ -638,6 +690,9 @@ impl Agent {
                 }
             }
         }
+        if self.templated {
+            self.render_again(&mut changed);
+        }
         if changed.is_empty() || matches!(mode, Mode::Init { .. }) {
             return;
         }
@@ -648,6 +703,42 @@ impl Agent {
                 Ok(what) => info!(changed = %changed.join(","), "reloaded the app: {what}"),
                 Err(e) => {
                     warn!(error = %chain(&e), "reloading the app failed; the new files are in place")
+                }
+            }
+        }
+    }
+}
+
+impl Agent {
+    /// Renders again, from the credentials in memory, the files of every
+    /// credential whose templates read one in `changed` (or whose templates
+    /// changed with the configuration), and publishes them when they differ
+    /// from what is live; adds those that did to `changed`.
+    fn render_again(&mut self, changed: &mut Vec<String>) {
+        let inputs = &self.inputs;
+        for c in &mut self.creds {
+            let due = c.rerender || changed.iter().any(|n| c.reads(n));
+            c.rerender = false;
+            let Some(own) = inputs.get(c.name()).filter(|_| due) else {
+                continue;
+            };
+            let name = c.plan.name.as_str();
+            let published = render(&c.plan.sinks, own, inputs)
+                .and_then(|files| Ok(c.out.publish(&files, c.plan.owner)?));
+            match published {
+                Ok(Published::Generation(g)) => {
+                    info!(credential = %name, generation = %g, "rendered the templates again: what they read changed");
+                    if !changed.iter().any(|n| n == name) {
+                        changed.push(name.to_owned());
+                    }
+                }
+                Ok(Published::Unchanged) => {
+                    debug!(credential = %name, "rendered the templates again: nothing changed");
+                }
+                Err(e) => {
+                    let message = chain(&e);
+                    error!(credential = %name, error = %message, "rendering the templates again failed; the files on disk are unchanged");
+                    c.last_error = Some(format!("{name}: {message}"));
                 }
             }
         }
@@ -667,7 +758,11 @@ fn round_secs(d: Duration) -> Duration {
 
 /// One attempt: obtain from the source, render every sink, check, publish.
 /// True with the result when a new generation went live.
-async fn attempt(c: &mut Entry, clock: Clock) -> Result<(Checked, bool), RenewError> {
+async fn attempt(
+    c: &mut Entry,
+    clock: Clock,
+    inputs: &Inputs,
+) -> Result<(Credential, Checked, bool), RenewError> {
     let owner = c.plan.owner;
     let mut head = Head {
         dir: c.out.path(),
@@ -680,7 +775,9 @@ async fn attempt(c: &mut Entry, clock: Clock) -> Result<(Checked, bool), RenewEr
     // A generation begun in the background while the source worked is
     // removed before this returns if anything fails before it is complete.
     let made = match c.plan.source.obtain(&mut head).await {
-        Ok(credential) => render(&c.plan.sinks, &credential).map(|files| (credential, files)),
+        Ok(credential) => {
+            render(&c.plan.sinks, &credential, inputs).map(|files| (credential, files))
+        }
         Err(e) => Err(e.into()),
     };
     let Head {
@@ -699,9 +796,9 @@ async fn attempt(c: &mut Entry, clock: Clock) -> Result<(Checked, bool), RenewEr
     let Some(beginning) = beginning else {
         // Nothing begun (a secret): check, then publish, which writes
         // nothing when the content is what is live.
-        let checked = check(credential, clock).await?.1;
+        let (credential, checked) = check(credential, clock).await?;
         let fresh = matches!(c.out.publish(&files, owner)?, Published::Generation(_));
-        return Ok((checked, fresh));
+        return Ok((credential, checked, fresh));
     };
     files.retain(|f| !written.contains(&f.path));
     let mut staged = beginning
@@ -732,14 +829,18 @@ async fn attempt(c: &mut Entry, clock: Clock) -> Result<(Checked, bool), RenewEr
             false
         }
     };
-    Ok((checked, fresh))
+    Ok((credential, checked, fresh))
 }
 
 /// Every sink's files of `credential`.
-fn render(sinks: &[Box<dyn Sink>], credential: &Credential) -> Result<Vec<FileEntry>, RenewError> {
+fn render(
+    sinks: &[Box<dyn Sink>],
+    credential: &Credential,
+    inputs: &Inputs,
+) -> Result<Vec<FileEntry>, RenewError> {
     let mut files = Vec::new();
     for sink in sinks {
-        files.extend(sink.render(credential)?);
+        files.extend(sink.render(credential, inputs)?);
     }
     Ok(files)
 }
@@ -933,7 +1034,11 @@ mod tests {
             vec![("data.json", 0o600)]
         }
 
-        fn render(&self, credential: &Credential) -> Result<Vec<FileEntry>, SinkError> {
+        fn render(
+            &self,
+            credential: &Credential,
+            _inputs: &Inputs,
+        ) -> Result<Vec<FileEntry>, SinkError> {
             let Credential::Secret(s) = credential else {
                 unreachable!("the memory source makes secrets")
             };
@@ -1001,7 +1106,12 @@ mod tests {
                             clock,
                             start,
                         }),
-                        sinks: vec![Box::new(OneFile)],
+                        sinks: std::iter::once(Box::new(OneFile) as Box<dyn Sink>)
+                            .chain(spec.templates.iter().map(|t| {
+                                Box::new(crate::sinks::Template::new(&spec.name, t))
+                                    as Box<dyn Sink>
+                            }))
+                            .collect(),
                     })
                     .collect()
             })
@@ -1262,6 +1372,71 @@ mod tests {
         });
         round(&mut state, Command::RenewAll).await;
         assert_eq!(reloads(), 2);
+        stop(tx, run).await;
+    }
+
+    #[tokio::test]
+    async fn a_template_is_rendered_again_when_what_it_reads_changes_with_one_reload() {
+        let case = Case::new(false);
+        let count = case.dir.path().join("reloads");
+        let extra = format!(
+            "  templates:\n  - file: t.txt\n    template: \"a={{{{ secrets['a'].version }}}} b={{{{ secrets['b'].version }}}}\"\nreload:\n  command: [sh, -c, 'echo r >> \"$0\"', {}]\n",
+            count.display()
+        );
+        // `b` has the template; `a` is listed after it, but is obtained first.
+        let config = case.config(&[("c", "1h"), ("b", "1h")], &extra);
+        let mut config_a = case.config(&[("a", "1h")], "");
+        let mut config = config;
+        config
+            .certificates
+            .insert(0, config_a.certificates.remove(0));
+        let agent = case.agent(config);
+        let mut state = agent.subscribe();
+        let (tx, run) = case.spawn(agent, Mode::Run);
+        let reloads = || {
+            std::fs::read_to_string(&count)
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        let rendered = || std::fs::read_to_string(case.dir.path().join("b/t.txt")).unwrap();
+        while !state.borrow().iter().all(|c| c.published) {
+            if tokio::time::timeout(Duration::from_secs(10), state.changed())
+                .await
+                .is_err()
+            {
+                panic!("not everything was published: {:?}", *state.borrow());
+            }
+        }
+        assert_eq!(rendered(), "a=0 b=0");
+        assert_eq!(reloads(), 1);
+
+        // Only `a` changes and only `a` is obtained again: `b`'s template
+        // follows in the same round, and the app is told once.
+        case.set(|s| {
+            s.versions.insert("a".into(), 1);
+        });
+        state.borrow_and_update();
+        tx.send(Command::Renew("a".into())).unwrap();
+        state.changed().await.unwrap();
+        assert_eq!(rendered(), "a=1 b=0");
+        assert_eq!(reloads(), 2);
+        assert_eq!(case.attempts("b").len(), 1, "b is not obtained again");
+
+        // `c` changes, which the template does not read: nothing of b is
+        // written again.
+        let before = std::fs::read_link(case.dir.path().join("b/..data")).unwrap();
+        case.set(|s| {
+            s.versions.insert("c".into(), 1);
+        });
+        state.borrow_and_update();
+        tx.send(Command::Renew("c".into())).unwrap();
+        state.changed().await.unwrap();
+        assert_eq!(
+            std::fs::read_link(case.dir.path().join("b/..data")).unwrap(),
+            before
+        );
+        assert_eq!(reloads(), 3, "c itself changed");
         stop(tx, run).await;
     }
 }

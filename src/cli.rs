@@ -332,6 +332,7 @@ impl CertArgs {
                 bundle: Some(b),
                 ..RawFiles::default()
             }),
+            templates: None,
         };
         RawConfig {
             output_dir: self.out.as_ref().map(|p| p.to_string_lossy().into_owned()),

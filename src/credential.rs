@@ -6,6 +6,8 @@
 //! knows the other, and the loop ([`crate::agent`]) knows both only through
 //! their traits.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde_json::{Map, Value};
@@ -50,6 +52,34 @@ pub struct Secret {
     pub path: String,
     /// Its keys and values, as the server returned them.
     pub data: Map<String, Value>,
+}
+
+/// The last checked credential of each configured credential, by name: what
+/// a template may read besides its own. The loop keeps it only while some
+/// sink reads other credentials ([`crate::sinks::Sink::reads_others`]).
+#[derive(Debug, Default, Clone)]
+pub struct Inputs(BTreeMap<String, Arc<Credential>>);
+
+impl Inputs {
+    /// The credential named `name`, if one has been checked.
+    pub fn get(&self, name: &str) -> Option<&Credential> {
+        self.0.get(name).map(Arc::as_ref)
+    }
+
+    /// Every credential, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Credential)> {
+        self.0.iter().map(|(n, c)| (n.as_str(), c.as_ref()))
+    }
+
+    /// Records `credential` as the current one of `name`.
+    pub fn insert(&mut self, name: &str, credential: Arc<Credential>) {
+        self.0.insert(name.to_owned(), credential);
+    }
+
+    /// Takes the credential of `name` out.
+    pub fn take(&mut self, name: &str) -> Option<Arc<Credential>> {
+        self.0.remove(name)
+    }
 }
 
 /// What checking a credential found: the facts the loop schedules on,

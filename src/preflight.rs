@@ -6,10 +6,50 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::config::{Config, IssuerSpec};
+use crate::config::{Config, IssuerSpec, TemplateSource};
 use crate::issuers::Issuer;
 use crate::sinks;
 use crate::telemetry::chain;
+
+/// Compiles every template read from a file and checks the names it uses,
+/// as the configuration check does for inline ones; `skip` are the fields
+/// whose file could not be read (already reported).
+fn check_template_files(config: &Config, skip: &[String]) -> Vec<String> {
+    let certs: Vec<&str> = config
+        .certificates
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    let secrets: Vec<&str> = config.secrets.iter().map(|s| s.name.as_str()).collect();
+    let templates = config
+        .certificates
+        .iter()
+        .flat_map(|c| &c.templates)
+        .chain(config.secrets.iter().flat_map(|s| &s.templates));
+    let mut errors = Vec::new();
+    for t in templates {
+        let TemplateSource::File(path) = &t.source else {
+            continue;
+        };
+        let field = format!("{}.templateFile", t.field);
+        if skip.contains(&field) {
+            continue;
+        }
+        let Ok(text) = crate::small_file::read_to_string(path) else {
+            continue;
+        };
+        match crate::template::compile(&t.origin(), &text) {
+            Err(e) => errors.push(format!("{field}: {e}")),
+            Ok(used) => {
+                let env = |v: &str| std::env::var(v).ok();
+                for problem in crate::template::check_uses(&used, &certs, &secrets, env) {
+                    errors.push(format!("{field}: {}: {problem}", path.display()));
+                }
+            }
+        }
+    }
+    errors
+}
 
 /// Problems found by [`preflight`], one sentence each.
 #[derive(Debug, thiserror::Error)]
@@ -42,11 +82,14 @@ pub fn preflight(
                 .enumerate()
                 .map(|(i, s)| (format!("secrets[{i}]"), sinks::for_secret(s))),
         );
+    let mut unreadable = Vec::new();
     for (field, sinks) in sinks {
         for (sub, e) in sinks.iter().filter_map(|s| s.check().err()) {
             errors.push(format!("{field}.{sub}: {e}"));
+            unreadable.push(format!("{field}.{sub}"));
         }
     }
+    errors.extend(check_template_files(config, &unreadable));
     let owners = config
         .certificates
         .iter()

@@ -16,6 +16,100 @@ use base64::Engine;
 use minijinja::{Environment, ErrorKind, UndefinedBehavior, Value};
 use zeroize::Zeroizing;
 
+/// What `certs.<name>` holds for each certificate, as templates name it.
+pub const CERT_FIELDS: [&str; 11] = [
+    "cert",
+    "chain",
+    "key",
+    "ca",
+    "notBefore",
+    "notAfter",
+    "serial",
+    "commonName",
+    "dnsNames",
+    "ipAddresses",
+    "uris",
+];
+
+/// What `pod.<field>` holds, and the downward-API variable it comes from.
+pub const POD_FIELDS: [(&str, &str); 4] = [
+    ("name", "POD_NAME"),
+    ("namespace", "POD_NAMESPACE"),
+    ("ip", "POD_IP"),
+    ("serviceAccount", "SERVICE_ACCOUNT_NAME"),
+];
+
+/// Checks the names a template uses (from [`compile`]) against what will
+/// be there: `secrets.<name>` and `certs.<name>.<field>` against the
+/// configured credentials, `env.<VAR>` and `pod.<field>` against the
+/// environment through `env`. Keys inside a secret are known only once it is
+/// read. One message per problem.
+pub fn check_uses(
+    used: &[String],
+    certificates: &[&str],
+    secrets: &[&str],
+    env: impl Fn(&str) -> Option<String>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for name in used {
+        let mut parts = name.split('.');
+        let top = parts.next().unwrap_or_default();
+        let second = parts.next();
+        let third = parts.next();
+        match (top, second) {
+            (_, None) if ["secrets", "certs", "env", "pod"].contains(&top) => {}
+            ("secrets", Some(s)) if !secrets.contains(&s) => problems.push(format!(
+                "`{name}`: no secret is named {s:?} (secrets: {})",
+                listed(secrets)
+            )),
+            ("secrets", Some(_)) => {}
+            ("certs", Some(c)) if !certificates.contains(&c) => problems.push(format!(
+                "`{name}`: no certificate is named {c:?} (certificates: {})",
+                listed(certificates)
+            )),
+            ("certs", Some(_)) => {
+                if let Some(f) = third.filter(|f| !CERT_FIELDS.contains(f)) {
+                    problems.push(format!(
+                        "`{name}`: a certificate has no {f:?} (it has {})",
+                        CERT_FIELDS.join(", ")
+                    ));
+                }
+            }
+            ("env", Some(var)) => {
+                if env(var).is_none() {
+                    problems.push(format!(
+                        "`{name}`: {var} is not set in pillion's environment"
+                    ));
+                }
+            }
+            ("pod", Some(field)) => match POD_FIELDS.iter().find(|(f, _)| *f == field) {
+                None => problems.push(format!(
+                    "`{name}`: the pod has no {field:?} (it has {})",
+                    POD_FIELDS.map(|(f, _)| f).join(", ")
+                )),
+                Some((_, var)) if env(var).is_none_or(|v| v.is_empty()) => problems.push(format!(
+                    "`{name}` needs {var}: expose it to pillion's container with the downward API"
+                )),
+                Some(_) => {}
+            },
+            // minijinja's global functions.
+            ("range" | "dict" | "namespace" | "debug", _) => {}
+            _ => problems.push(format!(
+                "`{name}` is not defined: a template can use secrets, certs, env and pod"
+            )),
+        }
+    }
+    problems
+}
+
+fn listed(names: &[&str]) -> String {
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
 /// Why a template could not be compiled or rendered: where (the template's
 /// name, its line) and what, in minijinja's words.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +160,10 @@ impl TemplateError {
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    // Without debug, a release build's error says only "undefined value",
+    // not which name. Never show `{:#}` or `display_debug_info()` of an
+    // error: with debug on, they list the values in scope, secrets included.
+    env.set_debug(true);
     env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
     env.set_syntax(
         minijinja::syntax::SyntaxConfig::builder()
@@ -111,10 +209,38 @@ pub fn render(
     let template = env
         .template_from_named_str(name, source)
         .map_err(|e| TemplateError::from_engine(name, &e))?;
-    template
-        .render(context)
-        .map(Zeroizing::new)
-        .map_err(|e| TemplateError::from_engine(name, &e))
+    template.render(context).map(Zeroizing::new).map_err(|e| {
+        let mut error = TemplateError::from_engine(name, &e);
+        // A missing key handed to a filter fails in the filter ("value is
+        // not a string"), not as undefined: name what is missing.
+        if matches!(
+            e.kind(),
+            ErrorKind::UndefinedError | ErrorKind::InvalidOperation
+        ) {
+            let used = template.undeclared_variables(true);
+            let mut used: Vec<&String> = used.iter().collect();
+            used.sort();
+            if let Some(missing) = used.iter().find_map(|u| undefined_part(context, u)) {
+                error.message = format!("`{missing}` is undefined");
+            }
+        }
+        error
+    })
+}
+
+/// The leading part of the dotted `name` that is undefined in `context`
+/// (`secrets.db.password` when `secrets.db` has no `password`), if any.
+fn undefined_part(context: &Value, name: &str) -> Option<String> {
+    let mut value = context.clone();
+    let mut end = 0;
+    for part in name.split('.') {
+        end += part.len() + usize::from(end > 0);
+        value = value.get_attr(part).unwrap_or(Value::UNDEFINED);
+        if value.is_undefined() {
+            return Some(name[..end].to_owned());
+        }
+    }
+    None
 }
 
 fn b64encode(value: &Value) -> Result<String, minijinja::Error> {
@@ -219,6 +345,8 @@ mod tests {
             e.to_string(),
             "app.properties:2: `secrets.db.pasword` is undefined"
         );
+        let e = render("t", "x\n{{ secrets.db.nope | shell_quote }}", &ctx()).unwrap_err();
+        assert_eq!(e.to_string(), "t:2: `secrets.db.nope` is undefined");
         let e = render("t", "{{ nothing }}", &ctx()).unwrap_err();
         assert_eq!(e.line, Some(1), "{e}");
         let e = render("t", "{{ 'not base64!' | b64decode }}", &ctx()).unwrap_err();

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use super::templates::validate_templates;
 use super::{
     credential_name, expand_pod_vars, is_valid_dns_name, parse_duration, validate_files,
     CertificateSpec, Errors, IssuerSpec, KeyRotation, Names, Origin, RawCertificate,
@@ -232,6 +233,8 @@ pub(super) fn validate_certificate(
     };
 
     let files = validate_files(errs, &format!("{path}.files"), rc.files.unwrap_or_default());
+    let taken: Vec<&str> = files.names().collect();
+    let templates = validate_templates(errs, path, rc.templates, &taken);
 
     (errs.0.len() == before).then_some(CertificateSpec {
         name,
@@ -243,6 +246,7 @@ pub(super) fn validate_certificate(
         renew,
         dir,
         files,
+        templates,
     })
 }
 

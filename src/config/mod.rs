@@ -42,6 +42,7 @@ mod raw;
 mod reload;
 mod secrets;
 mod spec;
+mod templates;
 mod values;
 mod yaml;
 
@@ -51,6 +52,7 @@ use issuers::validate_issuers;
 use plan::flag_for_path;
 use reload::validate_reload;
 use secrets::validate_secret;
+use templates::check_inline_templates;
 
 use error::Errors;
 pub use error::{ConfigErrors, FieldError};
@@ -59,15 +61,15 @@ pub use expand::POD_VARIABLES;
 pub use raw::{
     RawAppRoleAuth, RawCertManager, RawCertificate, RawConfig, RawFiles, RawIssuer, RawIssuerRef,
     RawKubernetesCsr, RawLocalCa, RawPkcs12, RawPki, RawPrivateKey, RawReload, RawRoleAuth,
-    RawSecret, RawServer, RawTokenAuth, RawVault, RawVaultAuth,
+    RawSecret, RawServer, RawTemplate, RawTokenAuth, RawVault, RawVaultAuth,
 };
 pub use spec::{
     default_state_dir, CertManagerSpec, CertificateSpec, FileSpec, IssuerRef, IssuerSpec,
-    KeyRotation, KubernetesCsrSpec, Pkcs12Spec, SecretFormat, SecretSpec, DEFAULT_CA_FILE,
-    DEFAULT_CERTIFICATE_FILE, DEFAULT_CLUSTER_TIMEOUT, DEFAULT_DURATION, DEFAULT_KEY_MODE,
-    DEFAULT_KUBERNETES_TOKEN_FILE, DEFAULT_MODE, DEFAULT_PRIVATE_KEY_FILE,
-    DEFAULT_REFRESH_INTERVAL, DEFAULT_RENEW_BEFORE_PERCENTAGE, DEFAULT_VAULT_TIMEOUT,
-    DEVELOPMENT_ISSUER, MAX_NAMES, MIN_DURATION, SERVICE_ACCOUNT_CA_FILE,
+    KeyRotation, KubernetesCsrSpec, Pkcs12Spec, SecretFormat, SecretSpec, TemplateSource,
+    TemplateSpec, DEFAULT_CA_FILE, DEFAULT_CERTIFICATE_FILE, DEFAULT_CLUSTER_TIMEOUT,
+    DEFAULT_DURATION, DEFAULT_KEY_MODE, DEFAULT_KUBERNETES_TOKEN_FILE, DEFAULT_MODE,
+    DEFAULT_PRIVATE_KEY_FILE, DEFAULT_REFRESH_INTERVAL, DEFAULT_RENEW_BEFORE_PERCENTAGE,
+    DEFAULT_VAULT_TIMEOUT, DEVELOPMENT_ISSUER, MAX_NAMES, MIN_DURATION, SERVICE_ACCOUNT_CA_FILE,
 };
 
 use values::{credential_name, is_valid_name, parse_mode, required_path, required_string};
@@ -229,18 +231,32 @@ impl Config {
                 field: format!("certificates[{i}].dir"),
                 name: c.name.clone(),
                 dir: normal(&c.dir),
-                files: c.files.names().map(str::to_owned).collect(),
+                files: c
+                    .files
+                    .names()
+                    .chain(c.templates.iter().map(|t| t.file.as_str()))
+                    .map(str::to_owned)
+                    .collect(),
             })
             .collect();
-        dirs.extend(secrets.iter().map(|(i, s)| DirUse {
-            field: format!("secrets[{i}].dir"),
-            name: s.name.clone(),
-            dir: normal(&s.dir),
-            files: s.format.file().into_iter().map(str::to_owned).collect(),
+        dirs.extend(secrets.iter().map(|(i, s)| {
+            DirUse {
+                field: format!("secrets[{i}].dir"),
+                name: s.name.clone(),
+                dir: normal(&s.dir),
+                files: s
+                    .format
+                    .file()
+                    .into_iter()
+                    .chain(s.templates.iter().map(|t| t.file.as_str()))
+                    .map(str::to_owned)
+                    .collect(),
+            }
         }));
         check_dirs_disjoint(&mut errs, &dirs);
         let secrets: Vec<SecretSpec> = secrets.into_iter().map(|(_, s)| s).collect();
         let certificates: Vec<CertificateSpec> = certificates.into_iter().map(|(_, c)| c).collect();
+        check_inline_templates(&mut errs, &certificates, &secrets);
 
         let reload = raw.reload.and_then(|r| validate_reload(&mut errs, r));
         let listen = raw.server.and_then(|s| s.listen).and_then(|l| match l.parse::<SocketAddr>() {
@@ -297,6 +313,7 @@ impl Config {
                     gid: None,
                     pkcs12: None,
                 },
+                templates: Vec::new(),
             }],
             secrets: Vec::new(),
             reload: None,

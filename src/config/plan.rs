@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::{Config, IssuerSpec, KeyRotation, PkiMode, SecretFormat};
+use super::{Config, IssuerSpec, KeyRotation, PkiMode, SecretFormat, TemplateSource, TemplateSpec};
 
 impl fmt::Display for Config {
     /// The plan `pillion check` prints.
@@ -150,6 +150,7 @@ impl fmt::Display for Config {
                 write!(f, " owner {}:{}", id(fs.uid), id(fs.gid))?;
             }
             writeln!(f)?;
+            write_templates(f, &c.templates)?;
         }
         if !self.secrets.is_empty() {
             writeln!(f, "secrets:")?;
@@ -172,6 +173,7 @@ impl fmt::Display for Config {
                 sec.mode,
                 sec.target_dir(&self.output_dir).display()
             )?;
+            write_templates(f, &sec.templates)?;
         }
         match &self.reload {
             Some(r) => writeln!(f, "reload: {r}")?,
@@ -182,6 +184,18 @@ impl fmt::Display for Config {
             None => writeln!(f, "admin endpoint: off"),
         }
     }
+}
+
+/// One line per template of a credential: the file it renders, from what.
+fn write_templates(f: &mut fmt::Formatter<'_>, templates: &[TemplateSpec]) -> fmt::Result {
+    for t in templates {
+        let from = match &t.source {
+            TemplateSource::Inline(_) => "the inline template".to_owned(),
+            TemplateSource::File(p) => p.display().to_string(),
+        };
+        writeln!(f, "    template:    {} {:04o} from {from}", t.file, t.mode)?;
+    }
+    Ok(())
 }
 
 /// Maps a configuration path to the flag a flag-mode user actually typed.

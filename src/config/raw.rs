@@ -210,6 +210,23 @@ pub struct RawSecret {
     pub uid: Option<u32>,
     /// `secrets[N].gid`: the group given to the files.
     pub gid: Option<u32>,
+    /// `secrets[N].templates`: files rendered from templates, in the same directory.
+    pub templates: Option<Vec<RawTemplate>>,
+}
+
+/// One entry of `certificates[N].templates` or `secrets[N].templates`: a file
+/// rendered from a template and published with the credential's files.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawTemplate {
+    /// `templates[M].file`: the file name, relative to the credential's directory.
+    pub file: Option<String>,
+    /// `templates[M].template`: the template itself, inline.
+    pub template: Option<String>,
+    /// `templates[M].templateFile`: a file holding the template (a ConfigMap mount).
+    pub template_file: Option<String>,
+    /// `templates[M].mode`: the file mode (octal); default 0600.
+    pub mode: Option<Value>,
 }
 
 /// `issuers.NAME.localCa`: a CA read from PEM files.
@@ -253,6 +270,8 @@ pub struct RawCertificate {
     pub dir: Option<String>,
     /// `certificates[N].files`: file names, modes and owner.
     pub files: Option<RawFiles>,
+    /// `certificates[N].templates`: files rendered from templates, in the same directory.
+    pub templates: Option<Vec<RawTemplate>>,
 }
 
 /// `certificates[N].privateKey`: the key algorithm and its rotation.
@@ -364,6 +383,7 @@ mod tests {
             fields_of::<RawFiles>(),
             fields_of::<RawPkcs12>(),
             fields_of::<RawSecret>(),
+            fields_of::<RawTemplate>(),
             fields_of::<RawReload>(),
             fields_of::<RawServer>(),
         ];

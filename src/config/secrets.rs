@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::templates::validate_templates;
 use super::{
     credential_name, parse_duration, parse_mode, Errors, IssuerSpec, Origin, RawSecret,
     SecretFormat, SecretSpec, DEFAULT_KEY_MODE, DEFAULT_REFRESH_INTERVAL,
@@ -141,6 +142,8 @@ pub(super) fn validate_secret(
             DEFAULT_KEY_MODE
         }
     };
+    let taken: Vec<&str> = format.file().into_iter().collect();
+    let templates = validate_templates(errs, path, rs.templates, &taken);
     (errs.0.len() == before).then_some(SecretSpec {
         name,
         issuer,
@@ -152,5 +155,6 @@ pub(super) fn validate_secret(
         mode,
         uid: rs.uid,
         gid: rs.gid,
+        templates,
     })
 }

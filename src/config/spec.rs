@@ -117,6 +117,40 @@ pub struct IssuerRef {
     pub group: String,
 }
 
+/// A file rendered from a template, published with its credential's files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateSpec {
+    /// The file name, relative to the credential's directory.
+    pub file: String,
+    /// Where the template comes from.
+    pub source: TemplateSource,
+    /// The rendered file's mode.
+    pub mode: u32,
+    /// Where it was configured (`secrets[0].templates[1]`), for messages.
+    pub field: String,
+}
+
+/// Where a template's text comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateSource {
+    /// Written in the configuration (`template`).
+    Inline(String),
+    /// Read from this file when rendered (`templateFile`), e.g. a ConfigMap
+    /// mount.
+    File(PathBuf),
+}
+
+impl TemplateSpec {
+    /// The name a template error starts with: the template file, or the
+    /// configuration field of an inline template.
+    pub fn origin(&self) -> String {
+        match &self.source {
+            TemplateSource::Inline(_) => format!("{}.template", self.field),
+            TemplateSource::File(p) => p.display().to_string(),
+        }
+    }
+}
+
 /// A KV secret to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretSpec {
@@ -140,6 +174,8 @@ pub struct SecretSpec {
     pub uid: Option<u32>,
     /// The group given to the files, if any.
     pub gid: Option<u32>,
+    /// Files rendered from templates, published with the secret's.
+    pub templates: Vec<TemplateSpec>,
 }
 
 /// How a KV secret is written into its directory.
@@ -208,6 +244,8 @@ pub struct CertificateSpec {
     pub dir: PathBuf,
     /// The files written into `dir`.
     pub files: FileSpec,
+    /// Files rendered from templates, published with the certificate's.
+    pub templates: Vec<TemplateSpec>,
 }
 
 /// The files a certificate is published as: names relative to its directory,

@@ -4,7 +4,7 @@
 use zeroize::Zeroizing;
 
 use super::{kind, Sink, SinkError};
-use crate::credential::Credential;
+use crate::credential::{Credential, Inputs};
 use crate::output::FileEntry;
 use crate::pem;
 
@@ -29,7 +29,11 @@ impl Sink for Bundle {
         vec![(&self.path, self.mode)]
     }
 
-    fn render(&self, credential: &Credential) -> Result<Vec<FileEntry>, SinkError> {
+    fn render(
+        &self,
+        credential: &Credential,
+        _inputs: &Inputs,
+    ) -> Result<Vec<FileEntry>, SinkError> {
         let Credential::Certificate(c) = credential else {
             return Err(SinkError::Kind {
                 sink: "bundle",

@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 
 use super::{kind, Sink, SinkError};
 use crate::config::FileSpec;
-use crate::credential::Credential;
+use crate::credential::{Credential, Inputs};
 use crate::keys::PrivateKey;
 use crate::output::FileEntry;
 use crate::pem;
@@ -57,7 +57,11 @@ impl Sink for KubeletFiles {
         }]
     }
 
-    fn render(&self, credential: &Credential) -> Result<Vec<FileEntry>, SinkError> {
+    fn render(
+        &self,
+        credential: &Credential,
+        _inputs: &Inputs,
+    ) -> Result<Vec<FileEntry>, SinkError> {
         let Credential::Certificate(c) = credential else {
             return Err(SinkError::Kind {
                 sink: "certificate",

@@ -11,17 +11,20 @@ mod bundle;
 mod kubelet;
 mod pkcs12;
 mod secret_files;
+mod template;
 
 use std::fmt;
 use std::path::Path;
 
 use crate::config::{CertificateSpec, SecretSpec};
-use crate::credential::Credential;
+use crate::credential::{Credential, Inputs};
 use crate::keys::PrivateKey;
 use crate::output::FileEntry;
+use crate::template::TemplateError;
 
 pub use pkcs12::KeystoreError;
 pub use secret_files::SecretFileError;
+pub use template::Template;
 
 /// A consumer of credentials: the files it makes of one.
 ///
@@ -39,7 +42,7 @@ pub trait Sink: Send + Sync + fmt::Debug {
     /// Checks what can be checked before the first credential (a password
     /// file that must be readable). `Err` holds the configuration field,
     /// relative to the credential, and the problem.
-    fn check(&self) -> Result<(), (&'static str, String)> {
+    fn check(&self) -> Result<(), (String, String)> {
         Ok(())
     }
 
@@ -56,11 +59,28 @@ pub trait Sink: Send + Sync + fmt::Debug {
     /// The credential cannot be carried (a secret key that is no file
     /// name, an unreadable keystore password); nothing of this credential
     /// is published then.
-    fn render(&self, credential: &Credential) -> Result<Vec<FileEntry>, SinkError>;
+    ///
+    /// `inputs` holds the other credentials, for sinks that
+    /// [read them](Sink::reads_others); it is empty otherwise.
+    fn render(&self, credential: &Credential, inputs: &Inputs)
+        -> Result<Vec<FileEntry>, SinkError>;
 
     /// Looks at what is live in `live` (a generation directory) before
     /// `credential` replaces it, to warn about what the app will notice.
     fn notice(&self, _live: &Path, _credential: &Credential) {}
+
+    /// Whether this sink reads credentials other than its own (a
+    /// template): the loop then keeps every credential it checked in
+    /// [`Inputs`], and renders this sink again when one it
+    /// [`reads`](Sink::reads) changes.
+    fn reads_others(&self) -> bool {
+        false
+    }
+
+    /// Whether this sink's files depend on the credential `name`.
+    fn reads(&self, _name: &str) -> bool {
+        false
+    }
 }
 
 /// Why a sink could not make its files.
@@ -72,6 +92,9 @@ pub enum SinkError {
     /// A secret's files.
     #[error(transparent)]
     SecretFile(#[from] SecretFileError),
+    /// A template could not be rendered.
+    #[error("rendering the template failed")]
+    Template(#[from] TemplateError),
     /// A sink was given a kind of credential it does not carry: a
     /// registration mistake, not the user's.
     #[error("the {sink} files cannot be made of a {kind}")]
@@ -94,12 +117,19 @@ pub fn for_certificate(spec: &CertificateSpec) -> Vec<Box<dyn Sink>> {
     if let Some(p12) = &f.pkcs12 {
         sinks.push(Box::new(pkcs12::Pkcs12::new(p12, f.mode, f.key_mode)));
     }
+    for t in &spec.templates {
+        sinks.push(Box::new(template::Template::new(&spec.name, t)));
+    }
     sinks
 }
 
 /// The sinks of a secret. The one place that registers a secret sink.
 pub fn for_secret(spec: &SecretSpec) -> Vec<Box<dyn Sink>> {
-    vec![Box::new(secret_files::SecretFiles::new(spec))]
+    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(secret_files::SecretFiles::new(spec))];
+    for t in &spec.templates {
+        sinks.push(Box::new(template::Template::new(&spec.name, t)));
+    }
+    sinks
 }
 
 fn kind(credential: &Credential) -> &'static str {

@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 
 use super::{kind, Sink, SinkError};
 use crate::config::Pkcs12Spec;
-use crate::credential::Credential;
+use crate::credential::{Credential, Inputs};
 use crate::keys::PrivateKey;
 use crate::output::FileEntry;
 use crate::telemetry::chain;
@@ -42,13 +42,17 @@ impl Sink for Pkcs12 {
         keystore.into_iter().chain(truststore).collect()
     }
 
-    fn check(&self) -> Result<(), (&'static str, String)> {
+    fn check(&self) -> Result<(), (String, String)> {
         read_password(&self.spec.password_file)
             .map(drop)
-            .map_err(|e| ("files.pkcs12.passwordFile", chain(&e)))
+            .map_err(|e| ("files.pkcs12.passwordFile".to_owned(), chain(&e)))
     }
 
-    fn render(&self, credential: &Credential) -> Result<Vec<FileEntry>, SinkError> {
+    fn render(
+        &self,
+        credential: &Credential,
+        _inputs: &Inputs,
+    ) -> Result<Vec<FileEntry>, SinkError> {
         let Credential::Certificate(c) = credential else {
             return Err(SinkError::Kind {
                 sink: "PKCS#12",

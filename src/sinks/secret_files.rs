@@ -6,7 +6,7 @@ use zeroize::Zeroizing;
 
 use super::{kind, Sink, SinkError};
 use crate::config::{SecretFormat, SecretSpec};
-use crate::credential::Credential;
+use crate::credential::{Credential, Inputs};
 use crate::output::FileEntry;
 
 /// The files of one secret.
@@ -31,7 +31,11 @@ impl Sink for SecretFiles {
             .collect()
     }
 
-    fn render(&self, credential: &Credential) -> Result<Vec<FileEntry>, SinkError> {
+    fn render(
+        &self,
+        credential: &Credential,
+        _inputs: &Inputs,
+    ) -> Result<Vec<FileEntry>, SinkError> {
         let Credential::Secret(secret) = credential else {
             return Err(SinkError::Kind {
                 sink: "secret",
@@ -168,6 +172,7 @@ mod tests {
             mode: 0o600,
             uid: None,
             gid: None,
+            templates: Vec::new(),
         }
     }
 

@@ -117,6 +117,21 @@ impl Source for CertificateSource {
         Some(existing(&self.spec, dir, files, &self.issuer, now))
     }
 
+    fn live(&self, dir: &Path) -> Option<Credential> {
+        let f = &self.spec.files;
+        let mut found = read_live(dir, &[&f.certificate, &f.private_key, &f.ca])?.into_iter();
+        let (cert, key, ca) = (found.next()??, found.next()??, found.next()??);
+        let key = PrivateKey::from_pem(std::str::from_utf8(&key).ok()?).ok()?;
+        Some(Credential::Certificate(Certificate {
+            key,
+            issued: Issued {
+                chain: pem::certificates(&cert).ok()?,
+                ca: pem::certificates(&ca).ok()?,
+            },
+            names: self.spec.names.clone(),
+        }))
+    }
+
     fn next_attempt(&self, checked: &Checked, now: SystemTime) -> SystemTime {
         match checked.certificate() {
             Some(info) => renewal_time(

@@ -54,6 +54,13 @@ pub trait Source: Send + fmt::Debug {
         None
     }
 
+    /// The credential live in `dir`, read back from disk after [`Source::reuse`]
+    /// kept it, for sinks that read other credentials (templates). `None`
+    /// when the source cannot read it back.
+    fn live(&self, _dir: &Path) -> Option<Credential> {
+        None
+    }
+
     /// When to obtain again after `checked` was published at `now`.
     fn next_attempt(&self, checked: &Checked, now: SystemTime) -> SystemTime;
 
