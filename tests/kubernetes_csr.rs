@@ -1,4 +1,4 @@
-//! The `kubernetesCsr` issuer against the fake Kubernetes API server (`tests/common/fake_kube.rs`,
+//! The `kubernetesCsr` issuer against the fake Kubernetes API server (`tests/common/fake_kube/`,
 //! which speaks the real wire protocol and signs with its own CA): what pillion creates
 //! (signerName, usages, expirationSeconds, labels, the PKCS#10 request as openssl reads it), that
 //! it deletes the request afterwards, that the published files verify with `openssl verify`
