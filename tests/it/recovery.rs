@@ -3,7 +3,7 @@
 //! full disk (a real tmpfs filled to ENOSPC). Plus: the owner and modes the configuration asks
 //! for, checked by the kernel's own permission checks (reads as other users through setpriv).
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::io::Write as _;

@@ -3,7 +3,7 @@
 //! reusing what `init` published. Each test checks the files with openssl against OpenBao's
 //! own CA, and reads OpenBao's audit log to see what the server received and answered.
 
-mod common;
+use crate::common;
 
 use common::openbao::*;
 use common::*;

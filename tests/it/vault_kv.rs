@@ -6,7 +6,7 @@
 //! OpenBao's audit log counts pillion's reads, so "a few refresh intervals went by" is something
 //! the server saw, not a sleep.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! GET /metrics is well-formed Prometheus/OpenMetrics text, and its gauges
 //! agree with the certificate on disk.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

@@ -4,7 +4,7 @@
 //! Without the namespace the same paths lead to the root namespace, where that AppRole does not
 //! exist: pillion fails with OpenBao's message and writes nothing.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -2,7 +2,7 @@
 //! `unshare --pid --fork --mount-proc`: pillion finds the application by its name in the
 //! namespace's own /proc and signals it after each rotation.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;

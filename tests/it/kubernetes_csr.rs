@@ -1,4 +1,4 @@
-//! The `kubernetesCsr` issuer against the fake Kubernetes API server (`tests/common/fake_kube/`,
+//! The `kubernetesCsr` issuer against the fake Kubernetes API server (`tests/it/common/fake_kube/`,
 //! which speaks the real wire protocol and signs with its own CA): what pillion creates
 //! (signerName, usages, expirationSeconds, labels, the PKCS#10 request as openssl reads it), that
 //! it deletes the request afterwards, that the published files verify with `openssl verify`
@@ -9,7 +9,7 @@
 //! Every test asserts on what the peer saw (the fake's request log and objects, openssl) and
 //! prints the fake's request log and pillion's output when it fails.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::thread;

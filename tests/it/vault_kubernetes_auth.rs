@@ -8,7 +8,7 @@
 //!
 //! Assertions are on what the peers saw: the fake's TokenReview log, OpenBao's audit log, openssl.
 
-mod common;
+use crate::common;
 
 use std::ffi::OsStr;
 

@@ -8,7 +8,7 @@
 //! Every test asserts on what the peer saw (the fake's request log and objects, openssl) and
 //! prints the fake's request log and pillion's output when it fails.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! python SIGHUP counter) that, on each SIGHUP, reads the files the way a reloading server would;
 //! what it read and who signalled it decide the tests.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

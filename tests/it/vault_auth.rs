@@ -5,7 +5,7 @@
 //! Every login is bound to the shipped policy alone (`policies/vault/pillion.hcl`, without
 //! `default`), and OpenBao's audit log says which login made which request.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -73,7 +73,7 @@ fn check_kubectl() {
             String::from_utf8_lossy(&out.stderr)
         ),
         Err(e) => panic!(
-            "kubectl is not installed ({e}); tests/deploy_manifests.rs builds deploy/ with \
+            "kubectl is not installed ({e}); tests/it/deploy_manifests.rs builds deploy/ with \
              `kubectl kustomize` (no cluster needed). Install kubectl: \
              https://kubernetes.io/docs/tasks/tools/#kubectl (e.g. download \
              https://dl.k8s.io/release/$(curl -Ls https://dl.k8s.io/release/stable.txt)/bin/linux/amd64/kubectl \

@@ -3,7 +3,7 @@
 //! says EPERM (pillion runs as another user, through setpriv) and no process matches. Each peer
 //! records what it saw; that record decides the tests.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;

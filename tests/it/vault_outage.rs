@@ -2,7 +2,7 @@
 //! port and cuts its connections. pillion keeps running, keeps the files it has, logs its
 //! retries, and once OpenBao is reachable again its backoff brings a new verified certificate.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! Vault token, the AppRole credentials, the secret's values and the PKCS#12
 //! password.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! `pillion init` (and `check`, `status`) with a local CA made by the openssl CLI: whatever
 //! pillion publishes must satisfy openssl, not just pillion.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! which field is wrong (the message is the product here, so it is matched as text), and leave
 //! the output directory exactly as it found it — `check`, `init` and `run` alike.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -1081,6 +1081,17 @@ pub fn nginx_bin() -> PathBuf {
     panic!("nginx is not installed: run ./scripts/test.sh (it apt-get installs nginx)");
 }
 
+/// Held by a test whose pillion reloads nginx by name (`reload.process: nginx`) for as long as
+/// that pillion and its nginx run. pillion signals every process called `nginx` it can see, and
+/// all tests share one process and run in parallel threads: without this, one test's pillion
+/// would send SIGHUP to another test's nginx, and an nginx that has not yet installed its signal
+/// handlers dies of it.
+pub fn nginx_by_name() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A test that failed while holding it says nothing about the next one.
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A real nginx in the foreground (`daemon off`) with its own prefix, serving TLS on a free
 /// loopback port with the given certificate and key paths. Stopped on drop.
 pub struct Nginx {

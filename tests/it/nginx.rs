@@ -1,7 +1,7 @@
 //! A real nginx serving pillion's files: after a rotation, a TLS client is served the new
 //! certificate, because pillion sent SIGHUP to the nginx master (and only to the master).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -11,6 +11,8 @@ const DEADLINE: Duration = Duration::from_secs(90);
 
 #[test]
 fn nginx_serves_the_rotated_certificate_after_pillion_signals_its_master() {
+    // pillion finds nginx by name: no other test's nginx may run meanwhile.
+    let _only_nginx = nginx_by_name();
     let ca = openssl_ca(KeyKind::EcP256Pkcs8);
     let out = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();

@@ -1,7 +1,7 @@
 //! `--log-format json`: one JSON object per line, with the credential,
 //! issuer, serial and not-after as fields a collector can index.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

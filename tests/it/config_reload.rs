@@ -1,7 +1,7 @@
 //! SIGHUP re-reads the configuration: a broken one is rejected and the
 //! running one stays; a valid one adds, changes and removes credentials.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! The admin endpoint: /healthz, /readyz (the native sidecar's startup probe)
 //! and POST /rotate, spoken to over real HTTP/1.1 on loopback.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -1,9 +1,9 @@
-//! The fake Kubernetes API server (`tests/common/fake_kube/`) driven by clients nobody here
+//! The fake Kubernetes API server (`tests/it/common/fake_kube/`) driven by clients nobody here
 //! wrote: the real `kube` client and kube-runtime's watcher, `curl`, and `openssl` for the
 //! certificates the fake's signer issues. If these pass, the issuer tests that use the fake
 //! exercise pillion against the wire protocol, not against the fake's own idea of it.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! OpenBao's root is served pillion's certificate, and after a renewal (SIGUSR1) it is served the
 //! new one, because pillion sent nginx's master a SIGHUP.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -14,6 +14,8 @@ const DEADLINE: Duration = Duration::from_secs(90);
 
 #[test]
 fn nginx_serves_the_openbao_certificate_and_the_renewed_one_after_a_renewal() {
+    // pillion finds nginx by name: no other test's nginx may run meanwhile.
+    let _only_nginx = nginx_by_name();
     let bao = OpenBao::shared();
     let case = Case::new();
     let login = bao.approle(case.path(), "nginx");

