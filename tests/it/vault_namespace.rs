@@ -114,7 +114,6 @@ fn namespace_with_everything(bao: &OpenBao, ns: &str, case: &Case) -> (String, A
         ],
     );
     let login = AppRole {
-        role: "pillion".into(),
         role_id_file: write(case.path(), &format!("{ns}.role-id"), role_id.trim()),
         secret_id_file: write(case.path(), &format!("{ns}.secret-id"), secret_id.trim()),
     };

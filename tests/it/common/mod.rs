@@ -6,9 +6,6 @@
 //! Every helper that starts a process owns it and kills it on drop, so a failing assertion
 //! never leaves a daemon, a counter or an nginx behind.
 
-// Each test binary uses a different subset of these helpers.
-#![allow(dead_code)]
-
 pub mod fake_kube;
 pub mod fixture;
 pub mod kube_case;
@@ -17,7 +14,7 @@ pub mod openbao;
 use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::net::TcpListener;
 use std::os::unix::fs::{symlink, PermissionsExt as _};
 use std::path::{Path, PathBuf};
@@ -348,7 +345,8 @@ pub enum KeyKind {
 
 /// A self-signed CA made by the openssl CLI. The files live in `dir`.
 pub struct OpensslCa {
-    pub dir: tempfile::TempDir,
+    /// Holds the files: the directory is removed when the CA is dropped.
+    _dir: tempfile::TempDir,
     pub cert: PathBuf,
     pub key: PathBuf,
 }
@@ -438,7 +436,11 @@ pub fn openssl_ca(kind: KeyKind) -> OpensslCa {
         &format!("pillion test CA {kind:?}"),
         "basicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign",
     );
-    OpensslCa { dir, cert, key }
+    OpensslCa {
+        _dir: dir,
+        cert,
+        key,
+    }
 }
 
 /// A self-signed certificate that is NOT a CA (basicConstraints=critical,CA:FALSE), shaped like
@@ -451,7 +453,11 @@ pub fn openssl_non_ca(kind: KeyKind) -> OpensslCa {
         "not a CA",
         "basicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature",
     );
-    OpensslCa { dir, cert, key }
+    OpensslCa {
+        _dir: dir,
+        cert,
+        key,
+    }
 }
 
 /// `openssl verify -CAfile ca cert` (chain and signature checked by openssl, purpose any).
@@ -923,10 +929,6 @@ impl HupCounterSpec {
             .unwrap_or(0)
     }
 
-    pub fn count_file(&self) -> PathBuf {
-        self.state.join("count")
-    }
-
     pub fn pid_file(&self) -> PathBuf {
         self.state.join("pid")
     }
@@ -1046,15 +1048,6 @@ impl Drop for HupCounter {
     }
 }
 
-/// Starts a SIGHUP counter named `name` (its comm) in `dir`; returns the child and its count
-/// file. The counter exits by itself when its parent (this test) dies; prefer [`HupCounter`],
-/// which also kills it on drop and reads the snapshots.
-pub fn spawn_hup_counter(dir: &Path, name: &str) -> (Child, PathBuf) {
-    let mut counter = HupCounter::start(dir, name, &[]);
-    let child = counter.child.take().expect("just started");
-    (child, counter.count_file())
-}
-
 // ---------------------------------------------------------------------------------------------
 // nginx
 // ---------------------------------------------------------------------------------------------
@@ -1097,7 +1090,6 @@ pub fn nginx_by_name() -> std::sync::MutexGuard<'static, ()> {
 pub struct Nginx {
     pub prefix: tempfile::TempDir,
     pub port: u16,
-    pub conf: PathBuf,
     pub error_log: PathBuf,
     child: Option<Child>,
 }
@@ -1156,7 +1148,6 @@ http {{
         let nginx = Nginx {
             prefix,
             port,
-            conf,
             error_log,
             child: Some(child),
         };
@@ -1234,12 +1225,6 @@ impl Drop for Nginx {
             let _ = child.wait();
         }
     }
-}
-
-/// Flushes stdout/stderr of the test harness (so eprintln context lands before a panic).
-pub fn flush() {
-    let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -437,7 +437,6 @@ impl OpenBao {
             format!("auth/approle/role/{name}/secret-id"),
         ]);
         AppRole {
-            role: name.to_owned(),
             role_id_file: write(dir, &format!("{name}.role-id"), role_id.trim()),
             secret_id_file: write(dir, &format!("{name}.secret-id"), secret_id.trim()),
         }
@@ -717,7 +716,6 @@ pub fn json_compact(json: &str) -> String {
 /// An AppRole role and the files pillion reads its credentials from.
 #[derive(Clone, Debug)]
 pub struct AppRole {
-    pub role: String,
     pub role_id_file: PathBuf,
     pub secret_id_file: PathBuf,
 }

@@ -34,13 +34,6 @@ impl FakeKube {
             .insert((verb.to_string(), resource.to_string()));
     }
 
-    /// Undoes [`forbid`](Self::forbid).
-    pub fn allow(&self, verb: &str, resource: &str) {
-        self.lock()
-            .forbidden
-            .remove(&(verb.to_string(), resource.to_string()));
-    }
-
     /// The next `times` requests for `verb` on `resource` (as in [`forbid`](Self::forbid)) get
     /// `code` (500, 503, 504 or 429) as a Status in the API server's words.
     pub fn fail_next(&self, verb: &str, resource: &str, code: u16, times: usize) {
@@ -73,29 +66,11 @@ impl FakeKube {
         });
     }
 
-    pub fn is_paused(&self) -> bool {
-        self.shared.control.borrow().paused
-    }
-
     /// Each watch stream opened from now on ends (cleanly) after `n` events, so the client
     /// must resume from the last resourceVersion it saw. Bookmarks count; the synthetic
     /// `ADDED` events for the objects that already exist when a watch starts do not.
     pub fn close_watches_after(&self, n: usize) {
         self.lock().watch_close_after = Some(n);
-    }
-
-    /// Undoes [`close_watches_after`](Self::close_watches_after) and
-    /// [`set_watch_lifetime`](Self::set_watch_lifetime).
-    pub fn keep_watches_open(&self) {
-        let mut st = self.lock();
-        st.watch_close_after = None;
-        st.watch_lifetime = None;
-    }
-
-    /// Each watch stream opened from now on ends after `lifetime` (or its `timeoutSeconds`,
-    /// whichever comes first).
-    pub fn set_watch_lifetime(&self, lifetime: Option<Duration>) {
-        self.lock().watch_lifetime = lifetime;
     }
 
     /// Ends every open watch stream now (cleanly, as a real server does at its timeout).

@@ -5,13 +5,11 @@
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
-use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use serde_json::Value;
 
 use super::helpers::str_at;
 use super::resources::{ObjKey, Res};
 use super::server::FakeKube;
-use super::CSR;
 
 /// One request as the fake received it.
 #[derive(Debug, Clone)]
@@ -85,10 +83,6 @@ impl FakeKube {
         self.lock().requests.clone()
     }
 
-    pub fn clear_requests(&self) {
-        self.lock().requests.clear();
-    }
-
     /// The current objects of `kind` ([`CSR`], [`CERTIFICATE_REQUEST`], or their plurals), as the
     /// API serves them, sorted by namespace and name.
     pub fn objects(&self, kind: &str) -> Vec<Value> {
@@ -108,12 +102,6 @@ impl FakeKube {
             .objects
             .get(&ObjKey::new(res, namespace.unwrap_or(""), name))
             .cloned()
-    }
-
-    /// The CSR `name`, typed.
-    pub fn csr(&self, name: &str) -> Option<CertificateSigningRequest> {
-        self.object(CSR, None, name)
-            .map(|v| serde_json::from_value(v).expect("the fake's CSR JSON is a valid CSR"))
     }
 
     /// Whether an object of `kind` called `name` (in any namespace) was deleted through the API.

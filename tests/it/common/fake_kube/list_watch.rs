@@ -113,11 +113,7 @@ pub(super) fn start_watch(
     }
     let limits = WatchLimits {
         close_after: st.watch_close_after,
-        deadline: [timeout, st.watch_lifetime]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|d| tokio::time::Instant::now() + d),
+        deadline: timeout.map(|d| tokio::time::Instant::now() + d),
         bookmark_interval: if bookmarks {
             st.bookmark_interval
         } else {

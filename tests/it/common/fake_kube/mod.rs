@@ -25,11 +25,27 @@
 //!
 //! Faults a test can inject: [`FakeKube::forbid`] (403), [`FakeKube::fail_next`] (5xx, 429),
 //! [`FakeKube::pause`] (the API server is down: the listener is closed and every open connection
-//! reset), [`FakeKube::close_watches_after`] / [`FakeKube::set_watch_lifetime`] /
-//! [`FakeKube::close_all_watches`] (watch streams end and the client must resume), and
+//! reset), [`FakeKube::close_watches_after`] / [`FakeKube::close_all_watches`] (watch streams
+//! end and the client must resume), and
 //! [`FakeKube::compact`] (resuming from an old resourceVersion gets `410 Expired`).
 //!
-//! Where this fake knowingly differs from a real API server is listed in [`DEVIATIONS`].
+//! Where this fake knowingly differs from a real API server (and from cert-manager); everything
+//! not listed here is meant to match:
+//! - authentication: a request without the right bearer token gets 401 on every path (a real
+//!   server with anonymous auth lets /version and /healthz through and answers 403 elsewhere);
+//! - authorization: everything is allowed except what a test forbids with `forbid(verb, resource)`;
+//! - no managedFields, no server-side apply, no JSON patch: PATCH takes merge patches (and treats
+//!   a strategic merge patch as one); other patch types get 415;
+//! - LIST ignores `limit`/`continue` (everything fits one page) and always serves the latest state;
+//! - watch bookmarks are sent every `set_bookmark_interval` (default 1s) instead of about once a
+//!   minute;
+//! - the signer does not backdate notBefore (kube-controller-manager backdates up to 5 minutes)
+//!   so a short test certificate lives exactly as long as asked;
+//! - the signer signs every signerName, not only kubernetes.io/* ones; `set_max_signing_duration`
+//!   plays kube-controller-manager's --cluster-signing-duration;
+//! - cert-manager's webhook is played by the API server itself: semantic validation errors come
+//!   back as 403 `admission webhook "webhook.cert-manager.io" denied the request: ...`;
+//! - namespaces exist when added with `add_namespace` (default, kube-system, kube-public exist).
 //!
 //! The server runs on its own thread with its own tokio runtime, listens on 127.0.0.1 only, and
 //! stops when the [`FakeKube`] is dropped.
@@ -68,33 +84,12 @@ mod tokens;
 mod validation;
 mod writes;
 
-// The test binaries each use a different part of this API (see `#![allow(dead_code)]` in
-// `common/mod.rs`); a re-export unused by one binary would warn there.
-#[allow(unused_imports)]
 pub use self::{
     helpers::{b64, b64_decode},
     inspect::RecordedRequest,
     server::FakeKube,
     signer::Behaviour,
 };
-
-/// Where this fake knowingly differs from a real API server (and from cert-manager), for
-/// failure messages and for the README. Everything not listed here is meant to match.
-pub const DEVIATIONS: &str = "\
-- authentication: a request without the right bearer token gets 401 on every path (a real \
-server with anonymous auth lets /version and /healthz through and answers 403 elsewhere);
-- authorization: everything is allowed except what a test forbids with `forbid(verb, resource)`;
-- no managedFields, no server-side apply, no JSON patch: PATCH takes merge patches (and treats a \
-strategic merge patch as one); other patch types get 415;
-- LIST ignores `limit`/`continue` (everything fits one page) and always serves the latest state;
-- watch bookmarks are sent every `set_bookmark_interval` (default 1s) instead of about once a minute;
-- the signer does not backdate notBefore (kube-controller-manager backdates up to 5 minutes) so \
-a short test certificate lives exactly as long as asked;
-- the signer signs every signerName, not only kubernetes.io/* ones; `set_max_signing_duration` \
-plays kube-controller-manager's --cluster-signing-duration;
-- cert-manager's webhook is played by the API server itself: semantic validation errors come \
-back as 403 `admission webhook \"webhook.cert-manager.io\" denied the request: ...`;
-- namespaces exist when added with `add_namespace` (default, kube-system, kube-public exist).";
 
 /// The user the kubeconfig's token authenticates as.
 pub const CLIENT_USER: &str = "system:serviceaccount:default:pillion";

@@ -26,7 +26,6 @@ use super::writes::{create, delete, update};
 pub(super) struct Ctx {
     method: String,
     path: String,
-    query: String,
     params: Vec<(String, String)>,
     pub(super) body: Bytes,
     pub(super) content_type: String,
@@ -80,7 +79,6 @@ pub(super) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
                     .collect(),
                 method: method.clone(),
                 path: path.clone(),
-                query: query.clone(),
                 body,
                 content_type,
                 user: user.clone(),

@@ -94,11 +94,6 @@ impl FakeKube {
             .insert(issuer.to_string(), behaviour);
     }
 
-    /// The behaviour for signers and issuers without their own (initially: sign at once).
-    pub fn set_default_behaviour(&self, behaviour: Behaviour) {
-        self.lock().default_behaviour = behaviour;
-    }
-
     /// Applies `behaviour` now to an existing request (`kind` [`CSR`] or
     /// [`CERTIFICATE_REQUEST`]; `namespace` None for a CSR), e.g. to sign a request that was
     /// left pending. Panics when the object does not exist.

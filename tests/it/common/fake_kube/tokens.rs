@@ -74,8 +74,7 @@ impl FakeKube {
     }
 
     /// Mints and registers a projected service-account token: a JWT (ES256, signed with the
-    /// key of [`service_account_issuer_public_key_pem`](Self::service_account_issuer_public_key_pem))
-    /// with the claims a kubelet-projected token has (`iss`, `sub`, `aud`, `exp` in an hour,
+    /// fake's service-account issuer key) with the claims a kubelet-projected token has (`iss`, `sub`, `aud`, `exp` in an hour,
     /// `kubernetes.io.namespace`, `kubernetes.io.serviceaccount.{name,uid}`), so OpenBao's
     /// kubernetes auth can parse it. `audiences` empty means [`API_AUDIENCE`].
     pub fn mint_service_account_token(
@@ -133,25 +132,6 @@ impl FakeKube {
             },
         );
         token
-    }
-
-    /// The public key minted tokens are signed with (PEM SubjectPublicKeyInfo), for OpenBao's
-    /// `pem_keys`.
-    pub fn service_account_issuer_public_key_pem(&self) -> String {
-        use ring::signature::KeyPair as _;
-        let key = ring::signature::EcdsaKeyPair::from_pkcs8(
-            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-            &self.shared.sa_key_pkcs8,
-            &ring::rand::SystemRandom::new(),
-        )
-        .expect("the issuer key was generated for this algorithm");
-        // SubjectPublicKeyInfo header for an id-ecPublicKey on prime256v1.
-        let mut der = vec![
-            0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06,
-            0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
-        ];
-        der.extend_from_slice(key.public_key().as_ref());
-        pem::encode(&pem::Pem::new("PUBLIC KEY", der))
     }
 
     /// TokenReviews of `token` say `authenticated: false` from now on (the service account or
