@@ -32,6 +32,7 @@ mod recovery;
 mod reload_targets;
 mod rotation;
 mod shared_pid_namespace;
+mod templates;
 mod vault_auth;
 mod vault_kubernetes_auth;
 mod vault_kv;

@@ -3,7 +3,7 @@
 //! when nothing did; a template error names the template and line and leaves the old file in
 //! place; `pillion check` reports syntax errors and unknown names with exit 2.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;
