@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The one test command: installs what the integration tests need (nginx, openssl, python3,
-# unshare, OpenBao) when it is missing, then runs every test target. CI calls this via .ci/run.
+# The one test command: installs what the integration tests need (nginx, PostgreSQL, openssl,
+# python3, unshare, OpenBao) when it is missing, then runs every test target. CI calls this via .ci/run.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -36,6 +36,17 @@ if ! have nginx && [ ! -x /usr/sbin/nginx ]; then
         "${SUDO[@]}" systemctl disable --now nginx >/dev/null 2>&1 || true
     fi
 fi
+
+# PostgreSQL: the database behind OpenBao's database secrets engine (tests/it/vault_dynamic.rs).
+# The tests run their own server on a loopback port; Debian's package may start its own cluster
+# service on machines with systemd, which the tests do not need.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    apt_install postgresql
+    if have systemctl && [ -d /run/systemd/system ]; then
+        "${SUDO[@]}" systemctl disable --now postgresql >/dev/null 2>&1 || true
+    fi
+fi
+# setpriv (util-linux) runs PostgreSQL as nobody when the tests run as root.
 
 # openssl: the independent checker (verify, serials, s_client).
 have openssl || apt_install openssl ca-certificates

@@ -32,6 +32,9 @@ use crate::verify::{fmt_time, CertInfo, VerifyError};
 /// Credentials due within this window of each other are renewed in the same
 /// round, so that the app is signalled once for all of them.
 const ROUND_WINDOW: Duration = Duration::from_secs(1);
+/// How long stopping waits for the sources to give back what they hold
+/// (revoking leases): stopping must stay quick whatever Vault does.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What the outside world can ask of a running agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -484,6 +487,27 @@ impl Agent {
         mode: Mode,
         mut commands: mpsc::UnboundedReceiver<Command>,
     ) -> Result<(), AgentError> {
+        let result = self.serve(mode, &mut commands).await;
+        if matches!(mode, Mode::Run) {
+            self.release().await;
+        }
+        result
+    }
+
+    /// Lets every source give back what it holds (a lease to revoke),
+    /// bounded so that stopping stays quick whatever Vault does.
+    async fn release(&mut self) {
+        let all = futures::future::join_all(self.creds.iter_mut().map(|c| c.plan.source.release()));
+        if tokio::time::timeout(RELEASE_TIMEOUT, all).await.is_err() {
+            warn!("giving back leases took longer than {RELEASE_TIMEOUT:?}; stopping anyway");
+        }
+    }
+
+    async fn serve(
+        &mut self,
+        mode: Mode,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+    ) -> Result<(), AgentError> {
         let deadline = match mode {
             Mode::Init { timeout } => Some((tokio::time::Instant::now() + timeout, timeout)),
             Mode::Run => None,
@@ -521,7 +545,7 @@ impl Agent {
                 // next 1 ms tick: only take a command that is already queued.
                 match commands.try_recv() {
                     Ok(cmd) => {
-                        if !self.apply_queued(Some(cmd), &mut commands) {
+                        if !self.apply_queued(Some(cmd), commands) {
                             return stopped(mode);
                         }
                     }
@@ -537,7 +561,7 @@ impl Agent {
                 let wake = deadline.map_or(wake, |(d, _)| wake.min(d));
                 tokio::select! {
                     () = tokio::time::sleep_until(wake) => {}
-                    cmd = commands.recv() => if !self.apply_queued(cmd, &mut commands) {
+                    cmd = commands.recv() => if !self.apply_queued(cmd, commands) {
                         return stopped(mode);
                     },
                 }

@@ -1,12 +1,20 @@
-//! KV secrets from Vault/OpenBao: read, render into files, publish.
+//! Secrets from Vault/OpenBao: KV reads, and leased (dynamic) secrets.
 //!
 //! KV v1 and v2 both work; the version (and the mount, which decides where v2's
 //! `data/` goes) is detected through `sys/internal/ui/mounts/<path>`, as the
 //! `bao kv` command does, unless `kvVersion` is set. API:
 //! <https://openbao.org/api-docs/secret/kv/kv-v2/#read-secret-version>.
+//!
+//! A path in any other engine (`database/creds/app`, `aws/creds/x`) is read
+//! as it is, and its answer's lease is renewed (`sys/leases/renew`) and
+//! revoked (`sys/leases/revoke`) by lease ID:
+//! <https://openbao.org/api-docs/system/leases/>.
+
+use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Map, Value};
+use zeroize::Zeroizing;
 
 use crate::config::SecretSpec;
 use crate::vault::{VaultClient, VaultError};
@@ -18,6 +26,31 @@ pub struct KvMount {
     pub mount: String,
     /// The KV engine version, 1 or 2: whether reads go through `<mount>data/`.
     pub version: u8,
+}
+
+/// What kind of engine a secret's path is in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Engine {
+    /// A KV (or `generic`) engine.
+    Kv(KvMount),
+    /// Any other engine: read as it is, and its lease kept alive.
+    Leased {
+        /// The engine type Vault reports, e.g. `database`.
+        kind: String,
+    },
+}
+
+/// A leased secret as Vault returned it.
+#[derive(Debug)]
+pub struct Leased {
+    /// The lease to renew and revoke; empty for an answer without a lease.
+    pub lease_id: Zeroizing<String>,
+    /// How long the lease lasts from now; zero without a lease.
+    pub duration: Duration,
+    /// Whether Vault may extend it.
+    pub renewable: bool,
+    /// The secret's data (e.g. `username`, `password`).
+    pub data: Map<String, Value>,
 }
 
 /// Why a KV secret could not be read from Vault.
@@ -32,10 +65,8 @@ pub enum SecretError {
     /// The request failed: transport, login, or Vault's own error, verbatim.
     #[error(transparent)]
     Vault(#[from] VaultError),
-    /// The path's mount is not a KV (or `generic`) engine, or Vault names no mount.
-    #[error(
-        "{path} is not in a KV secrets engine (Vault reports mount {mount:?} of type {kind:?})"
-    )]
+    /// Vault names no mount for the path.
+    #[error("{path} is in no secrets engine (Vault reports mount {mount:?} of type {kind:?})")]
     NotKv {
         /// `secrets[N].path` as configured.
         path: String,
@@ -52,18 +83,19 @@ pub enum SecretError {
     },
 }
 
-/// Finds the KV mount and version of `spec.path`.
+/// Finds the engine of `spec.path`: a KV mount and its version, or
+/// another engine whose answers carry leases.
 ///
 /// # Errors
-/// Vault's error, or a path outside any KV engine.
-pub async fn detect(client: &VaultClient, spec: &SecretSpec) -> Result<KvMount, SecretError> {
+/// Vault's error, or a path under no mount.
+pub async fn detect(client: &VaultClient, spec: &SecretSpec) -> Result<Engine, SecretError> {
     if let Some(version) = spec.kv_version {
         // Without detection, the first path component is taken as the mount.
         let mount = spec.path.split('/').next().unwrap_or_default();
-        return Ok(KvMount {
+        return Ok(Engine::Kv(KvMount {
             mount: format!("{mount}/"),
             version,
-        });
+        }));
     }
     let answer = client
         .request(
@@ -75,19 +107,99 @@ pub async fn detect(client: &VaultClient, spec: &SecretSpec) -> Result<KvMount, 
     let data = &answer["data"];
     let mount = data["path"].as_str().unwrap_or_default().to_owned();
     let kind = data["type"].as_str().unwrap_or_default().to_owned();
-    if !matches!(kind.as_str(), "kv" | "generic") || mount.is_empty() {
+    if mount.is_empty() {
         return Err(SecretError::NotKv {
             path: spec.path.clone(),
             mount,
             kind,
         });
     }
+    if !matches!(kind.as_str(), "kv" | "generic") {
+        return Ok(Engine::Leased { kind });
+    }
     let version = match &data["options"]["version"] {
         Value::String(v) if v == "2" => 2,
         Value::Number(n) if n.as_u64() == Some(2) => 2,
         _ => 1,
     };
-    Ok(KvMount { mount, version })
+    Ok(Engine::Kv(KvMount { mount, version }))
+}
+
+/// Reads a secret of a leased engine, e.g. new database credentials.
+///
+/// # Errors
+/// A refused read (Vault's words), or an answer without a data object.
+pub async fn read_leased(client: &VaultClient, spec: &SecretSpec) -> Result<Leased, SecretError> {
+    let mut answer = match client.request(Method::GET, &spec.path, None).await {
+        Err(VaultError::Status {
+            status: StatusCode::NOT_FOUND,
+            ..
+        }) => {
+            return Err(SecretError::NotFound {
+                path: spec.path.clone(),
+            })
+        }
+        other => other?,
+    };
+    let Some(Value::Object(data)) = answer.get_mut("data").map(Value::take) else {
+        return Err(SecretError::NoData {
+            path: spec.path.clone(),
+        });
+    };
+    let lease_id = answer
+        .get("lease_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    Ok(Leased {
+        lease_id: Zeroizing::new(lease_id.to_owned()),
+        duration: match lease_id {
+            "" => Duration::ZERO,
+            _ => lease_duration(&answer),
+        },
+        renewable: answer
+            .get("renewable")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        data,
+    })
+}
+
+fn lease_duration(answer: &Value) -> Duration {
+    Duration::from_secs(
+        answer
+            .get("lease_duration")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+    )
+}
+
+/// Asks Vault to extend `lease_id` by `increment`; returns what it granted,
+/// which is less near the lease's maximum TTL.
+///
+/// # Errors
+/// Vault's error: the lease expired, was revoked, or cannot be renewed.
+pub async fn renew(
+    client: &VaultClient,
+    lease_id: &str,
+    increment: Duration,
+) -> Result<Duration, SecretError> {
+    let body = serde_json::json!({ "lease_id": lease_id, "increment": increment.as_secs() });
+    let answer = client
+        .request(Method::PUT, "sys/leases/renew", Some(&body))
+        .await?;
+    Ok(lease_duration(&answer))
+}
+
+/// Revokes `lease_id`: the credentials it holds stop working.
+///
+/// # Errors
+/// Vault's error.
+pub async fn revoke(client: &VaultClient, lease_id: &str) -> Result<(), SecretError> {
+    let body = serde_json::json!({ "lease_id": lease_id });
+    client
+        .request(Method::PUT, "sys/leases/revoke", Some(&body))
+        .await?;
+    Ok(())
 }
 
 /// Reads the current data of a secret.

@@ -42,6 +42,18 @@ path "kv/app/*" {
 # OpenBao answers it for any token holding some capability under that mount (it runs a preflight
 # capability check on <path>), so the two read grants above are enough and it needs no line here.
 
+# Dynamic secrets (`path: database/creds/app`): read new credentials, renew their lease, and revoke
+# it at shutdown with `revokeOnShutdown: true`. Drop these if you read only KV secrets.
+path "database/creds/app" {
+  capabilities = ["read"]
+}
+path "sys/leases/renew" {
+  capabilities = ["update"]
+}
+path "sys/leases/revoke" {
+  capabilities = ["update"]
+}
+
 # Keeping the login alive: renew the token at 2/3 of its TTL, and read its own TTL.
 path "auth/token/renew-self" {
   capabilities = ["update"]

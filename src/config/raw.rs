@@ -210,6 +210,8 @@ pub struct RawSecret {
     pub uid: Option<u32>,
     /// `secrets[N].gid`: the group given to the files.
     pub gid: Option<u32>,
+    /// `secrets[N].revokeOnShutdown`: revoke a leased secret's lease when `run` stops.
+    pub revoke_on_shutdown: Option<bool>,
     /// `secrets[N].templates`: files rendered from templates, in the same directory.
     pub templates: Option<Vec<RawTemplate>>,
 }

@@ -156,5 +156,6 @@ pub(super) fn validate_secret(
         uid: rs.uid,
         gid: rs.gid,
         templates,
+        revoke_on_shutdown: rs.revoke_on_shutdown.unwrap_or(false),
     })
 }

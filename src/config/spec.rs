@@ -176,6 +176,8 @@ pub struct SecretSpec {
     pub gid: Option<u32>,
     /// Files rendered from templates, published with the secret's.
     pub templates: Vec<TemplateSpec>,
+    /// For a leased secret: revoke the lease when `run` stops cleanly.
+    pub revoke_on_shutdown: bool,
 }
 
 /// How a KV secret is written into its directory.

@@ -173,6 +173,7 @@ mod tests {
             uid: None,
             gid: None,
             templates: Vec::new(),
+            revoke_on_shutdown: false,
         }
     }
 

@@ -61,6 +61,12 @@ pub trait Source: Send + fmt::Debug {
         None
     }
 
+    /// Gives back what the source holds, as pillion stops (a `run` that
+    /// was told to stop, not an `init`): e.g. revokes a lease when asked to.
+    fn release(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
     /// When to obtain again after `checked` was published at `now`.
     fn next_attempt(&self, checked: &Checked, now: SystemTime) -> SystemTime;
 

@@ -34,6 +34,7 @@ mod rotation;
 mod shared_pid_namespace;
 mod templates;
 mod vault_auth;
+mod vault_dynamic;
 mod vault_kubernetes_auth;
 mod vault_kv;
 mod vault_namespace;

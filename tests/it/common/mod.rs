@@ -10,6 +10,7 @@ pub mod fake_kube;
 pub mod fixture;
 pub mod kube_case;
 pub mod openbao;
+pub mod postgres;
 
 use std::ffi::OsStr;
 use std::fmt::Write as _;

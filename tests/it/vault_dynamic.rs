@@ -1,0 +1,175 @@
+//! Dynamic secrets from OpenBao's database engine against a real PostgreSQL: the credentials
+//! rendered into a connection string log in with psql; their lease is renewed (OpenBao's audit log
+//! shows it); near the lease's maximum TTL new credentials replace them, the app gets one SIGHUP
+//! per change, and the old database user stops working when its lease ends; with
+//! `revokeOnShutdown` the user is gone after SIGTERM.
+
+use crate::common;
+
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::openbao::*;
+use common::postgres::{Postgres, SUPERUSER, SUPERUSER_PASSWORD};
+use common::*;
+
+/// Bound for the daemon to get to a state; the leases last seconds.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// OpenBao's database engine at `database/`, connected to the shared PostgreSQL, with a role
+/// `app` whose leases last 4 s and at most 12 s. Set up once per test process.
+fn database_engine(bao: &OpenBao) -> &'static Postgres {
+    static READY: OnceLock<()> = OnceLock::new();
+    let pg = Postgres::shared();
+    READY.get_or_init(|| {
+        bao.bao_ok(["secrets", "enable", "-path=database", "database"]);
+        bao.bao_ok([
+            "write".to_owned(),
+            "database/config/pg".to_owned(),
+            "plugin_name=postgresql-database-plugin".to_owned(),
+            format!(
+                "connection_url=postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{}/postgres?sslmode=disable",
+                pg.port
+            ),
+            format!("username={SUPERUSER}"),
+            format!("password={SUPERUSER_PASSWORD}"),
+            "allowed_roles=app".to_owned(),
+        ]);
+        bao.bao_ok([
+            "write",
+            "database/roles/app",
+            "db_name=pg",
+            "default_ttl=4s",
+            "max_ttl=12s",
+            "creation_statements=CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
+        ]);
+    });
+    pg
+}
+
+/// The `pg` secret at `database/creds/app`, its `db.env` and a `dsn` template.
+fn pg_secret(pg: &Postgres, extra: &str) -> String {
+    format!(
+        "secrets:\n  - name: pg\n    issuer: bao\n    path: database/creds/app\n    format: env\n{extra}    templates:\n      - file: dsn\n        template: \"{{{{ secrets.pg.username }}}} {{{{ secrets.pg.password }}}} postgresql://{{{{ secrets.pg.username }}}}@127.0.0.1:{}/postgres\"\n",
+        pg.port
+    )
+}
+
+/// The user and password in a rendered `dsn` file.
+fn credentials(text: &str) -> Option<(String, String)> {
+    let mut parts = text.split(' ');
+    Some((parts.next()?.to_owned(), parts.next()?.to_owned()))
+}
+
+fn read_credentials(path: &Path) -> Option<(String, String)> {
+    credentials(&std::fs::read_to_string(path).ok()?)
+}
+
+#[test]
+fn leased_credentials_log_in_are_renewed_then_replaced_with_one_sighup_each() {
+    let bao = OpenBao::shared();
+    let pg = database_engine(bao);
+    let case = Case::new();
+    let issuer = bao.issuer(Auth::AppRole(bao.approle(case.path(), "dyn-rotate")));
+    case.write_config(
+        &issuer,
+        &format!("{}reload:\n  process: dynrot-app\n", pg_secret(pg, "")),
+    );
+    let dsn = case.out.join("pg/dsn");
+    let app = HupCounter::start(case.path(), "dynrot-app", &[&dsn]);
+    let daemon = case.run();
+    let context = || {
+        format!(
+            "{}\n{}\n{}\n{}\n{}",
+            case.describe(),
+            app.describe(),
+            daemon.describe(),
+            bao.describe(),
+            pg.describe()
+        )
+    };
+    wait_for_ctx("the first credentials", DEADLINE, context, || dsn.exists());
+    let (first_user, first_password) = read_credentials(&dsn).expect("user and password");
+    pg.login(&first_user, &first_password)
+        .unwrap_or_else(|e| panic!("the rendered credentials should log in: {e}\n{}", context()));
+    let env = std::fs::read_to_string(case.out.join("pg/pg.env")).unwrap();
+    assert!(env.contains(&format!("username=\"{first_user}\"")), "{env}");
+
+    // The lease is renewed (OpenBao's audit log shows pillion's renewals) ...
+    wait_for_ctx(
+        "a lease renewal in OpenBao's audit log",
+        DEADLINE,
+        context,
+        || {
+            !bao.approle_responses("dyn-rotate", "sys/leases/renew")
+                .is_empty()
+        },
+    );
+    // ... until its maximum TTL nears: then new credentials replace it.
+    wait_for_ctx("new credentials", DEADLINE, context, || {
+        read_credentials(&dsn).is_some_and(|(u, _)| u != first_user)
+    });
+    let (second_user, second_password) = read_credentials(&dsn).unwrap();
+    pg.login(&second_user, &second_password)
+        .unwrap_or_else(|e| panic!("the new credentials should log in: {e}\n{}", context()));
+    // The old user works until its lease ends (12 s after it was made), then no more.
+    wait_for_ctx("the first user's lease to end", DEADLINE, context, || {
+        pg.login(&first_user, &first_password).is_err()
+    });
+    let before_stop = context();
+    assert!(daemon.stop().success(), "pillion should exit 0 on SIGTERM");
+
+    // One SIGHUP per change: each one saw credentials the previous one had not.
+    let seen: Vec<String> = app
+        .seen()
+        .iter()
+        .map(|s| {
+            credentials(&String::from_utf8_lossy(&s.files[0]))
+                .unwrap()
+                .0
+        })
+        .collect();
+    assert!(seen.len() >= 2, "{seen:?}\n{}", before_stop);
+    assert_eq!(seen[0], first_user, "{}", before_stop);
+    assert_eq!(seen[1], second_user, "{}", before_stop);
+    for pair in seen.windows(2) {
+        assert_ne!(
+            pair[0], pair[1],
+            "a SIGHUP without a change: {seen:?}\n{}",
+            before_stop
+        );
+    }
+}
+
+#[test]
+fn revoke_on_shutdown_drops_the_database_user_at_sigterm() {
+    let bao = OpenBao::shared();
+    let pg = database_engine(bao);
+    let case = Case::new();
+    let issuer = bao.issuer(Auth::AppRole(bao.approle(case.path(), "dyn-revoke")));
+    case.write_config(&issuer, &pg_secret(pg, "    revokeOnShutdown: true\n"));
+    let dsn = case.out.join("pg/dsn");
+    let daemon = case.run();
+    let context = || {
+        format!(
+            "{}\n{}\n{}",
+            case.describe(),
+            daemon.describe(),
+            pg.describe()
+        )
+    };
+    wait_for_ctx("the credentials", DEADLINE, context, || dsn.exists());
+    let (user, password) = read_credentials(&dsn).unwrap();
+    assert!(pg.role_exists(&user), "{}", context());
+    let logs_before_stop = daemon.logs();
+    assert!(daemon.stop().success(), "pillion should exit 0 on SIGTERM");
+    assert!(
+        !pg.role_exists(&user),
+        "the user should be gone once the lease is revoked\n{}",
+        pg.describe()
+    );
+    assert!(pg.login(&user, &password).is_err());
+    let lease_id_shown = logs_before_stop.contains("database/creds/app/");
+    assert!(!lease_id_shown, "a lease ID must never be logged");
+}
