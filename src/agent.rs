@@ -136,6 +136,8 @@ struct Entry {
     published: bool,
     /// The live certificate, for certificates.
     cert: Option<CertInfo>,
+    /// When the lease of what is live ends, for a leased secret.
+    expires: Option<SystemTime>,
     next_attempt: SystemTime,
     backoff: Backoff,
     last_error: Option<String>,
@@ -175,6 +177,7 @@ impl Entry {
             out,
             published: cert.is_some(),
             cert,
+            expires: None,
             next_attempt,
             backoff: Backoff::new(),
             last_error: None,
@@ -214,7 +217,8 @@ pub struct CredentialState {
     pub name: String,
     /// Something verified has been published.
     pub published: bool,
-    /// The expiry of what is published, for certificates.
+    /// The expiry of what is published: a certificate's notAfter, or the end
+    /// of a leased secret's lease.
     pub not_after: Option<SystemTime>,
     /// The paths the app reads (the visible names); ready only while all exist.
     pub files: Vec<PathBuf>,
@@ -315,7 +319,7 @@ impl Agent {
             .map(|c| CredentialState {
                 name: c.name().to_owned(),
                 published: c.published,
-                not_after: c.cert.as_ref().map(|i| i.not_after),
+                not_after: c.cert.as_ref().map(|i| i.not_after).or(c.expires),
                 files: c.visible_files(),
                 retry_at: c.backoff.is_failing().then_some(c.next_attempt),
             })
@@ -671,7 +675,11 @@ impl Agent {
                             metrics.renewal(name, true, started.elapsed(), next);
                             c.cert = Some(info);
                         }
-                        Checked::Secret { path } => {
+                        Checked::Secret { path, expires } => {
+                            if let Some(expires) = expires {
+                                metrics.secret_lease(name, expires);
+                            }
+                            c.expires = expires;
                             if fresh {
                                 info!(secret = %name, %path, dir = %c.out.path().display(), "published a new version of the secret");
                             } else {
@@ -1029,6 +1037,7 @@ mod tests {
                 Ok(Credential::Secret(Secret {
                     path: self.name.clone(),
                     data: data.as_object().unwrap().clone(),
+                    expires: None,
                 }))
             })
         }

@@ -52,6 +52,8 @@ pub struct Secret {
     pub path: String,
     /// Its keys and values, as the server returned them.
     pub data: Map<String, Value>,
+    /// For a leased (dynamic) secret: when its lease ends, as last granted.
+    pub expires: Option<SystemTime>,
 }
 
 /// The last checked credential of each configured credential, by name: what
@@ -94,6 +96,8 @@ pub enum Checked {
     Secret {
         /// Where it was read from.
         path: String,
+        /// When its lease ends, for a leased secret.
+        expires: Option<SystemTime>,
     },
 }
 
@@ -126,6 +130,7 @@ impl Credential {
             )?)),
             Credential::Secret(s) => Ok(Checked::Secret {
                 path: s.path.clone(),
+                expires: s.expires,
             }),
         }
     }

@@ -85,6 +85,7 @@ pub struct Metrics {
     obtain_seconds: Family<Name, Histogram>,
     reloads: Family<TargetResult, Counter>,
     secret_refreshes: Family<NameResult, Counter>,
+    lease_expiry: Family<Name, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -149,6 +150,12 @@ impl Metrics {
             "Secret reads by result (changed, unchanged, failure)",
             secret_refreshes.clone(),
         );
+        let lease_expiry = Family::<Name, Gauge>::default();
+        registry.register(
+            "secret_lease_expiry_timestamp_seconds",
+            "When the lease of a dynamic secret ends, as last granted, as a Unix timestamp",
+            lease_expiry.clone(),
+        );
         let build_info = Family::<Build, Gauge>::default();
         build_info
             .get_or_create(&Build {
@@ -170,6 +177,7 @@ impl Metrics {
             obtain_seconds,
             reloads,
             secret_refreshes,
+            lease_expiry,
         }
     }
 
@@ -219,6 +227,13 @@ impl Metrics {
                 result,
             })
             .inc();
+    }
+
+    /// A leased secret was read or renewed: its lease now ends at `expires`.
+    pub fn secret_lease(&self, name: &str, expires: SystemTime) {
+        self.lease_expiry
+            .get_or_create(&Self::name(name))
+            .set(unix_seconds(expires));
     }
 
     /// A reload of the app ended; `target` is

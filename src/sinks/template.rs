@@ -231,6 +231,7 @@ mod tests {
         Credential::Secret(Secret {
             path: "p".into(),
             data: json.as_object().unwrap().clone(),
+            expires: None,
         })
     }
 

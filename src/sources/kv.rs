@@ -37,8 +37,9 @@ struct Lease {
     id: Zeroizing<String>,
     /// The TTL it was read with: what each renewal asks for.
     ttl: Duration,
-    /// What the last read or renewal granted, from then.
+    /// What the last read or renewal granted, from `granted_at`.
     granted: Duration,
+    granted_at: SystemTime,
     renewable: bool,
     /// The next attempt reads new credentials instead of renewing: the
     /// last renewal was capped by the lease's maximum TTL.
@@ -67,6 +68,11 @@ impl KvSource {
         Credential::Secret(Secret {
             path: self.spec.path.clone(),
             data,
+            expires: self
+                .lease
+                .as_ref()
+                .filter(|l| !l.granted.is_zero())
+                .map(|l| l.granted_at + l.granted),
         })
     }
 
@@ -97,6 +103,7 @@ impl KvSource {
             match secrets::renew(&self.client, &lease.id, lease.ttl).await {
                 Ok(granted) => {
                     lease.granted = granted;
+                    lease.granted_at = SystemTime::now();
                     if granted < lease.ttl {
                         lease.read_again = true;
                         info!(secret = %name, ends_in = %humantime::format_duration(granted), "the lease reaches its maximum TTL: reading new credentials before it ends");
@@ -117,6 +124,7 @@ impl KvSource {
             id: leased.lease_id,
             ttl: leased.duration,
             granted: leased.duration,
+            granted_at: SystemTime::now(),
             renewable: leased.renewable,
             read_again: !leased.renewable,
             data: leased.data.clone(),

@@ -56,6 +56,20 @@ fn pg_secret(pg: &Postgres, extra: &str) -> String {
     )
 }
 
+/// The body of `GET /metrics` on the admin endpoint at `port`.
+fn metrics_text(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}
+
 /// The user and password in a rendered `dsn` file.
 fn credentials(text: &str) -> Option<(String, String)> {
     let mut parts = text.split(' ');
@@ -72,9 +86,13 @@ fn leased_credentials_log_in_are_renewed_then_replaced_with_one_sighup_each() {
     let pg = database_engine(bao);
     let case = Case::new();
     let issuer = bao.issuer(Auth::AppRole(bao.approle(case.path(), "dyn-rotate")));
+    let port = free_port();
     case.write_config(
         &issuer,
-        &format!("{}reload:\n  process: dynrot-app\n", pg_secret(pg, "")),
+        &format!(
+            "{}reload:\n  process: dynrot-app\nserver:\n  listen: 127.0.0.1:{port}\n",
+            pg_secret(pg, "")
+        ),
     );
     let dsn = case.out.join("pg/dsn");
     let app = HupCounter::start(case.path(), "dynrot-app", &[&dsn]);
@@ -95,6 +113,22 @@ fn leased_credentials_log_in_are_renewed_then_replaced_with_one_sighup_each() {
         .unwrap_or_else(|e| panic!("the rendered credentials should log in: {e}\n{}", context()));
     let env = std::fs::read_to_string(case.out.join("pg/pg.env")).unwrap();
     assert!(env.contains(&format!("username=\"{first_user}\"")), "{env}");
+    // /metrics shows when the lease ends: within its 4 s TTL (and 12 s maximum) from now.
+    let metrics = metrics_text(port);
+    let expiry: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("pillion_secret_lease_expiry_timestamp_seconds{name=\"pg\"} "))
+        .unwrap_or_else(|| panic!("no lease expiry in /metrics:\n{metrics}"))
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        expiry > now - 1.0 && expiry < now + 13.0,
+        "lease expiry {expiry} vs now {now}\n{metrics}"
+    );
 
     // The lease is renewed (OpenBao's audit log shows pillion's renewals) ...
     wait_for_ctx(
