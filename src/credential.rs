@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde_json::{Map, Value};
+use zeroize::Zeroizing;
 
 use crate::keys::PrivateKey;
 use crate::names::Names;
@@ -32,6 +33,8 @@ pub enum Credential {
     Certificate(Certificate),
     /// The key/value data of a secret.
     Secret(Secret),
+    /// pillion's current Vault token, for apps that call Vault themselves.
+    Token(Zeroizing<String>),
 }
 
 /// A certificate credential.
@@ -106,7 +109,7 @@ impl Credential {
     pub fn kind(&self) -> Kind {
         match self {
             Credential::Certificate(_) => Kind::Certificate,
-            Credential::Secret(_) => Kind::Secret,
+            Credential::Secret(_) | Credential::Token(_) => Kind::Secret,
         }
     }
 
@@ -131,6 +134,10 @@ impl Credential {
             Credential::Secret(s) => Ok(Checked::Secret {
                 path: s.path.clone(),
                 expires: s.expires,
+            }),
+            Credential::Token(_) => Ok(Checked::Secret {
+                path: "the Vault token".to_owned(),
+                expires: None,
             }),
         }
     }

@@ -101,7 +101,14 @@ pub fn preflight(
                 .iter()
                 .enumerate()
                 .map(|(i, s)| (format!("secrets[{i}]"), s.uid, s.gid)),
-        );
+        )
+        .chain(config.token_sinks.iter().map(|t| {
+            (
+                format!("issuers.{}.vault.tokenSink", t.issuer),
+                t.uid,
+                t.gid,
+            )
+        }));
     let mut me = None;
     for (field, uid, gid) in owners.filter(|(_, u, g)| u.is_some() || g.is_some()) {
         if let Err(e) = me

@@ -403,6 +403,15 @@ impl VaultClient {
         self.token().await.map(drop)
     }
 
+    /// The token pillion uses now (logging in when it has none), for a
+    /// `tokenSink`. Held in a wiped buffer; never logged.
+    ///
+    /// # Errors
+    /// Logging in (or renewing) failed.
+    pub async fn current_token(&self) -> Result<Zeroizing<String>, VaultError> {
+        self.token().await
+    }
+
     /// A usable token: the current one, renewed when due, or a new login.
     async fn token(&self) -> Result<Zeroizing<String>, VaultError> {
         let mut guard = self.token.lock().await;

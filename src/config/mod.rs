@@ -43,6 +43,7 @@ mod reload;
 mod secrets;
 mod spec;
 mod templates;
+mod tokens;
 mod values;
 mod yaml;
 
@@ -53,6 +54,7 @@ use plan::flag_for_path;
 use reload::validate_reload;
 use secrets::validate_secret;
 use templates::check_inline_templates;
+use tokens::validate_token_sink;
 
 use error::Errors;
 pub use error::{ConfigErrors, FieldError};
@@ -61,15 +63,16 @@ pub use expand::POD_VARIABLES;
 pub use raw::{
     RawAppRoleAuth, RawCertManager, RawCertificate, RawConfig, RawFiles, RawIssuer, RawIssuerRef,
     RawKubernetesCsr, RawLocalCa, RawPkcs12, RawPki, RawPrivateKey, RawReload, RawRoleAuth,
-    RawSecret, RawServer, RawTemplate, RawTokenAuth, RawVault, RawVaultAuth,
+    RawSecret, RawServer, RawTemplate, RawTokenAuth, RawTokenSink, RawVault, RawVaultAuth,
 };
 pub use spec::{
     default_state_dir, CertManagerSpec, CertificateSpec, FileSpec, IssuerRef, IssuerSpec,
     KeyRotation, KubernetesCsrSpec, Pkcs12Spec, SecretFormat, SecretSpec, TemplateSource,
-    TemplateSpec, DEFAULT_CA_FILE, DEFAULT_CERTIFICATE_FILE, DEFAULT_CLUSTER_TIMEOUT,
-    DEFAULT_DURATION, DEFAULT_KEY_MODE, DEFAULT_KUBERNETES_TOKEN_FILE, DEFAULT_MODE,
-    DEFAULT_PRIVATE_KEY_FILE, DEFAULT_REFRESH_INTERVAL, DEFAULT_RENEW_BEFORE_PERCENTAGE,
-    DEFAULT_VAULT_TIMEOUT, DEVELOPMENT_ISSUER, MAX_NAMES, MIN_DURATION, SERVICE_ACCOUNT_CA_FILE,
+    TemplateSpec, TokenSinkSpec, DEFAULT_CA_FILE, DEFAULT_CERTIFICATE_FILE,
+    DEFAULT_CLUSTER_TIMEOUT, DEFAULT_DURATION, DEFAULT_KEY_MODE, DEFAULT_KUBERNETES_TOKEN_FILE,
+    DEFAULT_MODE, DEFAULT_PRIVATE_KEY_FILE, DEFAULT_REFRESH_INTERVAL,
+    DEFAULT_RENEW_BEFORE_PERCENTAGE, DEFAULT_VAULT_TIMEOUT, DEVELOPMENT_ISSUER, MAX_NAMES,
+    MIN_DURATION, SERVICE_ACCOUNT_CA_FILE,
 };
 
 use values::{credential_name, is_valid_name, parse_mode, required_path, required_string};
@@ -92,6 +95,8 @@ pub struct Config {
     pub certificates: Vec<CertificateSpec>,
     /// The Vault KV secrets to publish, in configuration order.
     pub secrets: Vec<SecretSpec>,
+    /// The Vault tokens to publish (`vault.tokenSink`), by issuer name.
+    pub token_sinks: Vec<TokenSinkSpec>,
     /// How to tell the app its files changed; `None`: the app watches them.
     pub reload: Option<ReloadSpec>,
     /// Where the admin endpoint listens; `None` turns it off.
@@ -158,7 +163,17 @@ impl Config {
             .map(PathBuf::from)
             .unwrap_or_else(default_state_dir);
 
-        let mut issuers = validate_issuers(&mut errs, raw.issuers, raw.unparsed_issuers);
+        let mut raw_issuers = raw.issuers;
+        let raw_sinks: Vec<(String, RawTokenSink)> = raw_issuers
+            .iter_mut()
+            .flatten()
+            .filter_map(|(name, i)| Some((name.clone(), i.vault.as_mut()?.token_sink.take()?)))
+            .collect();
+        let mut issuers = validate_issuers(&mut errs, raw_issuers, raw.unparsed_issuers);
+        let token_sinks: Vec<TokenSinkSpec> = raw_sinks
+            .into_iter()
+            .map(|(issuer, raw)| validate_token_sink(&mut errs, &issuer, raw))
+            .collect();
         let implicit_issuer = match issuers.len() {
             0 => {
                 issuers.insert(DEVELOPMENT_ISSUER.to_owned(), IssuerSpec::Development);
@@ -169,14 +184,17 @@ impl Config {
         };
 
         let raw_certs = raw.certificates.unwrap_or_default();
-        if raw_certs.is_empty() && raw.secrets.as_ref().is_none_or(Vec::is_empty) {
+        if raw_certs.is_empty()
+            && raw.secrets.as_ref().is_none_or(Vec::is_empty)
+            && token_sinks.is_empty()
+        {
             errs.add(
                 "certificates",
                 "is empty: configure at least one certificate or secret",
             );
         }
         let mut certificates = Vec::new();
-        let mut seen_names = BTreeSet::new();
+        let mut seen_names: BTreeSet<String> = token_sinks.iter().map(|t| t.name.clone()).collect();
         for (i, rc) in raw_certs.into_iter().enumerate() {
             let path = format!("certificates[{i}]");
             if let Some(cert) = validate_certificate(
@@ -253,6 +271,12 @@ impl Config {
                     .collect(),
             }
         }));
+        dirs.extend(token_sinks.iter().map(|t| DirUse {
+            field: format!("issuers.{}.vault.tokenSink.dir", t.issuer),
+            name: t.name.clone(),
+            dir: normal(&t.dir),
+            files: vec![t.file.clone()],
+        }));
         check_dirs_disjoint(&mut errs, &dirs);
         let secrets: Vec<SecretSpec> = secrets.into_iter().map(|(_, s)| s).collect();
         let certificates: Vec<CertificateSpec> = certificates.into_iter().map(|(_, c)| c).collect();
@@ -274,6 +298,7 @@ impl Config {
                 issuers,
                 certificates,
                 secrets,
+                token_sinks,
                 reload,
                 listen,
             })
@@ -316,6 +341,7 @@ impl Config {
                 templates: Vec::new(),
             }],
             secrets: Vec::new(),
+            token_sinks: Vec::new(),
             reload: None,
             listen: None,
         }

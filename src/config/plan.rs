@@ -175,6 +175,16 @@ impl fmt::Display for Config {
             )?;
             write_templates(f, &sec.templates)?;
         }
+        for t in &self.token_sinks {
+            writeln!(
+                f,
+                "token of {}: {}/{} ({:04o}), replaced at every new login",
+                t.issuer,
+                t.target_dir(&self.output_dir).display(),
+                t.file,
+                t.mode
+            )?;
+        }
         match &self.reload {
             Some(r) => writeln!(f, "reload: {r}")?,
             None => writeln!(f, "reload: none (the app must watch the files itself)")?,

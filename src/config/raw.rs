@@ -118,6 +118,25 @@ pub struct RawVault {
     pub auth: Option<RawVaultAuth>,
     /// `vault.pki`: the PKI engine, for certificates.
     pub pki: Option<RawPki>,
+    /// `vault.tokenSink`: write pillion's Vault token to a file for the app.
+    pub token_sink: Option<RawTokenSink>,
+}
+
+/// `vault.tokenSink`: pillion's current Vault token as a file (Vault Agent's
+/// file sink), for apps that call Vault themselves.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawTokenSink {
+    /// `tokenSink.dir`: the directory, relative to outputDir (default `<issuer>-token`).
+    pub dir: Option<String>,
+    /// `tokenSink.file`: the file name (default `token`).
+    pub file: Option<String>,
+    /// `tokenSink.mode`: the file mode (octal; default 0600).
+    pub mode: Option<Value>,
+    /// `tokenSink.uid`: the owner given to the file.
+    pub uid: Option<u32>,
+    /// `tokenSink.gid`: the group given to the file.
+    pub gid: Option<u32>,
 }
 
 /// `vault.auth`: how pillion logs in to Vault; exactly one method.
@@ -386,6 +405,7 @@ mod tests {
             fields_of::<RawPkcs12>(),
             fields_of::<RawSecret>(),
             fields_of::<RawTemplate>(),
+            fields_of::<RawTokenSink>(),
             fields_of::<RawReload>(),
             fields_of::<RawServer>(),
         ];

@@ -117,6 +117,32 @@ pub struct IssuerRef {
     pub group: String,
 }
 
+/// `vault.tokenSink`: the token of a Vault issuer, published as a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSinkSpec {
+    /// Its name in logs and status (`<issuer>-token`), unique among credentials.
+    pub name: String,
+    /// The Vault issuer whose token it is.
+    pub issuer: String,
+    /// Relative to the output directory.
+    pub dir: PathBuf,
+    /// The file name.
+    pub file: String,
+    /// The file's mode.
+    pub mode: u32,
+    /// The owner given to the file, if any.
+    pub uid: Option<u32>,
+    /// The group given to the file, if any.
+    pub gid: Option<u32>,
+}
+
+impl TokenSinkSpec {
+    /// The directory the token is published into.
+    pub fn target_dir(&self, output_dir: &Path) -> PathBuf {
+        output_dir.join(&self.dir)
+    }
+}
+
 /// A file rendered from a template, published with its credential's files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TemplateSpec {

@@ -12,11 +12,12 @@ mod kubelet;
 mod pkcs12;
 mod secret_files;
 mod template;
+mod token_file;
 
 use std::fmt;
 use std::path::Path;
 
-use crate::config::{CertificateSpec, SecretSpec};
+use crate::config::{CertificateSpec, SecretSpec, TokenSinkSpec};
 use crate::credential::{Credential, Inputs};
 use crate::keys::PrivateKey;
 use crate::output::FileEntry;
@@ -123,6 +124,11 @@ pub fn for_certificate(spec: &CertificateSpec) -> Vec<Box<dyn Sink>> {
     sinks
 }
 
+/// The sink of a Vault issuer's `tokenSink`.
+pub fn for_token(spec: &TokenSinkSpec) -> Vec<Box<dyn Sink>> {
+    vec![Box::new(token_file::TokenFile::new(&spec.file, spec.mode))]
+}
+
 /// The sinks of a secret. The one place that registers a secret sink.
 pub fn for_secret(spec: &SecretSpec) -> Vec<Box<dyn Sink>> {
     let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(secret_files::SecretFiles::new(spec))];
@@ -136,5 +142,6 @@ fn kind(credential: &Credential) -> &'static str {
     match credential {
         Credential::Certificate(_) => "certificate",
         Credential::Secret(_) => "secret",
+        Credential::Token(_) => "Vault token",
     }
 }

@@ -150,6 +150,9 @@ impl Template {
                         certs.insert(name.to_owned(), Value::from(Serde(view)));
                     }
                 }
+                // Not offered to templates: an app that needs the token
+                // reads its tokenSink file.
+                Credential::Token(_) => {}
             }
         }
         let env: BTreeMap<String, String> = std::env::vars().collect();

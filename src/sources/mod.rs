@@ -8,6 +8,7 @@
 
 mod certificate;
 mod kv;
+mod token;
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -30,6 +31,7 @@ use crate::verify::CertInfo;
 pub(crate) use certificate::on_disk_fits;
 pub use certificate::CertificateSource;
 pub use kv::KvSource;
+pub use token::{TokenSource, TOKEN_CHECK_INTERVAL};
 
 /// A producer of one credential.
 pub trait Source: Send + fmt::Debug {
@@ -152,5 +154,20 @@ pub fn plans(config: &Config, issuers: &BTreeMap<String, Arc<Issuer>>) -> Vec<Pl
         source: Box::new(KvSource::new(spec, &issuers[&spec.issuer])),
         sinks: sinks::for_secret(spec),
     });
-    certificates.chain(secrets).collect()
+    let tokens = config.token_sinks.iter().filter_map(|spec| {
+        let client = issuers.get(&spec.issuer)?.vault()?.clone();
+        Some(Plan {
+            name: spec.name.clone(),
+            issuer: spec.issuer.clone(),
+            kind: Kind::Secret,
+            dir: spec.target_dir(&config.output_dir),
+            owner: Owner {
+                uid: spec.uid,
+                gid: spec.gid,
+            },
+            source: Box::new(TokenSource::new(&spec.issuer, client)),
+            sinks: sinks::for_token(spec),
+        })
+    });
+    certificates.chain(secrets).chain(tokens).collect()
 }

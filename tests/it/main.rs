@@ -41,3 +41,4 @@ mod vault_namespace;
 mod vault_nginx;
 mod vault_outage;
 mod vault_pki;
+mod vault_token_sink;
