@@ -1038,6 +1038,7 @@ mod tests {
                     path: self.name.clone(),
                     data: data.as_object().unwrap().clone(),
                     expires: None,
+                    meta: serde_json::Map::new(),
                 }))
             })
         }

@@ -57,6 +57,9 @@ pub struct Secret {
     pub data: Map<String, Value>,
     /// For a leased (dynamic) secret: when its lease ends, as last granted.
     pub expires: Option<SystemTime>,
+    /// What templates see as `meta.<name>`: a KV v2 secret's `version` and
+    /// `createdTime`, a leased secret's `leaseExpires`.
+    pub meta: Map<String, Value>,
 }
 
 /// The last checked credential of each configured credential, by name: what

@@ -202,6 +202,16 @@ pub async fn revoke(client: &VaultClient, lease_id: &str) -> Result<(), SecretEr
     Ok(())
 }
 
+/// A KV read: the secret's data, and for KV v2 its version's metadata
+/// (`version`, `createdTime`) for templates.
+#[derive(Debug)]
+pub struct KvRead {
+    /// The key/value data.
+    pub data: Map<String, Value>,
+    /// `version` and `createdTime` of a KV v2 secret; empty for KV v1.
+    pub meta: Map<String, Value>,
+}
+
 /// Reads the current data of a secret.
 ///
 /// # Errors
@@ -210,7 +220,7 @@ pub async fn read(
     client: &VaultClient,
     spec: &SecretSpec,
     kv: &KvMount,
-) -> Result<Map<String, Value>, SecretError> {
+) -> Result<KvRead, SecretError> {
     let api_path = match kv.version {
         2 => {
             let rest = spec.path.strip_prefix(&kv.mount).unwrap_or(&spec.path);
@@ -229,14 +239,31 @@ pub async fn read(
         }
         other => other?,
     };
-    kv_data(answer, kv.version).map_err(|found| match found {
+    let meta = kv_meta(&answer, kv.version);
+    let data = kv_data(answer, kv.version).map_err(|found| match found {
         true => SecretError::NotFound {
             path: spec.path.clone(),
         },
         false => SecretError::NoData {
             path: spec.path.clone(),
         },
-    })
+    })?;
+    Ok(KvRead { data, meta })
+}
+
+/// The version and creation time of a KV v2 answer, as templates name them.
+fn kv_meta(answer: &Value, version: u8) -> Map<String, Value> {
+    let mut meta = Map::new();
+    if version != 2 {
+        return meta;
+    }
+    let found = answer.get("data").and_then(|d| d.get("metadata"));
+    for (from, to) in [("version", "version"), ("created_time", "createdTime")] {
+        if let Some(v) = found.and_then(|m| m.get(from)) {
+            meta.insert(to.to_owned(), v.clone());
+        }
+    }
+    meta
 }
 
 /// The key/value data of a KV read answer of engine `version`. `Err(true)`

@@ -57,12 +57,17 @@ pub fn check_uses(
         let second = parts.next();
         let third = parts.next();
         match (top, second) {
-            (_, None) if ["secrets", "certs", "env", "pod"].contains(&top) => {}
+            (_, None) if ["secrets", "meta", "certs", "env", "pod"].contains(&top) => {}
             ("secrets", Some(s)) if !secrets.contains(&s) => problems.push(format!(
                 "`{name}`: no secret is named {s:?} (secrets: {})",
                 listed(secrets)
             )),
             ("secrets", Some(_)) => {}
+            ("meta", Some(s)) if !secrets.contains(&s) => problems.push(format!(
+                "`{name}`: no secret is named {s:?} (secrets: {})",
+                listed(secrets)
+            )),
+            ("meta", Some(_)) => {}
             ("certs", Some(c)) if !certificates.contains(&c) => problems.push(format!(
                 "`{name}`: no certificate is named {c:?} (certificates: {})",
                 listed(certificates)
@@ -95,7 +100,7 @@ pub fn check_uses(
             // minijinja's global functions.
             ("range" | "dict" | "namespace" | "debug", _) => {}
             _ => problems.push(format!(
-                "`{name}` is not defined: a template can use secrets, certs, env and pod"
+                "`{name}` is not defined: a template can use secrets, meta, certs, env and pod"
             )),
         }
     }

@@ -121,11 +121,13 @@ impl Sink for Template {
     }
 
     fn reads(&self, name: &str) -> bool {
-        self.uses_all_of("secrets")
-            || self.uses_all_of("certs")
+        ["secrets", "meta", "certs"]
+            .iter()
+            .any(|top| self.uses_all_of(top))
             || self.used.iter().any(|u| {
                 let mut parts = u.split('.');
-                matches!(parts.next(), Some("secrets" | "certs")) && parts.next() == Some(name)
+                matches!(parts.next(), Some("secrets" | "meta" | "certs"))
+                    && parts.next() == Some(name)
             })
     }
 }
@@ -137,6 +139,7 @@ impl Template {
     fn context(&self, credential: &Credential, inputs: &Inputs) -> Value {
         let with_keys = self.uses_keys();
         let mut secrets = BTreeMap::new();
+        let mut meta = BTreeMap::new();
         let mut certs = BTreeMap::new();
         let own = std::iter::once((self.owner.as_str(), credential));
         let others = inputs.iter().filter(|(n, _)| *n != self.owner);
@@ -144,6 +147,7 @@ impl Template {
             match c {
                 Credential::Secret(s) => {
                     secrets.insert(name.to_owned(), Value::from(Serde(&s.data)));
+                    meta.insert(name.to_owned(), Value::from(Serde(&s.meta)));
                 }
                 Credential::Certificate(c) => {
                     if let Some(view) = CertView::of(c, with_keys) {
@@ -165,6 +169,7 @@ impl Template {
             .collect();
         Value::from(BTreeMap::from([
             ("secrets", Value::from(secrets)),
+            ("meta", Value::from(meta)),
             ("certs", Value::from(certs)),
             ("env", Value::from(env)),
             ("pod", Value::from(pod)),
@@ -235,6 +240,7 @@ mod tests {
             path: "p".into(),
             data: json.as_object().unwrap().clone(),
             expires: None,
+            meta: serde_json::Map::new(),
         })
     }
 
@@ -263,11 +269,14 @@ mod tests {
         );
         let t = template(
             "b",
-            "{{ secrets.a.x }}-{{ secrets.b.y }}-{{ secrets['b'].y }}",
+            "{{ secrets.a.x }}-{{ secrets.b.y }}-{{ secrets['b'].y }}-{{ meta.b.version }}",
         );
-        let own = secret(serde_json::json!({"y": "two"}));
+        let mut own = secret(serde_json::json!({"y": "two"}));
+        if let Credential::Secret(s) = &mut own {
+            s.meta.insert("version".into(), serde_json::json!(7));
+        }
         match t.render(&own, &inputs) {
-            Ok(files) => assert_eq!(text(files), "1-two-two"),
+            Ok(files) => assert_eq!(text(files), "1-two-two-7"),
             Err(e) => panic!("{e}: {}", crate::telemetry::chain(&e)),
         }
         // `secrets['b']` could be any secret: it reads them all.

@@ -64,15 +64,23 @@ impl KvSource {
         }
     }
 
-    fn secret(&self, data: Map<String, Value>) -> Credential {
+    fn secret(&self, data: Map<String, Value>, mut meta: Map<String, Value>) -> Credential {
+        let expires = self
+            .lease
+            .as_ref()
+            .filter(|l| !l.granted.is_zero())
+            .map(|l| l.granted_at + l.granted);
+        if let Some(e) = expires {
+            meta.insert(
+                "leaseExpires".to_owned(),
+                Value::String(crate::verify::fmt_time(e).to_string()),
+            );
+        }
         Credential::Secret(Secret {
             path: self.spec.path.clone(),
             data,
-            expires: self
-                .lease
-                .as_ref()
-                .filter(|l| !l.granted.is_zero())
-                .map(|l| l.granted_at + l.granted),
+            expires,
+            meta,
         })
     }
 
@@ -87,8 +95,8 @@ impl KvSource {
         };
         match engine {
             Engine::Kv(mount) => {
-                let data = secrets::read(&self.client, &self.spec, &mount).await?;
-                Ok(self.secret(data))
+                let read = secrets::read(&self.client, &self.spec, &mount).await?;
+                Ok(self.secret(read.data, read.meta))
             }
             Engine::Leased { .. } => self.read_leased().await,
         }
@@ -111,7 +119,7 @@ impl KvSource {
                         debug!(secret = %name, granted = %humantime::format_duration(granted), "renewed the lease");
                     }
                     let data = lease.data.clone();
-                    return Ok(self.secret(data));
+                    return Ok(self.secret(data, Map::new()));
                 }
                 Err(e) => {
                     warn!(secret = %name, error = %chain(&e), "renewing the lease failed; reading new credentials");
@@ -129,7 +137,7 @@ impl KvSource {
             read_again: !leased.renewable,
             data: leased.data.clone(),
         });
-        Ok(self.secret(leased.data))
+        Ok(self.secret(leased.data, Map::new()))
     }
 }
 

@@ -30,7 +30,7 @@ fn reads(bao: &OpenBao, role: &str, api_path: &str) -> usize {
 /// that reads it and the certificate `web`.
 fn db_with_template(path: &str) -> String {
     format!(
-        "certificates:\n{}secrets:\n  - name: db\n    issuer: bao\n    path: {path}\n    refreshInterval: 1s\n    templates:\n      - file: application.properties\n        mode: \"0640\"\n        template: |\n          db.user={{{{ secrets.db.user }}}}\n          db.password={{{{ secrets.db.password | shell_quote }}}}\n          tls.serial={{{{ certs.web.serial }}}}\n          tls.names={{{{ certs.web.dnsNames | join(\",\") }}}}\n          pod={{{{ pod.name }}}}\n",
+        "certificates:\n{}secrets:\n  - name: db\n    issuer: bao\n    path: {path}\n    refreshInterval: 1s\n    templates:\n      - file: application.properties\n        mode: \"0640\"\n        template: |\n          db.user={{{{ secrets.db.user }}}}\n          db.password={{{{ secrets.db.password | shell_quote }}}}\n          tls.serial={{{{ certs.web.serial }}}}\n          tls.names={{{{ certs.web.dnsNames | join(\",\") }}}}\n          pod={{{{ pod.name }}}}\n          version={{{{ meta.db.version }}}}\n",
         cert_yaml("web", "1h")
     )
 }
@@ -59,7 +59,7 @@ fn a_kv_update_renders_the_template_again_with_one_sighup_and_quiet_rounds_write
     let ran = run_bounded(&mut init, COMMAND_DEADLINE);
     ran.assert_success();
     let serial_hex = serial(&crt).to_lowercase();
-    let expected = |password: &str| {
+    let expected = |password: &str, version: u32| {
         let text = read(&props);
         let serial_line = text
             .lines()
@@ -72,7 +72,7 @@ fn a_kv_update_renders_the_template_again_with_one_sighup_and_quiet_rounds_write
             "the serial in the template should be the certificate's\n{text}"
         );
         format!(
-            "db.user=app\ndb.password={password}\ntls.serial={}\ntls.names=localhost\npod=shop-7f9c\n",
+            "db.user=app\ndb.password={password}\ntls.serial={}\ntls.names=localhost\npod=shop-7f9c\nversion={version}\n",
             text.lines()
                 .find_map(|l| l.strip_prefix("tls.serial="))
                 .unwrap_or_default()
@@ -80,7 +80,7 @@ fn a_kv_update_renders_the_template_again_with_one_sighup_and_quiet_rounds_write
     };
     assert_eq!(
         read(&props),
-        expected("'it'\\''s first'"),
+        expected("'it'\\''s first'", 1),
         "{}",
         ctx(&case, &ran, bao)
     );
@@ -140,7 +140,7 @@ fn a_kv_update_renders_the_template_again_with_one_sighup_and_quiet_rounds_write
     wait_for_ctx("two more reads after the update", DEADLINE, context, || {
         reads(bao, "tmpl-update", api_path) >= after + 2
     });
-    assert_eq!(read(&props), expected("'second'"), "{}", context());
+    assert_eq!(read(&props), expected("'second'", 2), "{}", context());
     assert_eq!(
         app.count(),
         1,
