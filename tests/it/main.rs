@@ -26,6 +26,7 @@ mod java_keystores;
 mod json_logs;
 mod kubernetes_csr;
 mod metrics;
+mod migration;
 mod nginx;
 mod no_secrets_in_logs;
 mod recovery;

@@ -7,46 +7,14 @@
 use crate::common;
 
 use std::path::Path;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::openbao::*;
-use common::postgres::{Postgres, SUPERUSER, SUPERUSER_PASSWORD};
+use common::postgres::{database_engine, Postgres};
 use common::*;
 
 /// Bound for the daemon to get to a state; the leases last seconds.
 const DEADLINE: Duration = Duration::from_secs(60);
-
-/// OpenBao's database engine at `database/`, connected to the shared PostgreSQL, with a role
-/// `app` whose leases last 4 s and at most 12 s. Set up once per test process.
-fn database_engine(bao: &OpenBao) -> &'static Postgres {
-    static READY: OnceLock<()> = OnceLock::new();
-    let pg = Postgres::shared();
-    READY.get_or_init(|| {
-        bao.bao_ok(["secrets", "enable", "-path=database", "database"]);
-        bao.bao_ok([
-            "write".to_owned(),
-            "database/config/pg".to_owned(),
-            "plugin_name=postgresql-database-plugin".to_owned(),
-            format!(
-                "connection_url=postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{}/postgres?sslmode=disable",
-                pg.port
-            ),
-            format!("username={SUPERUSER}"),
-            format!("password={SUPERUSER_PASSWORD}"),
-            "allowed_roles=app".to_owned(),
-        ]);
-        bao.bao_ok([
-            "write",
-            "database/roles/app",
-            "db_name=pg",
-            "default_ttl=4s",
-            "max_ttl=12s",
-            "creation_statements=CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
-        ]);
-    });
-    pg
-}
 
 /// The `pg` secret at `database/creds/app`, its `db.env` and a `dsn` template.
 fn pg_secret(pg: &Postgres, extra: &str) -> String {

@@ -12,6 +12,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::openbao::OpenBao;
 use super::{free_port, run_bounded, Ran, COMMAND_DEADLINE};
 
 /// The superuser OpenBao connects as.
@@ -211,4 +212,35 @@ impl Postgres {
             fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
         )
     }
+}
+
+/// OpenBao's database engine at `database/`, connected to the shared PostgreSQL, with a role
+/// `app` whose leases last 4 s and at most 12 s. Set up once per test process.
+pub fn database_engine(bao: &OpenBao) -> &'static Postgres {
+    static READY: OnceLock<()> = OnceLock::new();
+    let pg = Postgres::shared();
+    READY.get_or_init(|| {
+        bao.bao_ok(["secrets", "enable", "-path=database", "database"]);
+        bao.bao_ok([
+            "write".to_owned(),
+            "database/config/pg".to_owned(),
+            "plugin_name=postgresql-database-plugin".to_owned(),
+            format!(
+                "connection_url=postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{}/postgres?sslmode=disable",
+                pg.port
+            ),
+            format!("username={SUPERUSER}"),
+            format!("password={SUPERUSER_PASSWORD}"),
+            "allowed_roles=app".to_owned(),
+        ]);
+        bao.bao_ok([
+            "write",
+            "database/roles/app",
+            "db_name=pg",
+            "default_ttl=4s",
+            "max_ttl=12s",
+            "creation_statements=CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
+        ]);
+    });
+    pg
 }
