@@ -175,3 +175,59 @@ fn revoke_on_shutdown_drops_the_database_user_at_sigterm() {
     let lease_id_shown = logs_before_stop.contains("database/creds/app/");
     assert!(!lease_id_shown, "a lease ID must never be logged");
 }
+
+#[test]
+fn after_an_outage_longer_than_the_lease_new_credentials_replace_the_expired_ones() {
+    let bao = OpenBao::shared();
+    let pg = database_engine(bao);
+    let proxy = PausableProxy::start(bao.port);
+    let case = Case::new();
+    let mut issuer = bao.issuer(Auth::AppRole(bao.approle(case.path(), "dyn-outage")));
+    issuer.address = proxy.addr();
+    issuer.timeout = Some("2s".into());
+    case.write_config(&issuer, &pg_secret(pg, ""));
+    let dsn = case.out.join("pg/dsn");
+    let daemon = case.run();
+    let context = || {
+        format!(
+            "proxy accepted {}\n{}\n{}\n{}",
+            proxy.accepted(),
+            case.describe(),
+            daemon.describe(),
+            pg.describe()
+        )
+    };
+    wait_for_ctx("the first credentials", DEADLINE, context, || dsn.exists());
+    let (user, password) = read_credentials(&dsn).unwrap();
+
+    // OpenBao is unreachable for longer than the lease's 4 s TTL: renewals fail, the lease ends
+    // at OpenBao, the user is dropped; the files stay as they are.
+    proxy.pause();
+    wait_for_ctx("a failed renewal in the logs", DEADLINE, context, || {
+        daemon
+            .logs()
+            .contains("secret refresh failed; the files on disk are unchanged")
+    });
+    wait_for_ctx("the lease to end at OpenBao", DEADLINE, context, || {
+        !pg.role_exists(&user)
+    });
+    assert_eq!(
+        read_credentials(&dsn),
+        Some((user.clone(), password.clone())),
+        "the files stay during the outage\n{}",
+        context()
+    );
+
+    // Back: the expired lease cannot be renewed, new credentials are read and work.
+    proxy.resume();
+    wait_for_ctx(
+        "new credentials after the outage",
+        DEADLINE,
+        context,
+        || read_credentials(&dsn).is_some_and(|(u, _)| u != user),
+    );
+    let (new_user, new_password) = read_credentials(&dsn).unwrap();
+    pg.login(&new_user, &new_password)
+        .unwrap_or_else(|e| panic!("the new credentials should log in: {e}\n{}", context()));
+    assert!(daemon.stop().success(), "pillion should exit 0 on SIGTERM");
+}
