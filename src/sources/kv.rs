@@ -112,7 +112,9 @@ impl KvSource {
                 Ok(granted) => {
                     lease.granted = granted;
                     lease.granted_at = SystemTime::now();
-                    if granted < lease.ttl {
+                    // Capped by the maximum TTL (a tenth of slack: Vault may
+                    // round what it grants).
+                    if granted < lease.ttl.mul_f64(0.9) {
                         lease.read_again = true;
                         info!(secret = %name, ends_in = %humantime::format_duration(granted), "the lease reaches its maximum TTL: reading new credentials before it ends");
                     } else {
