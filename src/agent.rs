@@ -537,10 +537,12 @@ impl Agent {
                 return Ok(());
             }
             let now = self.clock.now();
+            // A credential whose templates changed with the configuration is
+            // rendered again at once, in a round that obtains nothing for it.
             let next = self
                 .creds
                 .iter()
-                .map(|c| c.next_attempt)
+                .map(|c| if c.rerender { now } else { c.next_attempt })
                 .min()
                 .unwrap_or(now + Duration::from_secs(3600));
             let wait = next.duration_since(now).unwrap_or_default();
@@ -1319,6 +1321,34 @@ mod tests {
         assert_eq!(case.attempts("c"), [0], "removed: no longer renewed");
         assert_eq!(case.attempts("d"), [60], "added: obtained at once");
         assert_eq!(names, ["a", "b", "d"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sighup_renders_a_changed_template_at_once_without_obtaining_again() {
+        let case = Case::new(true);
+        let yaml = |text: &str| {
+            format!(
+                "outputDir: {}\ncertificates:\n- name: a\n  dnsNames: [a.example]\n  duration: 1h\n  templates:\n  - {{file: t.txt, template: \"{text}\"}}\n",
+                case.dir.path().display()
+            )
+        };
+        let first = Config::from_yaml(&yaml("one {{ secrets['a'].version }}"), "t.yaml").unwrap();
+        let second = yaml("two {{ secrets['a'].version }}");
+        let agent = case.agent(first).with_config_loader(Box::new(move || {
+            Ok((
+                Config::from_yaml(&second, "t.yaml").unwrap(),
+                BTreeMap::new(),
+            ))
+        }));
+        let (tx, run) = case.spawn(agent, Mode::Run);
+        let rendered = || std::fs::read_to_string(case.dir.path().join("a/t.txt")).unwrap();
+        tokio::time::sleep(MINUTE).await;
+        assert_eq!(rendered(), "one 0");
+        tx.send(Command::ReloadConfig).unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(rendered(), "two 0", "rendered again at once");
+        stop(tx, run).await;
+        assert_eq!(case.attempts("a"), [0], "not obtained again for it");
     }
 
     #[tokio::test(start_paused = true)]
