@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::credential::{Checked, Credential, HeadStart, Inputs, Kind};
 use crate::issuers::Issuer;
 use crate::keys::PrivateKey;
-use crate::output::{AtomicDir, FileEntry, OutputError, Owner, Published, Staged};
+use crate::output::{read_live, AtomicDir, FileEntry, OutputError, Owner, Published, Staged};
 use crate::reload;
 use crate::schedule::Backoff;
 use crate::sinks::{Sink, SinkError};
@@ -757,7 +757,7 @@ impl Agent {
                 continue;
             };
             let name = c.plan.name.as_str();
-            let published = render(&c.plan.sinks, own, inputs)
+            let published = render(name, c.out.path(), &c.plan.sinks, own, inputs)
                 .and_then(|files| Ok(c.out.publish(&files, c.plan.owner)?));
             match published {
                 Ok(Published::Generation(g)) => {
@@ -809,9 +809,14 @@ async fn attempt(
     // A generation begun in the background while the source worked is
     // removed before this returns if anything fails before it is complete.
     let made = match c.plan.source.obtain(&mut head).await {
-        Ok(credential) => {
-            render(&c.plan.sinks, &credential, inputs).map(|files| (credential, files))
-        }
+        Ok(credential) => render(
+            &c.plan.name,
+            c.out.path(),
+            &c.plan.sinks,
+            &credential,
+            inputs,
+        )
+        .map(|files| (credential, files)),
         Err(e) => Err(e.into()),
     };
     let Head {
@@ -866,15 +871,41 @@ async fn attempt(
     Ok((credential, checked, fresh))
 }
 
-/// Every sink's files of `credential`.
+/// Every sink's files of `credential`, published in `dir`.
+///
+/// A template that fails (an undefined key) does not hold back the rest:
+/// its last good file is carried into the new generation, and the error
+/// is logged. Only when there is none yet does the failure stop the
+/// credential, so nothing is published without it.
 fn render(
+    name: &str,
+    dir: &Path,
     sinks: &[Box<dyn Sink>],
     credential: &Credential,
     inputs: &Inputs,
 ) -> Result<Vec<FileEntry>, RenewError> {
     let mut files = Vec::new();
     for sink in sinks {
-        files.extend(sink.render(credential, inputs)?);
+        match sink.render(credential, inputs) {
+            Ok(made) => files.extend(made),
+            Err(SinkError::Template(e)) => {
+                let kept = sink.files();
+                let names: Vec<&str> = kept.iter().map(|(n, _)| *n).collect();
+                let live = read_live(dir, &names).filter(|f| f.iter().all(Option::is_some));
+                let Some(live) = live else {
+                    return Err(SinkError::Template(e).into());
+                };
+                error!(credential = %name, error = %e, "rendering a template failed; its last good file stays, the other files are published");
+                for ((file, mode), data) in kept.into_iter().zip(live) {
+                    files.push(FileEntry {
+                        path: file.to_owned(),
+                        data: data.expect("checked above"),
+                        mode,
+                    });
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(files)
 }
