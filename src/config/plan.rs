@@ -87,7 +87,9 @@ impl fmt::Display for Config {
                 )?,
             }
         }
-        writeln!(f, "certificates:")?;
+        if !self.certificates.is_empty() {
+            writeln!(f, "certificates:")?;
+        }
         for c in &self.certificates {
             writeln!(f, "  {} (issuer {}):", c.name, c.issuer)?;
             if let Some(cn) = &c.names.common_name {
@@ -162,14 +164,30 @@ impl fmt::Display for Config {
                 SecretFormat::Files => "one file per key".to_owned(),
                 SecretFormat::Raw { key, file } => format!("the value of {key:?} in {file}"),
             };
+            // Whether the path is KV or a leased engine is known only
+            // from Vault, at the first read.
+            let source = match sec.kv_version {
+                Some(v) => format!(
+                    "KV v{v} {}, every {}",
+                    sec.path,
+                    humantime::format_duration(sec.refresh)
+                ),
+                None => format!(
+                    "{} (KV: every {}; a dynamic secret: as its lease needs{})",
+                    sec.path,
+                    humantime::format_duration(sec.refresh),
+                    if sec.revoke_on_shutdown {
+                        ", revoked at shutdown"
+                    } else {
+                        ""
+                    }
+                ),
+            };
             writeln!(
                 f,
-                "  {} (issuer {}): KV {}{}, every {}, {format} ({:04o}) in {}",
+                "  {} (issuer {}): {source}, {format} ({:04o}) in {}",
                 sec.name,
                 sec.issuer,
-                sec.path,
-                sec.kv_version.map_or(String::new(), |v| format!(" v{v}")),
-                humantime::format_duration(sec.refresh),
                 sec.mode,
                 sec.target_dir(&self.output_dir).display()
             )?;

@@ -186,8 +186,7 @@ fn an_undefined_key_names_the_template_and_line_keeps_its_old_file_and_publishes
     });
     // The secret's own file is published; the template's last good file stays beside it.
     wait_for_ctx("the new secret in db.json", DEADLINE, context, || {
-        std::fs::read_to_string(case.out.join("db/db.json"))
-            .is_ok_and(|t| t.contains("\"pass\""))
+        std::fs::read_to_string(case.out.join("db/db.json")).is_ok_and(|t| t.contains("\"pass\""))
     });
     assert_eq!(read(&props), good, "the old file stays\n{}", context());
     // The certificate, which does not depend on the template, is still there and fine.
