@@ -650,82 +650,49 @@ impl Agent {
         let clock = self.clock;
         let due_by = clock.now() + ROUND_WINDOW;
         let mut changed = Vec::new();
-        for c in self.creds.iter_mut().filter(|c| c.next_attempt <= due_by) {
-            let started = std::time::Instant::now();
-            let result = attempt(c, clock, &self.inputs).await;
-            let now = clock.now();
-            let metrics = &self.metrics;
-            let name = c.plan.name.as_str();
-            match result {
-                Ok((credential, checked, fresh)) => {
-                    let next = c.plan.source.next_attempt(&checked, now);
-                    if self.templated {
-                        self.inputs.insert(name, Arc::new(credential));
-                    }
-                    match checked {
-                        Checked::Certificate(info) => {
-                            info!(
-                                cert = %name,
-                                issuer = %c.plan.issuer,
-                                serial = %info.serial,
-                                not_after = %fmt_time(info.not_after),
-                                renew_at = %fmt_time(next),
-                                dir = %c.out.path().display(),
-                                "published a new certificate"
-                            );
-                            metrics.certificate(name, info.not_after, next);
-                            metrics.renewal(name, true, started.elapsed(), next);
-                            c.cert = Some(info);
-                        }
-                        Checked::Secret { path, expires } => {
-                            if let Some(expires) = expires {
-                                metrics.secret_lease(name, expires);
-                            }
-                            c.expires = expires;
-                            if fresh {
-                                info!(secret = %name, %path, dir = %c.out.path().display(), "published a new version of the secret");
-                            } else {
-                                debug!(secret = %name, "the secret is unchanged");
-                            }
-                            metrics.secret_refresh(name, Some(fresh));
-                        }
-                    }
-                    if fresh {
-                        changed.push(name.to_owned());
-                    }
-                    c.published = true;
-                    c.next_attempt = next;
-                    c.backoff.succeeded();
-                    c.last_error = None;
-                }
-                Err(e) => {
-                    let delay = c.backoff.failed();
-                    let message = chain(&e);
-                    let retry_in = humantime::format_duration(round_secs(delay));
-                    match c.plan.kind {
-                        Kind::Certificate => {
-                            error!(cert = %name, error = %message, %retry_in, "renewal failed; the files on disk are unchanged")
-                        }
-                        Kind::Secret => {
-                            error!(secret = %name, error = %message, %retry_in, "secret refresh failed; the files on disk are unchanged")
-                        }
-                    }
-                    if c.cert.as_ref().is_some_and(|cur| cur.not_after <= now) {
-                        error!(cert = %name, "the certificate on disk has EXPIRED and could not be renewed");
-                    }
-                    c.last_error = Some(format!("{name}: {message}"));
-                    c.next_attempt = now + delay;
-                    match c.plan.kind {
-                        Kind::Certificate => {
-                            metrics.renewal(name, false, started.elapsed(), c.next_attempt)
-                        }
-                        Kind::Secret => metrics.secret_refresh(name, None),
-                    }
-                }
+        // Secrets whose templates read other credentials are obtained with
+        // the rest but rendered after all of them, so that each is
+        // published once, with everything this round brought.
+        let mut deferred = Vec::new();
+        for (i, c) in self.creds.iter_mut().enumerate() {
+            if c.next_attempt > due_by {
+                continue;
             }
+            let started = std::time::Instant::now();
+            if self.templated && c.plan.kind == Kind::Secret && c.reads_others() {
+                match obtain_checked(c, clock).await {
+                    Ok((credential, checked)) => {
+                        self.inputs.insert(c.name(), Arc::new(credential));
+                        deferred.push((i, checked, started));
+                    }
+                    Err(e) => settle(c, Err(e), started, clock, &self.metrics, &mut changed),
+                }
+                continue;
+            }
+            let result = attempt(c, clock, &self.inputs).await;
+            let result = result.map(|(credential, checked, fresh)| {
+                if self.templated {
+                    self.inputs.insert(c.name(), Arc::new(credential));
+                }
+                (checked, fresh)
+            });
+            settle(c, result, started, clock, &self.metrics, &mut changed);
+        }
+        let mut rendered = Vec::new();
+        for (i, checked, started) in deferred {
+            let inputs = &self.inputs;
+            let c = &mut self.creds[i];
+            let own = inputs
+                .get(c.name())
+                .expect("phase one keeps what it obtained");
+            let result = render(c.name(), c.out.path(), &c.plan.sinks, own, inputs)
+                .and_then(|files| Ok(c.out.publish(&files, c.plan.owner)?))
+                .map(|p| (checked, matches!(p, Published::Generation(_))));
+            settle(c, result, started, clock, &self.metrics, &mut changed);
+            rendered.push(i);
         }
         if self.templated {
-            self.render_again(&mut changed);
+            self.render_again(&mut changed, &rendered);
         }
         if changed.is_empty() || matches!(mode, Mode::Init { .. }) {
             return;
@@ -748,10 +715,12 @@ impl Agent {
     /// credential whose templates read one in `changed` (or whose templates
     /// changed with the configuration), and publishes them when they differ
     /// from what is live; adds those that did to `changed`.
-    fn render_again(&mut self, changed: &mut Vec<String>) {
+    /// `rendered` are the credentials already rendered after everything
+    /// this round obtained.
+    fn render_again(&mut self, changed: &mut Vec<String>, rendered: &[usize]) {
         let inputs = &self.inputs;
-        for c in &mut self.creds {
-            let due = c.rerender || changed.iter().any(|n| c.reads(n));
+        for (i, c) in self.creds.iter_mut().enumerate() {
+            let due = c.rerender || (!rendered.contains(&i) && changed.iter().any(|n| c.reads(n)));
             c.rerender = false;
             let Some(own) = inputs.get(c.name()).filter(|_| due) else {
                 continue;
@@ -777,6 +746,94 @@ impl Agent {
             }
         }
     }
+}
+
+/// Records how an attempt at `c` ended: its schedule, its backoff, its
+/// metrics and logs; adds its name to `changed` when files changed.
+fn settle(
+    c: &mut Entry,
+    result: Result<(Checked, bool), RenewError>,
+    started: std::time::Instant,
+    clock: Clock,
+    metrics: &Metrics,
+    changed: &mut Vec<String>,
+) {
+    let now = clock.now();
+    let name = c.plan.name.as_str();
+    match result {
+        Ok((checked, fresh)) => {
+            let next = c.plan.source.next_attempt(&checked, now);
+            match checked {
+                Checked::Certificate(info) => {
+                    info!(
+                        cert = %name,
+                        issuer = %c.plan.issuer,
+                        serial = %info.serial,
+                        not_after = %fmt_time(info.not_after),
+                        renew_at = %fmt_time(next),
+                        dir = %c.out.path().display(),
+                        "published a new certificate"
+                    );
+                    metrics.certificate(name, info.not_after, next);
+                    metrics.renewal(name, true, started.elapsed(), next);
+                    c.cert = Some(info);
+                }
+                Checked::Secret { path, expires } => {
+                    if let Some(expires) = expires {
+                        metrics.secret_lease(name, expires);
+                    }
+                    c.expires = expires;
+                    if fresh {
+                        info!(secret = %name, %path, dir = %c.out.path().display(), "published a new version of the secret");
+                    } else {
+                        debug!(secret = %name, "the secret is unchanged");
+                    }
+                    metrics.secret_refresh(name, Some(fresh));
+                }
+            }
+            if fresh {
+                changed.push(name.to_owned());
+            }
+            c.published = true;
+            c.next_attempt = next;
+            c.backoff.succeeded();
+            c.last_error = None;
+        }
+        Err(e) => {
+            let delay = c.backoff.failed();
+            let message = chain(&e);
+            let retry_in = humantime::format_duration(round_secs(delay));
+            match c.plan.kind {
+                Kind::Certificate => {
+                    error!(cert = %name, error = %message, %retry_in, "renewal failed; the files on disk are unchanged")
+                }
+                Kind::Secret => {
+                    error!(secret = %name, error = %message, %retry_in, "secret refresh failed; the files on disk are unchanged")
+                }
+            }
+            if c.cert.as_ref().is_some_and(|cur| cur.not_after <= now) {
+                error!(cert = %name, "the certificate on disk has EXPIRED and could not be renewed");
+            }
+            c.last_error = Some(format!("{name}: {message}"));
+            c.next_attempt = now + delay;
+            match c.plan.kind {
+                Kind::Certificate => {
+                    metrics.renewal(name, false, started.elapsed(), c.next_attempt)
+                }
+                Kind::Secret => metrics.secret_refresh(name, None),
+            }
+        }
+    }
+}
+
+/// Obtains and checks `c`'s credential without publishing it.
+async fn obtain_checked(c: &mut Entry, clock: Clock) -> Result<(Credential, Checked), RenewError> {
+    let credential = c
+        .plan
+        .source
+        .obtain(&mut crate::credential::NoHeadStart)
+        .await?;
+    check(credential, clock).await
 }
 
 fn stopped(mode: Mode) -> Result<(), AgentError> {
