@@ -650,16 +650,17 @@ impl Agent {
         let clock = self.clock;
         let due_by = clock.now() + ROUND_WINDOW;
         let mut changed = Vec::new();
-        // Secrets whose templates read other credentials are obtained with
-        // the rest but rendered after all of them, so that each is
-        // published once, with everything this round brought.
+        // Credentials whose templates read others are obtained with the
+        // rest but rendered after all of them, so that each is published
+        // once, with everything this round brought. (A certificate among
+        // them gives up its head start: its files are written after.)
         let mut deferred = Vec::new();
         for (i, c) in self.creds.iter_mut().enumerate() {
             if c.next_attempt > due_by {
                 continue;
             }
             let started = std::time::Instant::now();
-            if self.templated && c.plan.kind == Kind::Secret && c.reads_others() {
+            if self.templated && c.reads_others() {
                 match obtain_checked(c, clock).await {
                     Ok((credential, checked)) => {
                         self.inputs.insert(c.name(), Arc::new(credential));
@@ -685,6 +686,11 @@ impl Agent {
             let own = inputs
                 .get(c.name())
                 .expect("phase one keeps what it obtained");
+            if let Some(live) = c.out.current() {
+                for sink in &c.plan.sinks {
+                    sink.notice(&live, own);
+                }
+            }
             let result = render(c.name(), c.out.path(), &c.plan.sinks, own, inputs)
                 .and_then(|files| Ok(c.out.publish(&files, c.plan.owner)?))
                 .map(|p| (checked, matches!(p, Published::Generation(_))));
@@ -1084,6 +1090,8 @@ mod tests {
         hanging: BTreeSet<String>,
         /// The content of each credential; a change makes new files.
         versions: BTreeMap<String, u32>,
+        /// Whose files were rendered, in order: once per publish.
+        renders: Vec<String>,
     }
 
     type Shared = Arc<Mutex<Script>>;
@@ -1149,9 +1157,10 @@ mod tests {
         }
     }
 
-    /// A sink of one file holding the secret's data as JSON.
+    /// A sink of one file holding the secret's data as JSON; it notes each
+    /// render in the script.
     #[derive(Debug)]
-    struct OneFile;
+    struct OneFile(Shared);
 
     impl Sink for OneFile {
         fn files(&self) -> Vec<(&str, u32)> {
@@ -1166,6 +1175,8 @@ mod tests {
             let Credential::Secret(s) = credential else {
                 unreachable!("the memory source makes secrets")
             };
+            let name = s.path.clone();
+            self.0.lock().unwrap().renders.push(name);
             Ok(vec![FileEntry {
                 path: "data.json".into(),
                 data: serde_json::to_vec(&s.data).unwrap().into(),
@@ -1220,7 +1231,11 @@ mod tests {
                     .map(|spec| Plan {
                         name: spec.name.clone(),
                         issuer: spec.issuer.clone(),
-                        kind: Kind::Secret,
+                        // The loop treats these as certificates.
+                        kind: match spec.name.starts_with("cert") {
+                            true => Kind::Certificate,
+                            false => Kind::Secret,
+                        },
                         dir: spec.target_dir(&config.output_dir),
                         owner: Owner::default(),
                         source: Box::new(Memory {
@@ -1230,7 +1245,7 @@ mod tests {
                             clock,
                             start,
                         }),
-                        sinks: std::iter::once(Box::new(OneFile) as Box<dyn Sink>)
+                        sinks: std::iter::once(Box::new(OneFile(script.clone())) as Box<dyn Sink>)
                             .chain(spec.templates.iter().map(|t| {
                                 Box::new(crate::sinks::Template::new(&spec.name, t))
                                     as Box<dyn Sink>
@@ -1589,6 +1604,43 @@ mod tests {
             before
         );
         assert_eq!(reloads(), 3, "c itself changed");
+        stop(tx, run).await;
+    }
+
+    /// A certificate and a secret whose templates read each other, renewed
+    /// in one round: each is published once, with the other's new content.
+    #[tokio::test]
+    async fn credentials_whose_templates_read_each_other_are_published_once_per_round() {
+        let case = Case::new(false);
+        let template = |reads: &str| {
+            format!("  templates:\n  - file: t.txt\n    template: \"{{{{ secrets['{reads}'].version }}}}\"\n")
+        };
+        let mut config = case.config(&[("cert", "1h")], &template("sec"));
+        let mut sec = case.config(&[("sec", "1h")], &template("cert"));
+        config.certificates.push(sec.certificates.remove(0));
+        let agent = case.agent(config);
+        let mut state = agent.subscribe();
+        let (tx, run) = case.spawn(agent, Mode::Run);
+        while !state.borrow().iter().all(|c| c.published) {
+            state.changed().await.unwrap();
+        }
+        case.set(|s| {
+            s.renders.clear();
+            s.versions.insert("cert".into(), 1);
+            s.versions.insert("sec".into(), 1);
+        });
+        state.borrow_and_update();
+        tx.send(Command::RenewAll).unwrap();
+        state.changed().await.unwrap();
+        let rendered =
+            |name: &str| std::fs::read_to_string(case.dir.path().join(name).join("t.txt")).unwrap();
+        assert_eq!(
+            (rendered("cert"), rendered("sec")),
+            ("1".into(), "1".into())
+        );
+        let mut renders = case.script.lock().unwrap().renders.clone();
+        renders.sort();
+        assert_eq!(renders, ["cert", "sec"], "each rendered and published once");
         stop(tx, run).await;
     }
 }
