@@ -11,8 +11,8 @@ use crate::issuers::Issuer;
 use crate::sinks;
 use crate::telemetry::chain;
 
-/// Compiles every template read from a file and checks the names it uses,
-/// as the configuration check does for inline ones; `skip` are the fields
+/// Checks every template read from a file ([`crate::template::check`]), as
+/// the configuration check does for inline ones; `skip` are the fields
 /// whose file could not be read (already reported).
 fn check_template_files(config: &Config, skip: &[String]) -> Vec<String> {
     let certs: Vec<&str> = config
@@ -38,14 +38,9 @@ fn check_template_files(config: &Config, skip: &[String]) -> Vec<String> {
         let Ok(text) = crate::small_file::read_to_string(path) else {
             continue;
         };
-        match crate::template::compile(&t.origin(), &text) {
-            Err(e) => errors.push(format!("{field}: {e}")),
-            Ok(used) => {
-                let env = |v: &str| std::env::var(v).ok();
-                for problem in crate::template::check_uses(&used, &certs, &secrets, env) {
-                    errors.push(format!("{field}: {}: {problem}", path.display()));
-                }
-            }
+        let env = |v: &str| std::env::var(v).ok();
+        for problem in crate::template::check(&t.origin(), &text, &certs, &secrets, env) {
+            errors.push(format!("{field}: {problem}"));
         }
     }
     errors

@@ -107,6 +107,121 @@ pub fn check_uses(
     problems
 }
 
+/// Everything `pillion check` can find wrong in a template without the
+/// data: a syntax error; a name that will not be there ([`check_uses`]);
+/// and, rendering it once against placeholder data (every configured
+/// secret holding any key, every certificate every field, the environment
+/// as it is), a filter, test, function or method that does not exist or is
+/// called with the wrong arguments. What depends on the values (a key the
+/// secret may lack, a value a filter refuses) is left to the render.
+/// Problems of names have no line.
+pub fn check(
+    name: &str,
+    source: &str,
+    certificates: &[&str],
+    secrets: &[&str],
+    env: impl Fn(&str) -> Option<String>,
+) -> Vec<TemplateError> {
+    let used = match compile(name, source) {
+        Ok(used) => used,
+        Err(e) => return vec![e],
+    };
+    let problems: Vec<TemplateError> = check_uses(&used, certificates, secrets, &env)
+        .into_iter()
+        .map(|message| TemplateError {
+            name: name.to_owned(),
+            line: None,
+            message,
+        })
+        .collect();
+    if !problems.is_empty() {
+        return problems;
+    }
+    let context = placeholders(certificates, secrets, std::env::vars().collect());
+    let engine = environment();
+    let template = engine
+        .template_from_named_str(name, source)
+        .expect("compiled above");
+    match template.render(&context) {
+        Err(e) if !depends_on_data(e.kind()) => vec![TemplateError::from_engine(name, &e)],
+        _ => Vec::new(),
+    }
+}
+
+/// Whether an error met rendering placeholders could be the placeholders'
+/// fault (a value of another type, a key the real data may have).
+fn depends_on_data(kind: ErrorKind) -> bool {
+    !matches!(
+        kind,
+        ErrorKind::SyntaxError
+            | ErrorKind::UnknownFilter
+            | ErrorKind::UnknownTest
+            | ErrorKind::UnknownFunction
+            | ErrorKind::UnknownMethod
+            | ErrorKind::TooManyArguments
+            | ErrorKind::MissingArgument
+            | ErrorKind::TemplateNotFound
+            | ErrorKind::BadInclude
+            | ErrorKind::BadEscape
+    )
+}
+
+/// The value every placeholder holds: text that is also valid base64 (of
+/// "placeholder"), so that `b64decode` takes it as real data would be.
+const PLACEHOLDER: &str = "cGxhY2Vob2xkZXI=";
+
+/// A secret's data or metadata before it is read: any key is there.
+#[derive(Debug)]
+struct AnyKey;
+
+impl minijinja::value::Object for AnyKey {
+    fn repr(self: &std::sync::Arc<Self>) -> minijinja::value::ObjectRepr {
+        minijinja::value::ObjectRepr::Map
+    }
+
+    fn get_value(self: &std::sync::Arc<Self>, key: &Value) -> Option<Value> {
+        key.as_str().map(|_| Value::from(PLACEHOLDER))
+    }
+
+    /// One key, so that a loop over the secret runs its body once.
+    fn enumerate(self: &std::sync::Arc<Self>) -> minijinja::value::Enumerator {
+        minijinja::value::Enumerator::Str(&["key"])
+    }
+}
+
+/// The context [`check`] renders with.
+fn placeholders(
+    certificates: &[&str],
+    secrets: &[&str],
+    env: std::collections::BTreeMap<String, String>,
+) -> Value {
+    use std::collections::BTreeMap;
+    let any = || Value::from_object(AnyKey);
+    let secret_map: BTreeMap<&str, Value> = secrets.iter().map(|s| (*s, any())).collect();
+    let cert: BTreeMap<&str, Value> = CERT_FIELDS
+        .iter()
+        .map(|f| {
+            let v = match *f {
+                "dnsNames" | "ipAddresses" | "uris" => Value::from(vec![PLACEHOLDER]),
+                _ => Value::from(PLACEHOLDER),
+            };
+            (*f, v)
+        })
+        .collect();
+    let certs: BTreeMap<&str, Value> = certificates
+        .iter()
+        .map(|c| (*c, Value::from(cert.clone())))
+        .collect();
+    let pod: BTreeMap<&str, &str> = POD_FIELDS.iter().map(|(f, _)| (*f, PLACEHOLDER)).collect();
+    Value::from(BTreeMap::from([
+        ("secrets", Value::from(secret_map.clone())),
+        ("meta", Value::from(secret_map)),
+        ("certs", Value::from(certs)),
+        ("env", Value::from(env)),
+        ("pod", Value::from(pod)),
+    ]))
+}
+
 fn listed(names: &[&str]) -> String {
     if names.is_empty() {
         "none".to_owned()
@@ -372,5 +487,38 @@ mod tests {
         )
         .unwrap();
         assert_eq!(used, ["certs.web.dnsNames", "secrets.db.password"]);
+    }
+
+    #[test]
+    fn check_renders_placeholders_to_find_unknown_filters_and_bad_calls() {
+        let check = |text: &str| -> Vec<String> {
+            check("t.j2", text, &["web"], &["db"], |v| {
+                Some(format!("{v}-value"))
+            })
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+        };
+        // What real data would render is fine, loops over a secret included.
+        let fine = "{{ secrets.db.password | b64decode | upper }}\n{% for k, v in secrets.db | items %}{{ k }}={{ v | dotenv_quote }}{% endfor %}\n{{ certs.web.dnsNames | join(',') }}{{ meta.db.version }}{{ secrets.db | tojson | indent(2) }}{{ pod.name | default('x') }}";
+        assert_eq!(check(fine), Vec::<String>::new());
+        // Values the placeholders cannot stand for are not blamed.
+        assert_eq!(
+            check("{{ secrets.db.port + 1 }}{{ secrets.db.nested.key }}"),
+            Vec::<String>::new()
+        );
+        let e = check("ok\n{{ secrets.db.password | to_json }}");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("t.j2:2: unknown filter"), "{e:?}");
+        let e = check("\n\n{% if secrets.db.x is nonsense %}{% endif %}");
+        assert!(e[0].starts_with("t.j2:3: unknown test"), "{e:?}");
+        let e = check("{{ secrets.db.x | replace('a') }}");
+        assert!(e[0].starts_with("t.j2:1: missing argument"), "{e:?}");
+        // Names that will not be there are reported without rendering.
+        let e = check("{{ secrets.cache.x }}");
+        assert_eq!(
+            e,
+            ["t.j2: `secrets.cache.x`: no secret is named \"cache\" (secrets: db)"]
+        );
     }
 }

@@ -103,19 +103,16 @@ pub(super) fn check_inline_templates(
     }
 }
 
-/// The problems of one template's text, `name` being what its messages
-/// start with: a syntax error with its line, or each name it uses that will
-/// not be there.
+/// The problems of one template's text ([`crate::template::check`]), `name`
+/// being what its messages start with.
 fn check_template(name: &str, text: &str, certificates: &[&str], secrets: &[&str]) -> Vec<String> {
-    match crate::template::compile(name, text) {
-        Err(e) => vec![match e.line {
+    crate::template::check(name, text, certificates, secrets, |v| std::env::var(v).ok())
+        .into_iter()
+        .map(|e| match e.line {
             Some(line) => format!("line {line}: {}", e.message),
             None => e.message,
-        }],
-        Ok(used) => {
-            crate::template::check_uses(&used, certificates, secrets, |v| std::env::var(v).ok())
-        }
-    }
+        })
+        .collect()
 }
 
 #[cfg(test)]
