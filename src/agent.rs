@@ -141,6 +141,10 @@ struct Entry {
     next_attempt: SystemTime,
     backoff: Backoff,
     last_error: Option<String>,
+    /// The templates that failed at the last render, whose last good file
+    /// was kept: each message once, so that a failure is logged when it
+    /// starts, not at every refresh.
+    template_errors: Vec<String>,
     /// Its files are rendered again from what is in memory at the end of the
     /// next round (its templates changed with the configuration).
     rerender: bool,
@@ -181,6 +185,7 @@ impl Entry {
             next_attempt,
             backoff: Backoff::new(),
             last_error: None,
+            template_errors: Vec::new(),
             rerender: false,
         }
     }
@@ -225,6 +230,12 @@ pub struct CredentialState {
     /// After a failed attempt: when the next one comes. A request to renew
     /// does not bring it forward.
     pub retry_at: Option<SystemTime>,
+    /// Why the last attempt failed, while it is failing.
+    pub last_error: Option<String>,
+    /// For a leased secret: when the lease of what is live ends.
+    pub lease_expires: Option<SystemTime>,
+    /// Templates that fail to render while their last good file is served.
+    pub template_errors: Vec<String>,
 }
 
 /// The renewal loop for one configuration.
@@ -322,6 +333,13 @@ impl Agent {
                 not_after: c.cert.as_ref().map(|i| i.not_after).or(c.expires),
                 files: c.visible_files(),
                 retry_at: c.backoff.is_failing().then_some(c.next_attempt),
+                last_error: c
+                    .backoff
+                    .is_failing()
+                    .then(|| c.last_error.clone())
+                    .flatten(),
+                lease_expires: c.expires,
+                template_errors: c.template_errors.clone(),
             })
             .collect();
         self.state.send_replace(states);
@@ -691,9 +709,17 @@ impl Agent {
                     sink.notice(&live, own);
                 }
             }
-            let result = render(c.name(), c.out.path(), &c.plan.sinks, own, inputs)
-                .and_then(|files| Ok(c.out.publish(&files, c.plan.owner)?))
-                .map(|p| (checked, matches!(p, Published::Generation(_))));
+            let noted = &mut c.template_errors;
+            let result = render(
+                &c.plan.name,
+                c.out.path(),
+                &c.plan.sinks,
+                own,
+                inputs,
+                noted,
+            )
+            .and_then(|files| Ok(c.out.publish(&files, c.plan.owner)?))
+            .map(|p| (checked, matches!(p, Published::Generation(_))));
             settle(c, result, started, clock, &self.metrics, &mut changed);
             rendered.push(i);
         }
@@ -732,7 +758,8 @@ impl Agent {
                 continue;
             };
             let name = c.plan.name.as_str();
-            let published = render(name, c.out.path(), &c.plan.sinks, own, inputs)
+            let noted = &mut c.template_errors;
+            let published = render(name, c.out.path(), &c.plan.sinks, own, inputs, noted)
                 .and_then(|files| Ok(c.out.publish(&files, c.plan.owner)?));
             match published {
                 Ok(Published::Generation(g)) => {
@@ -878,6 +905,7 @@ async fn attempt(
             &c.plan.sinks,
             &credential,
             inputs,
+            &mut c.template_errors,
         )
         .map(|files| (credential, files)),
         Err(e) => Err(e.into()),
@@ -938,7 +966,8 @@ async fn attempt(
 ///
 /// A template that fails (an undefined key) does not hold back the rest:
 /// its last good file is carried into the new generation, and the error
-/// is logged. Only when there is none yet does the failure stop the
+/// is noted in `noted` (replacing the last render's), logged only when it
+/// is new. Only when there is no good file yet does the failure stop the
 /// credential, so nothing is published without it.
 fn render(
     name: &str,
@@ -946,8 +975,10 @@ fn render(
     sinks: &[Box<dyn Sink>],
     credential: &Credential,
     inputs: &Inputs,
+    noted: &mut Vec<String>,
 ) -> Result<Vec<FileEntry>, RenewError> {
     let mut files = Vec::new();
+    let mut failing = Vec::new();
     for sink in sinks {
         match sink.render(credential, inputs) {
             Ok(made) => files.extend(made),
@@ -958,7 +989,13 @@ fn render(
                 let Some(live) = live else {
                     return Err(SinkError::Template(e).into());
                 };
-                error!(credential = %name, error = %e, "rendering a template failed; its last good file stays, the other files are published");
+                let message = e.to_string();
+                if noted.contains(&message) {
+                    debug!(credential = %name, error = %message, "the template still fails; its last good file stays");
+                } else {
+                    error!(credential = %name, error = %message, "rendering a template failed; its last good file stays, the other files are published");
+                }
+                failing.push(message);
                 for ((file, mode), data) in kept.into_iter().zip(live) {
                     files.push(FileEntry {
                         path: file.to_owned(),
@@ -970,6 +1007,10 @@ fn render(
             Err(e) => return Err(e.into()),
         }
     }
+    if failing.is_empty() && !noted.is_empty() {
+        info!(credential = %name, "every template renders again");
+    }
+    *noted = failing;
     Ok(files)
 }
 

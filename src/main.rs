@@ -115,7 +115,12 @@ fn main() -> ExitCode {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(signals.forward(tx.clone()));
         let metrics = std::sync::Arc::new(pillion::telemetry::Metrics::new());
+        let output_dir = config.output_dir.clone();
         let mut agent = Agent::new(config, issuers, metrics.clone());
+        // What `pillion status` cannot read from the files (leases, failures).
+        if matches!(mode, Mode::Run) {
+            tokio::spawn(pillion::status::record(output_dir, agent.subscribe()));
+        }
         if cli.config.is_some() {
             let cli = cli.clone();
             agent = agent.with_config_loader(Box::new(move || {

@@ -320,7 +320,18 @@ fn readiness(state: &[CredentialState], now: SystemTime) -> Response<Full<Bytes>
         })
         .collect();
     if waiting.is_empty() {
-        text(StatusCode::OK, "ready\n".into())
+        // Ready: the app has every file. A template that fails while its
+        // last good file is served is said, for whoever looks.
+        let mut body = "ready\n".to_owned();
+        for c in state {
+            for e in &c.template_errors {
+                body += &format!(
+                    "{}: a template fails, its last good file is served: {e}\n",
+                    c.name
+                );
+            }
+        }
+        text(StatusCode::OK, body)
     } else {
         text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -360,6 +371,9 @@ mod tests {
             not_after,
             files: Vec::new(),
             retry_at: None,
+            last_error: None,
+            lease_expires: None,
+            template_errors: Vec::new(),
         }
     }
 

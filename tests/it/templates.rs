@@ -191,6 +191,25 @@ fn an_undefined_key_names_the_template_and_line_keeps_its_old_file_and_publishes
     assert_eq!(read(&props), good, "the old file stays\n{}", context());
     // The certificate, which does not depend on the template, is still there and fine.
     assert!(case.out.join("web/tls.crt").exists(), "{}", context());
+    // `pillion status` says which template fails, and why.
+    let failing = "db: a template FAILS; its last good file is served: secrets[0].templates[0].template:2: `secrets.db.password` is undefined";
+    wait_for_ctx(
+        "the failing template in pillion status",
+        DEADLINE,
+        context,
+        || {
+            run_bounded(
+                case.pillion(&["status"]).env("POD_NAME", "p"),
+                COMMAND_DEADLINE,
+            )
+            .stdout
+            .contains(failing)
+        },
+    );
+    // The secret is read every second and the template fails each time: it is logged once.
+    std::thread::sleep(Duration::from_secs(3));
+    let logged = daemon.logs().matches("rendering a template failed").count();
+    assert_eq!(logged, 1, "logged once\n{}", context());
 
     // Fixed: published again, by itself.
     bao.kv_put(
@@ -200,6 +219,24 @@ fn an_undefined_key_names_the_template_and_line_keeps_its_old_file_and_publishes
     wait_for_ctx("the fixed secret to be rendered", DEADLINE, context, || {
         std::fs::read_to_string(&props).is_ok_and(|s| s.contains("'fixed'"))
     });
+    wait_for_ctx(
+        "pillion status to forget the failure",
+        DEADLINE,
+        context,
+        || {
+            !run_bounded(
+                case.pillion(&["status"]).env("POD_NAME", "p"),
+                COMMAND_DEADLINE,
+            )
+            .stdout
+            .contains("FAILS")
+        },
+    );
+    assert!(
+        daemon.logs().contains("every template renders again"),
+        "{}",
+        context()
+    );
     assert!(daemon.stop().success(), "pillion should exit 0 on SIGTERM");
 }
 

@@ -97,6 +97,27 @@ fn leased_credentials_log_in_are_renewed_then_replaced_with_one_sighup_each() {
         expiry > now - 1.0 && expiry < now + 13.0,
         "lease expiry {expiry} vs now {now}\n{metrics}"
     );
+    // So does `pillion status`, from the notes the running agent keeps.
+    let ran = run_bounded(
+        &mut case.pillion(&["status", "-o", "json"]),
+        COMMAND_DEADLINE,
+    );
+    assert!(ran.status.success(), "{}", ran.describe());
+    let doc: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    let pg_status = &doc["credentials"][0];
+    let left = pg_status["leaseTimeLeftSeconds"].as_i64();
+    assert!(
+        pg_status["leaseExpires"].is_string() && left.is_some_and(|l| (0..=13).contains(&l)),
+        "{}",
+        ran.stdout
+    );
+    let ran = run_bounded(&mut case.pillion(&["status"]), COMMAND_DEADLINE);
+    assert!(
+        ran.stdout.contains("secret database/creds/app (lease)")
+            && ran.stdout.contains("before the lease ends"),
+        "{}",
+        ran.describe()
+    );
 
     // The lease is renewed (OpenBao's audit log shows pillion's renewals) ...
     wait_for_ctx(
