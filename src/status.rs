@@ -143,14 +143,19 @@ fn write_notes(path: &Path, notes: &Map<String, Value>) -> std::io::Result<()> {
     let doc = json!({ "credentials": notes, "written": fmt_time(SystemTime::now()).to_string() });
     let tmp = path.with_extension("json.tmp");
     let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
+    let text = serde_json::to_vec_pretty(&doc).expect("a JSON value always serializes");
+    let written = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o644)
-        .open(&tmp)?;
-    let text = serde_json::to_vec_pretty(&doc).expect("a JSON value always serializes");
-    file.write_all(&text)?;
-    std::fs::rename(&tmp, path)
+        .open(&tmp)
+        .and_then(|mut file| file.write_all(&text))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        // A full disk: leave nothing behind.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// The notes of [`record`] in `output_dir`, if the agent left any.
