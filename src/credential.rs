@@ -79,6 +79,11 @@ impl Inputs {
         self.0.iter().map(|(n, c)| (n.as_str(), c.as_ref()))
     }
 
+    /// The credential named `name`, shared.
+    pub fn get_arc(&self, name: &str) -> Option<Arc<Credential>> {
+        self.0.get(name).cloned()
+    }
+
     /// Records `credential` as the current one of `name`.
     pub fn insert(&mut self, name: &str, credential: Arc<Credential>) {
         self.0.insert(name.to_owned(), credential);

@@ -13,6 +13,7 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod credential;
+pub mod delivery;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod issuers;

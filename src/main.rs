@@ -112,11 +112,36 @@ fn main() -> ExitCode {
                 })?),
                 None => None,
             };
+        // Envoy's SDS, for `run` only: an init container has no Envoy beside it.
+        let sds = match (&config.sds, &mode) {
+            (Some(spec), Mode::Run) => {
+                let hub = pillion::delivery::Hub::new();
+                let unix =
+                    pillion::delivery::bind_unix(&spec.socket, spec.mode, spec.uid, spec.gid)
+                        .with_context(|| {
+                            format!("failed to serve SDS on {}", spec.socket.display())
+                        })?;
+                let tcp = match spec.listen {
+                    Some(addr) => {
+                        Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                            format!("failed to serve SDS on {addr} (sds.listen)")
+                        })?)
+                    }
+                    None => None,
+                };
+                let served = hub.clone();
+                let socket = spec.socket.display().to_string();
+                tokio::spawn(async move { pillion::delivery::serve_sds(unix, tcp, &served).await });
+                tracing::info!(socket = %socket, tcp = ?spec.listen, "serving Envoy SDS");
+                Some(hub)
+            }
+            _ => None,
+        };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(signals.forward(tx.clone()));
         let metrics = std::sync::Arc::new(pillion::telemetry::Metrics::new());
         let output_dir = config.output_dir.clone();
-        let mut agent = Agent::new(config, issuers, metrics.clone());
+        let mut agent = Agent::new(config, issuers, metrics.clone(), sds);
         // What `pillion status` cannot read from the files (leases, failures).
         if matches!(mode, Mode::Run) {
             tokio::spawn(pillion::status::record(output_dir, agent.subscribe()));

@@ -69,7 +69,12 @@ pub fn preflight(
         .certificates
         .iter()
         .enumerate()
-        .map(|(i, c)| (format!("certificates[{i}]"), sinks::for_certificate(c)))
+        .map(|(i, c)| {
+            (
+                format!("certificates[{i}]"),
+                sinks::for_certificate(c, None),
+            )
+        })
         .chain(
             config
                 .secrets

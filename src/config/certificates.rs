@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use super::sds::validate_sds_names;
 use super::templates::validate_templates;
 use super::{
     credential_name, expand_pod_vars, is_valid_dns_name, parse_duration, validate_files,
@@ -235,6 +236,7 @@ pub(super) fn validate_certificate(
     let files = validate_files(errs, &format!("{path}.files"), rc.files.unwrap_or_default());
     let taken: Vec<&str> = files.names().collect();
     let templates = validate_templates(errs, path, rc.templates, &taken);
+    let sds = validate_sds_names(errs, path, &name, rc.sds);
 
     (errs.0.len() == before).then_some(CertificateSpec {
         name,
@@ -247,6 +249,7 @@ pub(super) fn validate_certificate(
         dir,
         files,
         templates,
+        sds,
     })
 }
 

@@ -40,6 +40,7 @@ mod issuers;
 mod plan;
 mod raw;
 mod reload;
+mod sds;
 mod secrets;
 mod spec;
 mod templates;
@@ -52,6 +53,8 @@ use files::{check_dirs_disjoint, normal, validate_files, DirUse};
 use issuers::validate_issuers;
 use plan::flag_for_path;
 use reload::validate_reload;
+use sds::{check_sds_names_unique, validate_sds};
+pub use sds::{DEFAULT_SDS_SOCKET, DEFAULT_SOCKET_MODE};
 use secrets::validate_secret;
 use templates::check_inline_templates;
 use tokens::validate_token_sink;
@@ -61,14 +64,15 @@ pub use error::{ConfigErrors, FieldError};
 use expand::expand_pod_vars;
 pub use expand::POD_VARIABLES;
 pub use raw::{
-    RawAppRoleAuth, RawCertManager, RawCertificate, RawConfig, RawFiles, RawIssuer, RawIssuerRef,
-    RawKubernetesCsr, RawLocalCa, RawPkcs12, RawPki, RawPrivateKey, RawReload, RawRoleAuth,
-    RawSecret, RawServer, RawTemplate, RawTokenAuth, RawTokenSink, RawVault, RawVaultAuth,
+    RawAppRoleAuth, RawCertManager, RawCertificate, RawCertificateSds, RawConfig, RawFiles,
+    RawIssuer, RawIssuerRef, RawKubernetesCsr, RawLocalCa, RawPkcs12, RawPki, RawPrivateKey,
+    RawReload, RawRoleAuth, RawSds, RawSecret, RawServer, RawTemplate, RawTokenAuth, RawTokenSink,
+    RawVault, RawVaultAuth,
 };
 pub use spec::{
     default_state_dir, CertManagerSpec, CertificateSpec, FileSpec, IssuerRef, IssuerSpec,
-    KeyRotation, KubernetesCsrSpec, Pkcs12Spec, SecretFormat, SecretSpec, TemplateSource,
-    TemplateSpec, TokenSinkSpec, DEFAULT_CA_FILE, DEFAULT_CERTIFICATE_FILE,
+    KeyRotation, KubernetesCsrSpec, Pkcs12Spec, SdsNames, SdsSpec, SecretFormat, SecretSpec,
+    TemplateSource, TemplateSpec, TokenSinkSpec, DEFAULT_CA_FILE, DEFAULT_CERTIFICATE_FILE,
     DEFAULT_CLUSTER_TIMEOUT, DEFAULT_DURATION, DEFAULT_KEY_MODE, DEFAULT_KUBERNETES_TOKEN_FILE,
     DEFAULT_MODE, DEFAULT_PRIVATE_KEY_FILE, DEFAULT_REFRESH_INTERVAL,
     DEFAULT_RENEW_BEFORE_PERCENTAGE, DEFAULT_VAULT_TIMEOUT, DEVELOPMENT_ISSUER, MAX_NAMES,
@@ -101,6 +105,8 @@ pub struct Config {
     pub reload: Option<ReloadSpec>,
     /// Where the admin endpoint listens; `None` turns it off.
     pub listen: Option<SocketAddr>,
+    /// Where Envoy's Secret Discovery Service is served; `None` turns it off.
+    pub sds: Option<SdsSpec>,
 }
 
 /// Where a configuration came from, which decides how field paths are shown.
@@ -183,6 +189,7 @@ impl Config {
             _ => None,
         };
 
+        let sds = raw.sds.map(|s| validate_sds(&mut errs, s, &output_dir));
         let raw_certs = raw.certificates.unwrap_or_default();
         if raw_certs.is_empty()
             && raw.secrets.as_ref().is_none_or(Vec::is_empty)
@@ -216,6 +223,9 @@ impl Config {
                 }
                 certificates.push((i, cert));
             }
+        }
+        if sds.is_some() {
+            check_sds_names_unique(&mut errs, &certificates);
         }
         for (i, cert) in &certificates {
             if let Some(IssuerSpec::Vault(v)) = issuers.get(&cert.issuer) {
@@ -301,6 +311,7 @@ impl Config {
                 token_sinks,
                 reload,
                 listen,
+                sds,
             })
         } else {
             if origin == Origin::Flags {
@@ -339,11 +350,13 @@ impl Config {
                     pkcs12: None,
                 },
                 templates: Vec::new(),
+                sds: SdsNames::of("tls"),
             }],
             secrets: Vec::new(),
             token_sinks: Vec::new(),
             reload: None,
             listen: None,
+            sds: None,
         }
     }
 

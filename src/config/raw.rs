@@ -25,6 +25,8 @@ pub struct RawConfig {
     pub reload: Option<RawReload>,
     /// `server`: the admin endpoint.
     pub server: Option<RawServer>,
+    /// `sds`: Envoy's Secret Discovery Service.
+    pub sds: Option<RawSds>,
     /// Issuers whose shape was already reported as invalid: they still
     /// exist for the certificates that name them, so that one mistake is
     /// not reported again as "not a configured issuer".
@@ -38,6 +40,32 @@ pub struct RawConfig {
 pub struct RawServer {
     /// `server.listen`: the address and port to serve on.
     pub listen: Option<String>,
+}
+
+/// `sds`: the Envoy Secret Discovery Service pillion serves.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawSds {
+    /// `sds.socket`: the Unix socket, absolute or relative to outputDir.
+    pub socket: Option<String>,
+    /// `sds.listen`: a loopback address and port to serve on as well.
+    pub listen: Option<String>,
+    /// `sds.mode`: the socket's mode (octal string).
+    pub mode: Option<Value>,
+    /// `sds.uid`: the socket's owner.
+    pub uid: Option<u32>,
+    /// `sds.gid`: the socket's group.
+    pub gid: Option<u32>,
+}
+
+/// `certificates[N].sds`: the certificate's SDS resource names.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawCertificateSds {
+    /// `sds.certificate`: the name of its `tls_certificate` resource.
+    pub certificate: Option<String>,
+    /// `sds.validationContext`: the name of its trust anchors' resource.
+    pub validation_context: Option<String>,
 }
 
 /// One entry of `issuers`: exactly one kind of issuer.
@@ -293,6 +321,8 @@ pub struct RawCertificate {
     pub files: Option<RawFiles>,
     /// `certificates[N].templates`: files rendered from templates, in the same directory.
     pub templates: Option<Vec<RawTemplate>>,
+    /// `certificates[N].sds`: its resource names in the Secret Discovery Service.
+    pub sds: Option<RawCertificateSds>,
 }
 
 /// `certificates[N].privateKey`: the key algorithm and its rotation.
@@ -408,6 +438,8 @@ mod tests {
             fields_of::<RawTokenSink>(),
             fields_of::<RawReload>(),
             fields_of::<RawServer>(),
+            fields_of::<RawSds>(),
+            fields_of::<RawCertificateSds>(),
         ];
         let mut missing = Vec::new();
         for field in all.iter().flatten() {
@@ -430,7 +462,8 @@ mod tests {
                 "certificates",
                 "secrets",
                 "reload",
-                "server"
+                "server",
+                "sds"
             ]
         );
         assert!(

@@ -1,6 +1,7 @@
 //! The validated configuration's parts, and the defaults filled in for what
 //! the user left out.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -274,6 +275,42 @@ pub struct CertificateSpec {
     pub files: FileSpec,
     /// Files rendered from templates, published with the certificate's.
     pub templates: Vec<TemplateSpec>,
+    /// Its resource names in the Secret Discovery Service (when `sds` is on).
+    pub sds: SdsNames,
+}
+
+/// A certificate's two resources in the Secret Discovery Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SdsNames {
+    /// The `tls_certificate` (chain and key); default: the certificate's name.
+    pub certificate: String,
+    /// The `validation_context` (its trust anchors); default: `<name>-ca`.
+    pub validation_context: String,
+}
+
+impl SdsNames {
+    /// The default names of the certificate `name`.
+    pub fn of(name: &str) -> SdsNames {
+        SdsNames {
+            certificate: name.to_owned(),
+            validation_context: format!("{name}-ca"),
+        }
+    }
+}
+
+/// `sds`: where pillion serves Envoy's Secret Discovery Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SdsSpec {
+    /// The Unix socket (absolute: a relative one is resolved against outputDir).
+    pub socket: PathBuf,
+    /// A loopback address to serve on as well.
+    pub listen: Option<SocketAddr>,
+    /// The socket's mode.
+    pub mode: u32,
+    /// The socket's owner, if set.
+    pub uid: Option<u32>,
+    /// The socket's group, if set.
+    pub gid: Option<u32>,
 }
 
 /// The files a certificate is published as: names relative to its directory,

@@ -44,6 +44,7 @@ pub(super) fn parse_yaml(text: &str) -> Result<(RawConfig, Vec<FieldError>), Vec
             "stateDir" => raw.state_dir = typed(&mut errs, &key, value),
             "reload" => raw.reload = typed(&mut errs, &key, value),
             "server" => raw.server = typed(&mut errs, &key, value),
+            "sds" => raw.sds = typed(&mut errs, &key, value),
             "issuers" => match value {
                 Value::Mapping(map) => {
                     let mut issuers = BTreeMap::new();
@@ -91,7 +92,7 @@ pub(super) fn parse_yaml(text: &str) -> Result<(RawConfig, Vec<FieldError>), Vec
             },
             other => errs.add(
                 other,
-                "unknown field (expected one of outputDir, stateDir, issuers, certificates, secrets, reload, server)",
+                "unknown field (expected one of outputDir, stateDir, issuers, certificates, secrets, reload, server, sds)",
             ),
         }
     }

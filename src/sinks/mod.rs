@@ -10,15 +10,18 @@
 mod bundle;
 mod kubelet;
 mod pkcs12;
+mod push;
 mod secret_files;
 mod template;
 mod token_file;
 
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::config::{CertificateSpec, SecretSpec, TokenSinkSpec};
 use crate::credential::{Credential, Inputs};
+use crate::delivery::Hub;
 use crate::keys::PrivateKey;
 use crate::output::FileEntry;
 use crate::template::TemplateError;
@@ -70,6 +73,16 @@ pub trait Sink: Send + Sync + fmt::Debug {
     /// `credential` replaces it, to warn about what the app will notice.
     fn notice(&self, _live: &Path, _credential: &Credential) {}
 
+    /// Hands over `credential` once its files are published (and, at start
+    /// or after a configuration reload, what is live on disk): for sinks
+    /// that push credentials instead of writing files ([`crate::delivery`]).
+    fn deliver(&self, _credential: &Arc<Credential>) {}
+
+    /// Whether this sink wants [`deliver`](Sink::deliver) calls.
+    fn delivers(&self) -> bool {
+        false
+    }
+
     /// Whether this sink reads credentials other than its own (a
     /// template): the loop then keeps every credential it checked in
     /// [`Inputs`], and renders this sink again when one it
@@ -107,9 +120,10 @@ pub enum SinkError {
     },
 }
 
-/// The sinks of a certificate, as configured in its `files`. The one place
-/// that registers a certificate sink.
-pub fn for_certificate(spec: &CertificateSpec) -> Vec<Box<dyn Sink>> {
+/// The sinks of a certificate, as configured in its `files`, and its push
+/// deliveries when `hub` serves them. The one place that registers a
+/// certificate sink.
+pub fn for_certificate(spec: &CertificateSpec, hub: Option<&Hub>) -> Vec<Box<dyn Sink>> {
     let f = &spec.files;
     let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(kubelet::KubeletFiles::new(&spec.name, f))];
     if let Some(bundle) = &f.bundle {
@@ -120,6 +134,9 @@ pub fn for_certificate(spec: &CertificateSpec) -> Vec<Box<dyn Sink>> {
     }
     for t in &spec.templates {
         sinks.push(Box::new(template::Template::new(&spec.name, t)));
+    }
+    if let Some(hub) = hub {
+        sinks.push(Box::new(push::Push::new(hub, &spec.sds)));
     }
     sinks
 }

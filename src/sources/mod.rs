@@ -21,6 +21,7 @@ use futures::future::BoxFuture;
 
 use crate::config::Config;
 use crate::credential::{Checked, Credential, HeadStart, Kind};
+use crate::delivery::Hub;
 use crate::issuers::{Issuer, IssuerError};
 use crate::keys::KeyError;
 use crate::output::Owner;
@@ -117,12 +118,17 @@ pub struct Plan {
 }
 
 /// The plan of every credential in `config`, each with its source and
-/// sinks. The one place that registers a source.
+/// sinks (certificates offered to `hub` too, when push deliveries are on).
+/// The one place that registers a source.
 ///
 /// # Panics
 /// When a credential names an issuer missing from `issuers`, or a secret
 /// names an issuer that is not Vault: validation and preflight rule both out.
-pub fn plans(config: &Config, issuers: &BTreeMap<String, Arc<Issuer>>) -> Vec<Plan> {
+pub fn plans(
+    config: &Config,
+    issuers: &BTreeMap<String, Arc<Issuer>>,
+    hub: Option<&Hub>,
+) -> Vec<Plan> {
     let certificates = config.certificates.iter().map(|spec| {
         let dir = spec.target_dir(&config.output_dir);
         Plan {
@@ -138,7 +144,7 @@ pub fn plans(config: &Config, issuers: &BTreeMap<String, Arc<Issuer>>) -> Vec<Pl
                 issuers[&spec.issuer].clone(),
                 &dir,
             )),
-            sinks: sinks::for_certificate(spec),
+            sinks: sinks::for_certificate(spec, hub),
             dir,
         }
     });

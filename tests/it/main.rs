@@ -20,6 +20,7 @@ mod cert_manager;
 mod config_reload;
 mod consistency;
 mod deploy_manifests;
+mod envoy_sds;
 mod fake_kube_selftest;
 mod init_local_ca;
 mod java_keystores;

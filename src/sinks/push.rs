@@ -1,0 +1,61 @@
+//! A certificate offered to the push deliveries ([`crate::delivery`]): its
+//! Envoy SDS resources. It writes no file; the loop hands it each
+//! certificate once its files are published.
+
+use std::sync::Arc;
+
+use super::{Sink, SinkError};
+use crate::config::SdsNames;
+use crate::credential::{Credential, Inputs};
+use crate::delivery::{Hub, Part};
+use crate::output::FileEntry;
+
+/// Offers one certificate to the hub under its SDS names.
+#[derive(Debug)]
+pub struct Push {
+    hub: Hub,
+    owner: u64,
+    names: SdsNames,
+}
+
+impl Push {
+    /// The push sink of a certificate with SDS resource names `names`.
+    pub fn new(hub: &Hub, names: &SdsNames) -> Push {
+        Push {
+            hub: hub.clone(),
+            owner: Hub::owner(),
+            names: names.clone(),
+        }
+    }
+}
+
+impl Sink for Push {
+    fn render(
+        &self,
+        _credential: &Credential,
+        _inputs: &Inputs,
+    ) -> Result<Vec<FileEntry>, SinkError> {
+        Ok(Vec::new())
+    }
+
+    fn deliver(&self, credential: &Arc<Credential>) {
+        let names = [
+            (self.names.certificate.as_str(), Part::Certificate),
+            (self.names.validation_context.as_str(), Part::TrustAnchors),
+        ];
+        self.hub.offer(self.owner, &names, credential);
+    }
+
+    fn delivers(&self) -> bool {
+        true
+    }
+}
+
+/// A certificate removed from the configuration (or whose names changed) is
+/// no longer served: when its sink goes, so does what it offered, unless a
+/// newer sink offered the same names since.
+impl Drop for Push {
+    fn drop(&mut self) {
+        self.hub.withdraw(self.owner);
+    }
+}
