@@ -514,7 +514,9 @@ impl Agent {
             warn!("server.listen changed: the admin endpoint keeps its address until pillion restarts");
         }
         if old_config.sds != self.config.sds {
-            warn!("sds changed: the SDS server keeps its socket and settings until pillion restarts");
+            warn!(
+                "sds changed: the SDS server keeps its socket and settings until pillion restarts"
+            );
         }
         self.publish_state();
     }

@@ -65,6 +65,11 @@ pub fn preflight(
     if let Err(e) = check_writable(&config.output_dir) {
         errors.push(format!("outputDir: {e}"));
     }
+    if let Some(sds) = &config.sds {
+        if let Err(e) = check_socket_path(&sds.socket) {
+            errors.push(format!("sds.socket: {e}"));
+        }
+    }
     let sinks = config
         .certificates
         .iter()
@@ -102,6 +107,7 @@ pub fn preflight(
                 .enumerate()
                 .map(|(i, s)| (format!("secrets[{i}]"), s.uid, s.gid)),
         )
+        .chain(config.sds.iter().map(|s| ("sds".to_owned(), s.uid, s.gid)))
         .chain(config.token_sinks.iter().map(|t| {
             (
                 format!("issuers.{}.vault.tokenSink", t.issuer),
@@ -202,6 +208,23 @@ impl Identity {
         }
         Ok(())
     }
+}
+
+/// A socket can be made at `path`: nothing but an old socket is there, and
+/// its directory is writable or can be created. Nothing is created here.
+fn check_socket_path(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => {
+            return Err(format!(
+                "{} exists and is not a socket: pillion will not replace it",
+                path.display()
+            ))
+        }
+        _ => {}
+    }
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    check_writable(parent).map_err(|e| format!("cannot create the socket {}: {e}", path.display()))
 }
 
 /// The output directory must be a writable directory, or creatable in the

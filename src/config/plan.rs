@@ -207,6 +207,30 @@ impl fmt::Display for Config {
             Some(r) => writeln!(f, "reload: {r}")?,
             None => writeln!(f, "reload: none (the app must watch the files itself)")?,
         }
+        if let Some(sds) = &self.sds {
+            let owner = match (sds.uid, sds.gid) {
+                (None, None) => String::new(),
+                (u, g) => format!(
+                    ", owner {}:{}",
+                    u.map_or("-".into(), |u| u.to_string()),
+                    g.map_or("-".into(), |g| g.to_string())
+                ),
+            };
+            writeln!(
+                f,
+                "envoy sds: {} ({:04o}{owner}){}",
+                sds.socket.display(),
+                sds.mode,
+                sds.listen.map_or(String::new(), |a| format!(" and {a}"))
+            )?;
+            for c in &self.certificates {
+                writeln!(
+                    f,
+                    "    {}: tls_certificate {:?}, validation_context {:?}",
+                    c.name, c.sds.certificate, c.sds.validation_context
+                )?;
+            }
+        }
         match &self.listen {
             Some(a) => writeln!(f, "admin endpoint: http://{a}/ (healthz, readyz, rotate)"),
             None => writeln!(f, "admin endpoint: off"),

@@ -311,3 +311,143 @@ impl SecretDiscoveryService for Sds {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::credential::Certificate;
+    use crate::delivery::Hub;
+    use crate::keys::{KeyAlgorithm, PrivateKey};
+    use crate::verify::Issued;
+    use envoy_types::pb::google::rpc::Status as RpcStatus;
+
+    /// A self-signed certificate: SDS does not verify, it only carries.
+    fn certificate() -> Arc<Credential> {
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["a.test".to_owned()])
+            .unwrap()
+            .self_signed(&key.key_pair())
+            .unwrap();
+        let der = leaf.der().to_vec();
+        Arc::new(Credential::Certificate(Certificate {
+            key,
+            issued: Issued {
+                chain: vec![der.clone()],
+                ca: vec![der],
+            },
+            names: crate::names::Names::default(),
+        }))
+    }
+
+    fn request(names: &[&str], nonce: &str, nack: Option<&str>) -> DiscoveryRequest {
+        DiscoveryRequest {
+            resource_names: names.iter().map(|n| (*n).to_owned()).collect(),
+            type_url: SECRET_TYPE.to_owned(),
+            response_nonce: nonce.to_owned(),
+            error_detail: nack.map(|m| RpcStatus {
+                code: 3,
+                message: m.to_owned(),
+                details: Vec::new(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn secrets(response: &DiscoveryResponse) -> Vec<Secret> {
+        response
+            .resources
+            .iter()
+            .map(|a| {
+                assert_eq!(a.type_url, SECRET_TYPE);
+                Secret::decode(a.value.as_slice()).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_stream_is_answered_then_pushed_only_what_changed() {
+        let hub = Hub::new();
+        let owner = Hub::owner();
+        let names = [("web", Part::Certificate), ("web-ca", Part::TrustAnchors)];
+        hub.offer(owner, &names, &certificate());
+        let rx = hub.subscribe();
+        let mut stream = Stream::default();
+
+        // The first request is answered with what it names that exists.
+        let first = stream
+            .on_request(request(&["web", "later"], "", None), &rx.borrow())
+            .expect("the first request is answered");
+        assert_eq!(first.nonce, "1");
+        let s = secrets(&first);
+        assert_eq!(s.len(), 1, "`later` is not there yet");
+        let Some(secret::Type::TlsCertificate(t)) = &s[0].r#type else {
+            panic!("web is a tls_certificate: {:?}", s[0].r#type);
+        };
+        let key = match &t.private_key.as_ref().unwrap().specifier {
+            Some(Specifier::InlineBytes(k)) => String::from_utf8(k.clone()).unwrap(),
+            other => panic!("{other:?}"),
+        };
+        assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"));
+
+        // An ACK, and an answer to an older response, ask for nothing.
+        assert!(stream
+            .on_request(request(&["web", "later"], "1", None), &rx.borrow())
+            .is_none());
+        assert!(stream
+            .on_request(request(&["web", "later"], "0", None), &rx.borrow())
+            .is_none());
+
+        // A renewal is pushed with a new version; the same content again is not.
+        hub.offer(owner, &names, &certificate());
+        let pushed = stream.on_change(&rx.borrow()).expect("a renewal is pushed");
+        assert_eq!(pushed.nonce, "2");
+        assert_ne!(pushed.version_info, first.version_info);
+        assert!(stream.on_change(&rx.borrow()).is_none());
+
+        // A NACK is logged, not answered.
+        assert!(stream
+            .on_request(
+                request(&["web", "later"], "2", Some("bad key")),
+                &rx.borrow()
+            )
+            .is_none());
+
+        // The name that was missing appears: both are pushed, the anchors as a
+        // validation context.
+        hub.offer(
+            Hub::owner(),
+            &[("later", Part::TrustAnchors)],
+            &certificate(),
+        );
+        let pushed = stream
+            .on_change(&rx.borrow())
+            .expect("the new name is pushed");
+        let s = secrets(&pushed);
+        assert_eq!(s.len(), 2);
+        assert!(matches!(
+            s[1].r#type,
+            Some(secret::Type::ValidationContext(_))
+        ));
+
+        // Asking for other names is answered at once, even with an old nonce's ACK.
+        let other = stream.on_request(request(&["web-ca"], "3", None), &rx.borrow());
+        assert_eq!(secrets(&other.unwrap())[0].name, "web-ca");
+    }
+
+    #[test]
+    fn a_sink_withdraws_only_what_it_still_owns() {
+        let hub = Hub::new();
+        let (old, new) = (Hub::owner(), Hub::owner());
+        hub.offer(old, &[("web", Part::Certificate)], &certificate());
+        hub.offer(new, &[("web", Part::Certificate)], &certificate());
+        hub.withdraw(old);
+        assert!(
+            hub.subscribe().borrow().contains_key("web"),
+            "a newer sink offered it"
+        );
+        hub.withdraw(new);
+        assert!(hub.subscribe().borrow().is_empty());
+    }
+}

@@ -190,3 +190,108 @@ fn envoy_takes_rotating_certificates_over_sds_with_no_failed_handshake() {
     );
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn a_name_envoy_asks_for_before_it_exists_is_logged_and_served_once_a_sighup_adds_it() {
+    let ca = openssl_ca(KeyKind::EcP256Pkcs8);
+    let fx = Fixture::new();
+    let socket = fx.path().join("sds.sock");
+    let only_web = config(&ca, &socket).replace("    duration: 6s\n", "    duration: 1h\n");
+    fx.write_config(&only_web);
+    let daemon = fx.run();
+    let client = fx.out.join("client");
+    wait_for_ctx(
+        "the SDS socket",
+        DEADLINE,
+        || daemon.describe(),
+        || socket.exists(),
+    );
+    let envoy = Envoy::start(&socket);
+    let ctx = || {
+        format!(
+            "{}\n{}\n{}",
+            fx.describe(),
+            daemon.describe(),
+            envoy.describe()
+        )
+    };
+    daemon.wait_for("the unknown name in the log", DEADLINE, || {
+        daemon
+            .logs()
+            .contains("Envoy asked for an SDS resource pillion does not have (yet)")
+            && daemon.logs().contains("resource=later")
+    });
+    // The stream stays up: the listeners with known names are served.
+    wait_served(&envoy, &client, &ca.cert, DEADLINE)
+        .unwrap_or_else(|e| panic!("Envoy never served web: {e}\n{}", ctx()));
+    assert!(
+        handshake_once(envoy.later_port, envoy.plain_port, &client, &ca.cert).is_err(),
+        "nothing to serve on the later listener yet\n{}",
+        ctx()
+    );
+
+    // A SIGHUP adds the certificate `later`: Envoy gets it on the stream it has open.
+    fx.write_config(&format!(
+        "{only_web}  - name: later\n    dnsNames: [localhost]\n    duration: 1h\n"
+    ));
+    daemon.signal(rustix::process::Signal::HUP);
+    let later_crt = fx.out.join("later/tls.crt");
+    wait_for_ctx(
+        "Envoy to serve the certificate added by SIGHUP",
+        DEADLINE,
+        ctx,
+        || {
+            let served = handshake_once(envoy.later_port, envoy.plain_port, &client, &ca.cert).ok();
+            served.is_some() && served == leaf_sha256(&later_crt)
+        },
+    );
+    assert!(
+        daemon
+            .logs()
+            .contains("the SDS resource Envoy asked for is there now"),
+        "{}",
+        ctx()
+    );
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_socket_that_cannot_be_made_or_a_listen_address_off_loopback_is_exit_2() {
+    let fx = Fixture::new();
+    let file = write(fx.path(), "a-file", "x");
+    for (sds, expected) in [
+        (
+            format!("{{socket: \"{}/sds.sock\"}}", file.display()),
+            format!(
+                "sds.socket: cannot create the socket {}/sds.sock",
+                file.display()
+            ),
+        ),
+        (
+            format!("{{socket: \"{}\"}}", file.display()),
+            format!("sds.socket: {} exists and is not a socket", file.display()),
+        ),
+        (
+            "{listen: \"0.0.0.0:15012\"}".to_owned(),
+            "sds.listen: \"0.0.0.0:15012\" is not a loopback address".to_owned(),
+        ),
+    ] {
+        fx.write_config(&format!(
+            "sds: {sds}\ncertificates:\n  - name: web\n    dnsNames: [localhost]\n"
+        ));
+        for command in ["check", "run"] {
+            let ran = run_bounded(&mut fx.pillion(&[command]), COMMAND_DEADLINE);
+            assert_eq!(ran.code(), Some(2), "{}", ran.describe());
+            assert!(
+                ran.stderr.contains(&expected),
+                "{expected}\n{}",
+                ran.describe()
+            );
+        }
+    }
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "x",
+        "the file is left alone"
+    );
+}

@@ -34,10 +34,13 @@ const SDS: &str = "{resource_api_version: V3, api_config_source: {api_type: GRPC
 ///   SDS `client-ca`; it answers "ok".
 /// - `plain_port`: a plain HTTP listener that proxies to the mTLS listener, as an upstream whose
 ///   client certificate is SDS `client` and whose server validation is SDS `web-ca`.
+/// - `later_port`: a TLS listener whose certificate is SDS `later`, which pillion may not have
+///   (Envoy waits for it 1 s at start, then starts without it).
 /// - `admin_port`: Envoy's admin interface.
 pub struct Envoy {
     pub dir: tempfile::TempDir,
     pub tls_port: u16,
+    pub later_port: u16,
     pub plain_port: u16,
     pub admin_port: u16,
     socket: PathBuf,
@@ -50,6 +53,7 @@ impl Envoy {
         let envoy = Envoy {
             dir,
             tls_port: free_port(),
+            later_port: free_port(),
             plain_port: free_port(),
             admin_port: free_port(),
             socket: socket.to_owned(),
@@ -119,11 +123,27 @@ static_resources:
     filter_chains:
     - filters:
         {plain_hcm}
+  - name: later
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {later}}}}}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificate_sds_secret_configs: [{{name: later, sds_config: {{initial_fetch_timeout: 1s, resource_api_version: V3, api_config_source: {{api_type: GRPC, transport_api_version: V3, grpc_services: [{{envoy_grpc: {{cluster_name: sds}}}}]}}}}}}]
+      filters:
+        {later_hcm}
 "#,
             admin = self.admin_port,
             socket = self.socket.display(),
             tls = self.tls_port,
             plain = self.plain_port,
+            later = self.later_port,
+            later_hcm = hcm(
+                "later",
+                r#"direct_response: {status: 200, body: {inline_string: "ok\n"}}"#
+            ),
             tls_hcm = hcm(
                 "tls",
                 r#"direct_response: {status: 200, body: {inline_string: "ok\n"}}"#
