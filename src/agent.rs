@@ -518,6 +518,14 @@ impl Agent {
                 "sds changed: the SDS server keeps its socket and settings until pillion restarts"
             );
         }
+        let socket = |c: &Config| {
+            c.workload_api
+                .as_ref()
+                .map(|w| (w.socket.clone(), w.mode, w.uid, w.gid))
+        };
+        if socket(&old_config) != socket(&self.config) {
+            warn!("workloadApi changed: its socket keeps its path and settings until pillion restarts (the SVIDs follow the new configuration)");
+        }
         self.publish_state();
     }
 

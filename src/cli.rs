@@ -344,6 +344,7 @@ impl CertArgs {
             reload,
             server: None,
             sds: None,
+            workload_api: None,
             unparsed_issuers: Vec::new(),
         }
     }

@@ -112,36 +112,38 @@ fn main() -> ExitCode {
                 })?),
                 None => None,
             };
-        // Envoy's SDS, for `run` only: an init container has no Envoy beside it.
-        let sds = match (&config.sds, &mode) {
-            (Some(spec), Mode::Run) => {
-                let hub = pillion::delivery::Hub::new();
-                let unix =
-                    pillion::delivery::bind_unix(&spec.socket, spec.mode, spec.uid, spec.gid)
-                        .with_context(|| {
-                            format!("failed to serve SDS on {}", spec.socket.display())
-                        })?;
-                let tcp = match spec.listen {
-                    Some(addr) => {
-                        Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
-                            format!("failed to serve SDS on {addr} (sds.listen)")
-                        })?)
-                    }
-                    None => None,
-                };
-                let served = hub.clone();
-                let socket = spec.socket.display().to_string();
-                tokio::spawn(async move { pillion::delivery::serve_sds(unix, tcp, &served).await });
-                tracing::info!(socket = %socket, tcp = ?spec.listen, "serving Envoy SDS");
-                Some(hub)
-            }
-            _ => None,
-        };
+        // Envoy's SDS and the SPIFFE Workload API, for `run` only: an init
+        // container has no peer beside it.
+        let pushing =
+            matches!(mode, Mode::Run) && (config.sds.is_some() || config.workload_api.is_some());
+        let hub = pushing.then(pillion::delivery::Hub::new);
+        if let (Some(spec), Some(hub)) = (&config.sds, &hub) {
+            let unix = pillion::delivery::bind_unix(&spec.socket, spec.mode, spec.uid, spec.gid)
+                .with_context(|| format!("failed to serve SDS on {}", spec.socket.display()))?;
+            let tcp = match spec.listen {
+                Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                    format!("failed to serve SDS on {addr} (sds.listen)")
+                })?),
+                None => None,
+            };
+            let served = hub.clone();
+            tokio::spawn(async move { pillion::delivery::serve_sds(unix, tcp, &served).await });
+            tracing::info!(socket = %spec.socket.display(), tcp = ?spec.listen, "serving Envoy SDS");
+        }
+        if let (Some(spec), Some(hub)) = (&config.workload_api, &hub) {
+            let unix = pillion::delivery::bind_unix(&spec.socket, spec.mode, spec.uid, spec.gid)
+                .with_context(|| {
+                    format!("failed to serve the Workload API on {}", spec.socket.display())
+                })?;
+            let served = hub.clone();
+            tokio::spawn(async move { pillion::delivery::serve_workload_api(unix, &served).await });
+            tracing::info!(socket = %spec.socket.display(), svids = %spec.svids.join(","), "serving the SPIFFE Workload API");
+        }
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(signals.forward(tx.clone()));
         let metrics = std::sync::Arc::new(pillion::telemetry::Metrics::new());
         let output_dir = config.output_dir.clone();
-        let mut agent = Agent::new(config, issuers, metrics.clone(), sds);
+        let mut agent = Agent::new(config, issuers, metrics.clone(), hub);
         // What `pillion status` cannot read from the files (leases, failures).
         if matches!(mode, Mode::Run) {
             tokio::spawn(pillion::status::record(output_dir, agent.subscribe()));

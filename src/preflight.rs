@@ -70,6 +70,14 @@ pub fn preflight(
             errors.push(format!("sds.socket: {e}"));
         }
     }
+    if let Some(w) = &config.workload_api {
+        if let Err(e) = check_socket_path(&w.socket) {
+            errors.push(format!("workloadApi.socket: {e}"));
+        }
+        if config.sds.as_ref().is_some_and(|s| s.socket == w.socket) {
+            errors.push("workloadApi.socket: is also sds.socket: each needs its own socket".into());
+        }
+    }
     let sinks = config
         .certificates
         .iter()
@@ -77,7 +85,7 @@ pub fn preflight(
         .map(|(i, c)| {
             (
                 format!("certificates[{i}]"),
-                sinks::for_certificate(c, None),
+                sinks::for_certificate(c, None, None),
             )
         })
         .chain(
@@ -108,6 +116,12 @@ pub fn preflight(
                 .map(|(i, s)| (format!("secrets[{i}]"), s.uid, s.gid)),
         )
         .chain(config.sds.iter().map(|s| ("sds".to_owned(), s.uid, s.gid)))
+        .chain(
+            config
+                .workload_api
+                .iter()
+                .map(|w| ("workloadApi".to_owned(), w.uid, w.gid)),
+        )
         .chain(config.token_sinks.iter().map(|t| {
             (
                 format!("issuers.{}.vault.tokenSink", t.issuer),

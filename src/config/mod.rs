@@ -46,6 +46,7 @@ mod spec;
 mod templates;
 mod tokens;
 mod values;
+mod workload;
 mod yaml;
 
 use certificates::validate_certificate;
@@ -58,6 +59,8 @@ pub use sds::{DEFAULT_SDS_SOCKET, DEFAULT_SOCKET_MODE};
 use secrets::validate_secret;
 use templates::check_inline_templates;
 use tokens::validate_token_sink;
+use workload::validate_workload_api;
+pub use workload::{spiffe_id, DEFAULT_WORKLOAD_SOCKET};
 
 use error::Errors;
 pub use error::{ConfigErrors, FieldError};
@@ -67,16 +70,16 @@ pub use raw::{
     RawAppRoleAuth, RawCertManager, RawCertificate, RawCertificateSds, RawConfig, RawFiles,
     RawIssuer, RawIssuerRef, RawKubernetesCsr, RawLocalCa, RawPkcs12, RawPki, RawPrivateKey,
     RawReload, RawRoleAuth, RawSds, RawSecret, RawServer, RawTemplate, RawTokenAuth, RawTokenSink,
-    RawVault, RawVaultAuth,
+    RawVault, RawVaultAuth, RawWorkloadApi,
 };
 pub use spec::{
     default_state_dir, CertManagerSpec, CertificateSpec, FileSpec, IssuerRef, IssuerSpec,
     KeyRotation, KubernetesCsrSpec, Pkcs12Spec, SdsNames, SdsSpec, SecretFormat, SecretSpec,
-    TemplateSource, TemplateSpec, TokenSinkSpec, DEFAULT_CA_FILE, DEFAULT_CERTIFICATE_FILE,
-    DEFAULT_CLUSTER_TIMEOUT, DEFAULT_DURATION, DEFAULT_KEY_MODE, DEFAULT_KUBERNETES_TOKEN_FILE,
-    DEFAULT_MODE, DEFAULT_PRIVATE_KEY_FILE, DEFAULT_REFRESH_INTERVAL,
-    DEFAULT_RENEW_BEFORE_PERCENTAGE, DEFAULT_VAULT_TIMEOUT, DEVELOPMENT_ISSUER, MAX_NAMES,
-    MIN_DURATION, SERVICE_ACCOUNT_CA_FILE,
+    TemplateSource, TemplateSpec, TokenSinkSpec, WorkloadApiSpec, DEFAULT_CA_FILE,
+    DEFAULT_CERTIFICATE_FILE, DEFAULT_CLUSTER_TIMEOUT, DEFAULT_DURATION, DEFAULT_KEY_MODE,
+    DEFAULT_KUBERNETES_TOKEN_FILE, DEFAULT_MODE, DEFAULT_PRIVATE_KEY_FILE,
+    DEFAULT_REFRESH_INTERVAL, DEFAULT_RENEW_BEFORE_PERCENTAGE, DEFAULT_VAULT_TIMEOUT,
+    DEVELOPMENT_ISSUER, MAX_NAMES, MIN_DURATION, SERVICE_ACCOUNT_CA_FILE,
 };
 
 use values::{credential_name, is_valid_name, parse_mode, required_path, required_string};
@@ -107,6 +110,8 @@ pub struct Config {
     pub listen: Option<SocketAddr>,
     /// Where Envoy's Secret Discovery Service is served; `None` turns it off.
     pub sds: Option<SdsSpec>,
+    /// Where the SPIFFE Workload API is served; `None` turns it off.
+    pub workload_api: Option<WorkloadApiSpec>,
 }
 
 /// Where a configuration came from, which decides how field paths are shown.
@@ -227,6 +232,9 @@ impl Config {
         if sds.is_some() {
             check_sds_names_unique(&mut errs, &certificates);
         }
+        let workload_api = raw
+            .workload_api
+            .map(|w| validate_workload_api(&mut errs, w, &certificates, &output_dir));
         for (i, cert) in &certificates {
             if let Some(IssuerSpec::Vault(v)) = issuers.get(&cert.issuer) {
                 if v.pki.is_none() {
@@ -312,6 +320,7 @@ impl Config {
                 reload,
                 listen,
                 sds,
+                workload_api,
             })
         } else {
             if origin == Origin::Flags {
@@ -357,6 +366,7 @@ impl Config {
             reload: None,
             listen: None,
             sds: None,
+            workload_api: None,
         }
     }
 

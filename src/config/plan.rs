@@ -208,14 +208,7 @@ impl fmt::Display for Config {
             None => writeln!(f, "reload: none (the app must watch the files itself)")?,
         }
         if let Some(sds) = &self.sds {
-            let owner = match (sds.uid, sds.gid) {
-                (None, None) => String::new(),
-                (u, g) => format!(
-                    ", owner {}:{}",
-                    u.map_or("-".into(), |u| u.to_string()),
-                    g.map_or("-".into(), |g| g.to_string())
-                ),
-            };
+            let owner = owner_text(sds.uid, sds.gid);
             writeln!(
                 f,
                 "envoy sds: {} ({:04o}{owner}){}",
@@ -231,10 +224,32 @@ impl fmt::Display for Config {
                 )?;
             }
         }
+        if let Some(w) = &self.workload_api {
+            writeln!(
+                f,
+                "spiffe workload api: {} ({:04o}{}), SVIDs: {}",
+                w.socket.display(),
+                w.mode,
+                owner_text(w.uid, w.gid),
+                w.svids.join(", ")
+            )?;
+        }
         match &self.listen {
             Some(a) => writeln!(f, "admin endpoint: http://{a}/ (healthz, readyz, rotate)"),
             None => writeln!(f, "admin endpoint: off"),
         }
+    }
+}
+
+/// `, owner UID:GID` of a socket, `-` for what is left as it is.
+fn owner_text(uid: Option<u32>, gid: Option<u32>) -> String {
+    match (uid, gid) {
+        (None, None) => String::new(),
+        (u, g) => format!(
+            ", owner {}:{}",
+            u.map_or("-".into(), |u| u.to_string()),
+            g.map_or("-".into(), |g| g.to_string())
+        ),
     }
 }
 

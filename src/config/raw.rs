@@ -27,6 +27,8 @@ pub struct RawConfig {
     pub server: Option<RawServer>,
     /// `sds`: Envoy's Secret Discovery Service.
     pub sds: Option<RawSds>,
+    /// `workloadApi`: the SPIFFE Workload API.
+    pub workload_api: Option<RawWorkloadApi>,
     /// Issuers whose shape was already reported as invalid: they still
     /// exist for the certificates that name them, so that one mistake is
     /// not reported again as "not a configured issuer".
@@ -56,6 +58,22 @@ pub struct RawSds {
     pub uid: Option<u32>,
     /// `sds.gid`: the socket's group.
     pub gid: Option<u32>,
+}
+
+/// `workloadApi`: the SPIFFE Workload API pillion serves.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawWorkloadApi {
+    /// `workloadApi.socket`: the Unix socket, absolute or relative to outputDir.
+    pub socket: Option<String>,
+    /// `workloadApi.mode`: the socket's mode (octal string).
+    pub mode: Option<Value>,
+    /// `workloadApi.uid`: the socket's owner.
+    pub uid: Option<u32>,
+    /// `workloadApi.gid`: the socket's group.
+    pub gid: Option<u32>,
+    /// `workloadApi.svids`: the certificates served as X.509-SVIDs, by name.
+    pub svids: Option<Vec<String>>,
 }
 
 /// `certificates[N].sds`: the certificate's SDS resource names.
@@ -440,6 +458,7 @@ mod tests {
             fields_of::<RawServer>(),
             fields_of::<RawSds>(),
             fields_of::<RawCertificateSds>(),
+            fields_of::<RawWorkloadApi>(),
         ];
         let mut missing = Vec::new();
         for field in all.iter().flatten() {
@@ -463,7 +482,8 @@ mod tests {
                 "secrets",
                 "reload",
                 "server",
-                "sds"
+                "sds",
+                "workloadApi"
             ]
         );
         assert!(

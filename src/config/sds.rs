@@ -15,27 +15,62 @@ pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
 /// The socket's name in outputDir when `sds.socket` is left out.
 pub const DEFAULT_SDS_SOCKET: &str = "sds.sock";
 
-/// Validates `sds`; `output_dir` resolves a relative socket path.
-pub(super) fn validate_sds(errs: &mut Errors, raw: RawSds, output_dir: &Path) -> SdsSpec {
-    let socket = match raw.socket.as_deref() {
+/// The longest socket path: a sockaddr_un holds 108 bytes, the last a NUL,
+/// and the socket is first bound 10 bytes deeper (`.pXXXXXX/s` beside it).
+const MAX_SOCKET_PATH: usize = 96;
+
+/// A socket's path and mode, of the section `section` (`sds`,
+/// `workloadApi`): a relative path is resolved against `output_dir`.
+pub(super) fn validate_socket(
+    errs: &mut Errors,
+    section: &str,
+    socket: Option<&str>,
+    default_name: &str,
+    mode: Option<serde_yaml_ng::Value>,
+    output_dir: &Path,
+) -> (PathBuf, u32) {
+    let socket = match socket {
         Some("") => {
-            errs.add("sds.socket", "is empty: a path for the Unix socket");
+            errs.add(
+                format!("{section}.socket"),
+                "is empty: a path for the Unix socket",
+            );
             PathBuf::new()
         }
         Some(p) => output_dir.join(p),
-        None => output_dir.join(DEFAULT_SDS_SOCKET),
+        None => output_dir.join(default_name),
     };
-    // A sockaddr_un holds 108 bytes, the last a NUL.
-    if socket.as_os_str().len() > 107 {
+    if socket.as_os_str().len() > MAX_SOCKET_PATH {
         errs.add(
-            "sds.socket",
+            format!("{section}.socket"),
             format!(
-                "{} is {} bytes long: a Unix socket path can have at most 107",
+                "{} is {} bytes long: a Unix socket path can have at most {MAX_SOCKET_PATH} here",
                 socket.display(),
                 socket.as_os_str().len()
             ),
         );
     }
+    let mode = match mode.map(|m| parse_mode(&m)) {
+        None => DEFAULT_SOCKET_MODE,
+        Some(Ok(m)) => m,
+        Some(Err(e)) => {
+            errs.add(format!("{section}.mode"), e);
+            DEFAULT_SOCKET_MODE
+        }
+    };
+    (socket, mode)
+}
+
+/// Validates `sds`; `output_dir` resolves a relative socket path.
+pub(super) fn validate_sds(errs: &mut Errors, raw: RawSds, output_dir: &Path) -> SdsSpec {
+    let (socket, mode) = validate_socket(
+        errs,
+        "sds",
+        raw.socket.as_deref(),
+        DEFAULT_SDS_SOCKET,
+        raw.mode,
+        output_dir,
+    );
     let listen = raw.listen.and_then(|l| match l.parse::<SocketAddr>() {
         Ok(a) if a.ip().is_loopback() => Some(a),
         Ok(_) => {
@@ -53,14 +88,6 @@ pub(super) fn validate_sds(errs: &mut Errors, raw: RawSds, output_dir: &Path) ->
             None
         }
     });
-    let mode = match raw.mode.map(|m| parse_mode(&m)) {
-        None => DEFAULT_SOCKET_MODE,
-        Some(Ok(m)) => m,
-        Some(Err(e)) => {
-            errs.add("sds.mode", e);
-            DEFAULT_SOCKET_MODE
-        }
-    };
     SdsSpec {
         socket,
         listen,
@@ -162,8 +189,8 @@ mod tests {
             p,
             [
                 "sds.socket",
-                "sds.listen",
                 "sds.mode",
+                "sds.listen",
                 "certificates[2].sds.validationContext",
                 "certificates[1].sds.certificate",
             ]

@@ -298,6 +298,21 @@ impl SdsNames {
     }
 }
 
+/// `workloadApi`: where pillion serves the SPIFFE Workload API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadApiSpec {
+    /// The Unix socket (absolute: a relative one is resolved against outputDir).
+    pub socket: PathBuf,
+    /// The socket's mode.
+    pub mode: u32,
+    /// The socket's owner, if set.
+    pub uid: Option<u32>,
+    /// The socket's group, if set.
+    pub gid: Option<u32>,
+    /// The certificates served as X.509-SVIDs, by name, the default first.
+    pub svids: Vec<String>,
+}
+
 /// `sds`: where pillion serves Envoy's Secret Discovery Service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SdsSpec {

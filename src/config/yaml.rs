@@ -45,6 +45,7 @@ pub(super) fn parse_yaml(text: &str) -> Result<(RawConfig, Vec<FieldError>), Vec
             "reload" => raw.reload = typed(&mut errs, &key, value),
             "server" => raw.server = typed(&mut errs, &key, value),
             "sds" => raw.sds = typed(&mut errs, &key, value),
+            "workloadApi" => raw.workload_api = typed(&mut errs, &key, value),
             "issuers" => match value {
                 Value::Mapping(map) => {
                     let mut issuers = BTreeMap::new();
@@ -92,7 +93,7 @@ pub(super) fn parse_yaml(text: &str) -> Result<(RawConfig, Vec<FieldError>), Vec
             },
             other => errs.add(
                 other,
-                "unknown field (expected one of outputDir, stateDir, issuers, certificates, secrets, reload, server, sds)",
+                "unknown field (expected one of outputDir, stateDir, issuers, certificates, secrets, reload, server, sds, workloadApi)",
             ),
         }
     }

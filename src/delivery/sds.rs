@@ -31,7 +31,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
-use super::{Part, Resources};
+use super::{Offered, Part, Resources};
 use crate::credential::Credential;
 use crate::pem;
 
@@ -42,12 +42,12 @@ pub const SECRET_TYPE: &str =
 /// The SDS service over the hub's resources.
 #[derive(Debug, Clone)]
 pub struct Sds {
-    resources: watch::Receiver<Resources>,
+    resources: watch::Receiver<Offered>,
 }
 
 impl Sds {
-    /// Serves what `resources` holds.
-    pub fn new(resources: watch::Receiver<Resources>) -> Sds {
+    /// Serves the SDS resources `resources` holds.
+    pub fn new(resources: watch::Receiver<Offered>) -> Sds {
         Sds { resources }
     }
 
@@ -262,7 +262,7 @@ impl SecretDiscoveryService for Sds {
                     message = inbound.message() => match message {
                         Ok(Some(req)) => {
                             let current = resources.borrow_and_update();
-                            stream.on_request(req, &current)
+                            stream.on_request(req, &current.sds)
                         }
                         Ok(None) => break,
                         Err(status) => {
@@ -275,7 +275,7 @@ impl SecretDiscoveryService for Sds {
                             break;
                         }
                         let current = resources.borrow_and_update();
-                        stream.on_change(&current)
+                        stream.on_change(&current.sds)
                     }
                     () = tx.closed() => break,
                 };
@@ -295,7 +295,7 @@ impl SecretDiscoveryService for Sds {
         request: Request<DiscoveryRequest>,
     ) -> Result<Response<DiscoveryResponse>, Status> {
         let req = request.into_inner();
-        let current = self.resources.borrow().clone();
+        let current = self.resources.borrow().sds.clone();
         let Some((version, found)) = encode(&req.resource_names, &current) else {
             return Err(Status::not_found(format!(
                 "no SDS resource named {}",
@@ -371,13 +371,13 @@ mod tests {
         let hub = Hub::new();
         let owner = Hub::owner();
         let names = [("web", Part::Certificate), ("web-ca", Part::TrustAnchors)];
-        hub.offer(owner, &names, &certificate());
+        hub.offer(owner, &names, None, &certificate());
         let rx = hub.subscribe();
         let mut stream = Stream::default();
 
         // The first request is answered with what it names that exists.
         let first = stream
-            .on_request(request(&["web", "later"], "", None), &rx.borrow())
+            .on_request(request(&["web", "later"], "", None), &rx.borrow().sds)
             .expect("the first request is answered");
         assert_eq!(first.nonce, "1");
         let s = secrets(&first);
@@ -393,24 +393,26 @@ mod tests {
 
         // An ACK, and an answer to an older response, ask for nothing.
         assert!(stream
-            .on_request(request(&["web", "later"], "1", None), &rx.borrow())
+            .on_request(request(&["web", "later"], "1", None), &rx.borrow().sds)
             .is_none());
         assert!(stream
-            .on_request(request(&["web", "later"], "0", None), &rx.borrow())
+            .on_request(request(&["web", "later"], "0", None), &rx.borrow().sds)
             .is_none());
 
         // A renewal is pushed with a new version; the same content again is not.
-        hub.offer(owner, &names, &certificate());
-        let pushed = stream.on_change(&rx.borrow()).expect("a renewal is pushed");
+        hub.offer(owner, &names, None, &certificate());
+        let pushed = stream
+            .on_change(&rx.borrow().sds)
+            .expect("a renewal is pushed");
         assert_eq!(pushed.nonce, "2");
         assert_ne!(pushed.version_info, first.version_info);
-        assert!(stream.on_change(&rx.borrow()).is_none());
+        assert!(stream.on_change(&rx.borrow().sds).is_none());
 
         // A NACK is logged, not answered.
         assert!(stream
             .on_request(
                 request(&["web", "later"], "2", Some("bad key")),
-                &rx.borrow()
+                &rx.borrow().sds
             )
             .is_none());
 
@@ -419,10 +421,11 @@ mod tests {
         hub.offer(
             Hub::owner(),
             &[("later", Part::TrustAnchors)],
+            None,
             &certificate(),
         );
         let pushed = stream
-            .on_change(&rx.borrow())
+            .on_change(&rx.borrow().sds)
             .expect("the new name is pushed");
         let s = secrets(&pushed);
         assert_eq!(s.len(), 2);
@@ -432,7 +435,7 @@ mod tests {
         ));
 
         // Asking for other names is answered at once, even with an old nonce's ACK.
-        let other = stream.on_request(request(&["web-ca"], "3", None), &rx.borrow());
+        let other = stream.on_request(request(&["web-ca"], "3", None), &rx.borrow().sds);
         assert_eq!(secrets(&other.unwrap())[0].name, "web-ca");
     }
 
@@ -440,14 +443,26 @@ mod tests {
     fn a_sink_withdraws_only_what_it_still_owns() {
         let hub = Hub::new();
         let (old, new) = (Hub::owner(), Hub::owner());
-        hub.offer(old, &[("web", Part::Certificate)], &certificate());
-        hub.offer(new, &[("web", Part::Certificate)], &certificate());
+        hub.offer(
+            old,
+            &[("web", Part::Certificate)],
+            Some(("web", 0)),
+            &certificate(),
+        );
+        hub.offer(
+            new,
+            &[("web", Part::Certificate)],
+            Some(("web", 0)),
+            &certificate(),
+        );
         hub.withdraw(old);
         assert!(
-            hub.subscribe().borrow().contains_key("web"),
+            hub.subscribe().borrow().sds.contains_key("web"),
             "a newer sink offered it"
         );
+        assert!(hub.subscribe().borrow().svids.contains_key("web"));
         hub.withdraw(new);
-        assert!(hub.subscribe().borrow().is_empty());
+        assert!(hub.subscribe().borrow().sds.is_empty());
+        assert!(hub.subscribe().borrow().svids.is_empty());
     }
 }

@@ -121,9 +121,14 @@ pub enum SinkError {
 }
 
 /// The sinks of a certificate, as configured in its `files`, and its push
-/// deliveries when `hub` serves them. The one place that registers a
+/// deliveries when `hub` serves them (`svid`: its place among the
+/// X.509-SVIDs, if it is one). The one place that registers a
 /// certificate sink.
-pub fn for_certificate(spec: &CertificateSpec, hub: Option<&Hub>) -> Vec<Box<dyn Sink>> {
+pub fn for_certificate(
+    spec: &CertificateSpec,
+    hub: Option<&Hub>,
+    svid: Option<usize>,
+) -> Vec<Box<dyn Sink>> {
     let f = &spec.files;
     let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(kubelet::KubeletFiles::new(&spec.name, f))];
     if let Some(bundle) = &f.bundle {
@@ -136,7 +141,7 @@ pub fn for_certificate(spec: &CertificateSpec, hub: Option<&Hub>) -> Vec<Box<dyn
         sinks.push(Box::new(template::Template::new(&spec.name, t)));
     }
     if let Some(hub) = hub {
-        sinks.push(Box::new(push::Push::new(hub, &spec.sds)));
+        sinks.push(Box::new(push::Push::new(hub, &spec.name, &spec.sds, svid)));
     }
     sinks
 }

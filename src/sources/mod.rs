@@ -117,6 +117,16 @@ pub struct Plan {
     pub sinks: Vec<Box<dyn Sink>>,
 }
 
+/// The place of the certificate `name` among the X.509-SVIDs, if it is one.
+fn svid_rank(config: &Config, name: &str) -> Option<usize> {
+    config
+        .workload_api
+        .as_ref()?
+        .svids
+        .iter()
+        .position(|s| s == name)
+}
+
 /// The plan of every credential in `config`, each with its source and
 /// sinks (certificates offered to `hub` too, when push deliveries are on).
 /// The one place that registers a source.
@@ -144,7 +154,7 @@ pub fn plans(
                 issuers[&spec.issuer].clone(),
                 &dir,
             )),
-            sinks: sinks::for_certificate(spec, hub),
+            sinks: sinks::for_certificate(spec, hub, svid_rank(config, &spec.name)),
             dir,
         }
     });

@@ -44,3 +44,4 @@ mod vault_nginx;
 mod vault_outage;
 mod vault_pki;
 mod vault_token_sink;
+mod workload_api;
