@@ -149,6 +149,8 @@ struct Entry {
     /// Its files are rendered again from what is in memory at the end of the
     /// next round (its templates changed with the configuration).
     rerender: bool,
+    /// What is live has been handed to the sinks that push it.
+    delivered: bool,
 }
 
 impl Entry {
@@ -188,6 +190,7 @@ impl Entry {
             last_error: None,
             template_errors: Vec::new(),
             rerender: false,
+            delivered: false,
         }
     }
 
@@ -205,11 +208,16 @@ impl Entry {
         self.plan.sinks.iter().any(|s| s.delivers())
     }
 
-    /// Hands `credential`, now published, to the sinks that push it.
-    fn deliver(&self, credential: &Arc<Credential>) {
+    /// Hands `credential`, now published, to the sinks that push it, when
+    /// it is `fresh` or they have nothing yet.
+    fn deliver(&mut self, credential: &Arc<Credential>, fresh: bool) {
+        if !fresh && self.delivered {
+            return;
+        }
         for sink in &self.plan.sinks {
             sink.deliver(credential);
         }
+        self.delivered = true;
     }
 
     /// Whether a sink of this credential reads the credential `name`.
@@ -311,13 +319,13 @@ impl Agent {
         creds.sort_by_key(Entry::reads_others);
         let templated = creds.iter().any(Entry::reads_others);
         let mut inputs = Inputs::default();
-        for c in creds.iter().filter(|c| c.published) {
+        for c in creds.iter_mut().filter(|c| c.published) {
             if !templated && !c.delivers() {
                 continue;
             }
             if let Some(live) = c.plan.source.live(&c.plan.dir) {
                 let live = Arc::new(live);
-                c.deliver(&live);
+                c.deliver(&live, true);
                 if templated {
                     inputs.insert(c.name(), live);
                 }
@@ -477,8 +485,10 @@ impl Agent {
                 Some(i) if same_issuer && old[i].plan.source.same_as(&*c.plan.source) => {
                     let mut prev = old.remove(i);
                     // Keep the schedule and live state, but the new source and
-                    // sinks (a new Vault client logs in again when used).
+                    // sinks (a new Vault client logs in again when used). The
+                    // new sinks have what was live only if the build gave it.
                     prev.plan = c.plan;
+                    prev.delivered = c.delivered;
                     if self.templated {
                         // Its templates may have changed: render its files
                         // again from the credential in memory, or, with
@@ -726,7 +736,7 @@ impl Agent {
             let result = attempt(c, clock, &self.inputs).await;
             let result = result.map(|(credential, checked, fresh)| {
                 let credential = Arc::new(credential);
-                c.deliver(&credential);
+                c.deliver(&credential, fresh);
                 if self.templated {
                     self.inputs.insert(c.name(), credential);
                 }
@@ -757,9 +767,9 @@ impl Agent {
             )
             .and_then(|files| Ok(c.out.publish(&files, c.plan.owner)?))
             .map(|p| (checked, matches!(p, Published::Generation(_))));
-            if result.is_ok() {
+            if let Ok((_, fresh)) = &result {
                 if let Some(own) = inputs.get_arc(c.name()) {
-                    c.deliver(&own);
+                    c.deliver(&own, *fresh);
                 }
             }
             settle(c, result, started, clock, &self.metrics, &mut changed);
@@ -840,17 +850,23 @@ fn settle(
             let next = c.plan.source.next_attempt(&checked, now);
             match checked {
                 Checked::Certificate(info) => {
-                    info!(
-                        cert = %name,
-                        issuer = %c.plan.issuer,
-                        serial = %info.serial,
-                        not_after = %fmt_time(info.not_after),
-                        renew_at = %fmt_time(next),
-                        dir = %c.out.path().display(),
-                        "published a new certificate"
-                    );
+                    if fresh {
+                        info!(
+                            cert = %name,
+                            issuer = %c.plan.issuer,
+                            serial = %info.serial,
+                            not_after = %fmt_time(info.not_after),
+                            renew_at = %fmt_time(next),
+                            dir = %c.out.path().display(),
+                            "published a new certificate"
+                        );
+                        metrics.renewal(name, true, started.elapsed(), next);
+                    } else {
+                        // A source that reads files another component writes,
+                        // looked at again: nothing changed.
+                        debug!(cert = %name, serial = %info.serial, "the certificate is unchanged");
+                    }
                     metrics.certificate(name, info.not_after, next);
-                    metrics.renewal(name, true, started.elapsed(), next);
                     c.cert = Some(info);
                 }
                 Checked::Secret { path, expires } => {
@@ -876,6 +892,11 @@ fn settle(
         }
         Err(e) => {
             let delay = c.backoff.failed();
+            let delay = c
+                .plan
+                .source
+                .retry_within()
+                .map_or(delay, |cap| delay.min(cap));
             let message = chain(&e);
             let retry_in = humantime::format_duration(round_secs(delay));
             match c.plan.kind {

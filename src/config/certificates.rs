@@ -112,7 +112,10 @@ pub(super) fn validate_certificate(
         }
         names.uris.push(uri);
     }
-    if !names_given {
+    // A certificate read from files carries what its writer asked for:
+    // names configured for it are ones it must carry.
+    let reads_files = matches!(issuers.get(&issuer), Some(IssuerSpec::Files(_)));
+    if !names_given && !reads_files {
         errs.add(
             path,
             "names nothing to certify: set commonName, dnsNames, ipAddresses or uris",

@@ -1,4 +1,5 @@
-//! Validating `issuers`: local CA, Vault, the Kubernetes CSR API and cert-manager.
+//! Validating `issuers`: local CA, Vault, the Kubernetes CSR API,
+//! cert-manager, and files another component writes.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -6,9 +7,10 @@ use std::time::Duration;
 
 use super::{
     is_valid_dns_name, is_valid_name, parse_duration, required_path, required_string,
-    CertManagerSpec, Errors, IssuerRef, IssuerSpec, KubernetesCsrSpec, PkiMode, PkiSpec, RawIssuer,
-    RawVault, VaultAuth, VaultSpec, DEFAULT_CLUSTER_TIMEOUT, DEFAULT_KUBERNETES_TOKEN_FILE,
-    DEFAULT_VAULT_TIMEOUT, SERVICE_ACCOUNT_CA_FILE,
+    CertManagerSpec, Errors, FilesAnchors, FilesIssuerSpec, FilesLayout, IssuerRef, IssuerSpec,
+    KubernetesCsrSpec, PkiMode, PkiSpec, RawFilesIssuer, RawIssuer, RawVault, VaultAuth, VaultSpec,
+    DEFAULT_CLUSTER_TIMEOUT, DEFAULT_KUBERNETES_TOKEN_FILE, DEFAULT_VAULT_TIMEOUT,
+    SERVICE_ACCOUNT_CA_FILE,
 };
 
 /// Validates the `issuers` mapping. `unparsed` names the issuers whose
@@ -38,11 +40,17 @@ pub(super) fn validate_issuers(
             issuer.vault.is_some(),
             issuer.kubernetes_csr.is_some(),
             issuer.cert_manager.is_some(),
+            issuer.files.is_some(),
         ];
         match kinds.iter().filter(|k| **k).count() {
-            0 => errs.add(&path, "names no issuer kind (expected one of localCa, vault, kubernetesCsr, certManager)"),
+            0 => errs.add(&path, "names no issuer kind (expected one of localCa, vault, kubernetesCsr, certManager, files)"),
             1 => {}
-            _ => errs.add(&path, "names several issuer kinds: use exactly one of localCa, vault, kubernetesCsr, certManager"),
+            _ => errs.add(&path, "names several issuer kinds: use exactly one of localCa, vault, kubernetesCsr, certManager, files"),
+        }
+        if let Some(f) = issuer.files {
+            if let Some(spec) = validate_files_issuer(errs, &format!("{path}.files"), f) {
+                issuers.insert(name.clone(), IssuerSpec::Files(spec));
+            }
         }
         if let Some(ca) = issuer.local_ca {
             let cert_file = required_path(errs, &format!("{path}.localCa.certFile"), ca.cert_file);
@@ -329,6 +337,79 @@ fn cluster_timeout(errs: &mut Errors, path: &str, raw: Option<String>) -> Durati
             DEFAULT_CLUSTER_TIMEOUT
         }
     }
+}
+
+/// How often a `files` issuer's directory is looked at by default: a
+/// kubelet volume changes a minute or more after its source, so a second
+/// is soon enough, and a read of unchanged files costs well under a
+/// millisecond.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Validates `issuers.NAME.files` at `path`.
+fn validate_files_issuer(
+    errs: &mut Errors,
+    path: &str,
+    raw: RawFilesIssuer,
+) -> Option<FilesIssuerSpec> {
+    let before = errs.0.len();
+    let dir = required_path(errs, &format!("{path}.dir"), raw.dir);
+    let file_name = |errs: &mut Errors, field: &str, name: String| {
+        if let Err(e) = crate::output::check_relative_path(&name, false) {
+            errs.add(format!("{path}.{field}"), format!("{name:?} {e}"));
+        }
+        name
+    };
+    let layout = match (raw.credential_bundle, raw.certificate, raw.private_key) {
+        (Some(b), None, None) => FilesLayout::Bundle(file_name(errs, "credentialBundle", b)),
+        (Some(_), _, _) => {
+            errs.add(
+                format!("{path}.credentialBundle"),
+                "cannot be combined with certificate or privateKey: the bundle holds both",
+            );
+            return None;
+        }
+        (None, c, k) => FilesLayout::Pair {
+            certificate: file_name(errs, "certificate", c.unwrap_or_else(|| "tls.crt".into())),
+            private_key: file_name(errs, "privateKey", k.unwrap_or_else(|| "tls.key".into())),
+        },
+    };
+    let anchors = match (raw.ca, raw.ca_file) {
+        (Some(ca), None) => FilesAnchors::InDir(file_name(errs, "ca", ca)),
+        (None, Some(f)) if !f.is_empty() => FilesAnchors::File(PathBuf::from(f)),
+        (None, Some(_)) => {
+            errs.add(format!("{path}.caFile"), "is empty");
+            return None;
+        }
+        (None, None) => {
+            errs.add(
+                path,
+                "names no trust anchors: set ca (a file in dir, e.g. ca.crt) or caFile (a file elsewhere); the certificates read are verified against them",
+            );
+            return None;
+        }
+        (Some(_), Some(_)) => {
+            errs.add(path, "sets both ca and caFile: set one");
+            return None;
+        }
+    };
+    let poll_interval = match raw.poll_interval.as_deref().map(parse_duration) {
+        None => DEFAULT_POLL_INTERVAL,
+        Some(Ok(t)) if t >= Duration::from_millis(100) => t,
+        Some(Ok(_)) => {
+            errs.add(format!("{path}.pollInterval"), "must be at least 100ms");
+            DEFAULT_POLL_INTERVAL
+        }
+        Some(Err(e)) => {
+            errs.add(format!("{path}.pollInterval"), e);
+            DEFAULT_POLL_INTERVAL
+        }
+    };
+    (errs.0.len() == before).then_some(FilesIssuerSpec {
+        dir,
+        layout,
+        anchors,
+        poll_interval,
+    })
 }
 
 /// A Kubernetes signer name: a domain, a slash, a path (`example.com/signer`).

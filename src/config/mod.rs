@@ -68,18 +68,18 @@ use expand::expand_pod_vars;
 pub use expand::POD_VARIABLES;
 pub use raw::{
     RawAppRoleAuth, RawCertManager, RawCertificate, RawCertificateSds, RawConfig, RawFiles,
-    RawIssuer, RawIssuerRef, RawKubernetesCsr, RawLocalCa, RawPkcs12, RawPki, RawPrivateKey,
-    RawReload, RawRoleAuth, RawSds, RawSecret, RawServer, RawTemplate, RawTokenAuth, RawTokenSink,
-    RawVault, RawVaultAuth, RawWorkloadApi,
+    RawFilesIssuer, RawIssuer, RawIssuerRef, RawKubernetesCsr, RawLocalCa, RawPkcs12, RawPki,
+    RawPrivateKey, RawReload, RawRoleAuth, RawSds, RawSecret, RawServer, RawTemplate, RawTokenAuth,
+    RawTokenSink, RawVault, RawVaultAuth, RawWorkloadApi,
 };
 pub use spec::{
-    default_state_dir, CertManagerSpec, CertificateSpec, FileSpec, IssuerRef, IssuerSpec,
-    KeyRotation, KubernetesCsrSpec, Pkcs12Spec, SdsNames, SdsSpec, SecretFormat, SecretSpec,
-    TemplateSource, TemplateSpec, TokenSinkSpec, WorkloadApiSpec, DEFAULT_CA_FILE,
-    DEFAULT_CERTIFICATE_FILE, DEFAULT_CLUSTER_TIMEOUT, DEFAULT_DURATION, DEFAULT_KEY_MODE,
-    DEFAULT_KUBERNETES_TOKEN_FILE, DEFAULT_MODE, DEFAULT_PRIVATE_KEY_FILE,
-    DEFAULT_REFRESH_INTERVAL, DEFAULT_RENEW_BEFORE_PERCENTAGE, DEFAULT_VAULT_TIMEOUT,
-    DEVELOPMENT_ISSUER, MAX_NAMES, MIN_DURATION, SERVICE_ACCOUNT_CA_FILE,
+    default_state_dir, CertManagerSpec, CertificateSpec, FileSpec, FilesAnchors, FilesIssuerSpec,
+    FilesLayout, IssuerRef, IssuerSpec, KeyRotation, KubernetesCsrSpec, Pkcs12Spec, SdsNames,
+    SdsSpec, SecretFormat, SecretSpec, TemplateSource, TemplateSpec, TokenSinkSpec,
+    WorkloadApiSpec, DEFAULT_CA_FILE, DEFAULT_CERTIFICATE_FILE, DEFAULT_CLUSTER_TIMEOUT,
+    DEFAULT_DURATION, DEFAULT_KEY_MODE, DEFAULT_KUBERNETES_TOKEN_FILE, DEFAULT_MODE,
+    DEFAULT_PRIVATE_KEY_FILE, DEFAULT_REFRESH_INTERVAL, DEFAULT_RENEW_BEFORE_PERCENTAGE,
+    DEFAULT_VAULT_TIMEOUT, DEVELOPMENT_ISSUER, MAX_NAMES, MIN_DURATION, SERVICE_ACCOUNT_CA_FILE,
 };
 
 use values::{credential_name, is_valid_name, parse_mode, required_path, required_string};

@@ -3,7 +3,10 @@
 
 use std::fmt;
 
-use super::{Config, IssuerSpec, KeyRotation, PkiMode, SecretFormat, TemplateSource, TemplateSpec};
+use super::{
+    Config, FilesAnchors, FilesLayout, IssuerSpec, KeyRotation, PkiMode, SecretFormat,
+    TemplateSource, TemplateSpec,
+};
 
 impl fmt::Display for Config {
     /// The plan `pillion check` prints.
@@ -85,6 +88,25 @@ impl fmt::Display for Config {
                     "  {name}: DEVELOPMENT CA kept in {} (not for production)",
                     self.state_dir.join("dev-ca").display()
                 )?,
+                IssuerSpec::Files(s) => {
+                    let files = match &s.layout {
+                        FilesLayout::Bundle(b) => format!("{b} (key, then chain)"),
+                        FilesLayout::Pair {
+                            certificate,
+                            private_key,
+                        } => format!("{certificate} and {private_key}"),
+                    };
+                    let anchors = match &s.anchors {
+                        FilesAnchors::InDir(ca) => format!("{ca} in the same directory"),
+                        FilesAnchors::File(p) => p.display().to_string(),
+                    };
+                    writeln!(
+                        f,
+                        "  {name}: files another component writes: {files} in {}, checked every {}, verified against {anchors}",
+                        s.dir.display(),
+                        humantime::format_duration(s.poll_interval)
+                    )?
+                }
             }
         }
         if !self.certificates.is_empty() {

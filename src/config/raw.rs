@@ -98,6 +98,30 @@ pub struct RawIssuer {
     pub kubernetes_csr: Option<RawKubernetesCsr>,
     /// `issuers.NAME.certManager`: cert-manager.
     pub cert_manager: Option<RawCertManager>,
+    /// `issuers.NAME.files`: certificates another component writes.
+    pub files: Option<RawFilesIssuer>,
+}
+
+/// `issuers.NAME.files`: a directory where another component writes a key
+/// and its certificate (the kubelet's podCertificate volume, cert-manager's
+/// csi-driver, a Secret volume).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawFilesIssuer {
+    /// `files.dir`: the directory to watch (kubelet atomic-writer layout or plain files).
+    pub dir: Option<String>,
+    /// `files.credentialBundle`: one PEM file with the key, then the chain (podCertificate).
+    pub credential_bundle: Option<String>,
+    /// `files.certificate`: the chain's file (default tls.crt).
+    pub certificate: Option<String>,
+    /// `files.privateKey`: the key's file (default tls.key).
+    pub private_key: Option<String>,
+    /// `files.ca`: the trust anchors' file in the directory (e.g. ca.crt).
+    pub ca: Option<String>,
+    /// `files.caFile`: the trust anchors' file elsewhere.
+    pub ca_file: Option<String>,
+    /// `files.pollInterval`: how often the directory is looked at (a duration).
+    pub poll_interval: Option<String>,
 }
 
 /// `issuers.NAME.kubernetesCsr`: the Kubernetes CertificateSigningRequest API.
@@ -459,6 +483,7 @@ mod tests {
             fields_of::<RawSds>(),
             fields_of::<RawCertificateSds>(),
             fields_of::<RawWorkloadApi>(),
+            fields_of::<RawFilesIssuer>(),
         ];
         let mut missing = Vec::new();
         for field in all.iter().flatten() {

@@ -69,6 +69,46 @@ pub enum IssuerSpec {
     KubernetesCsr(KubernetesCsrSpec),
     /// cert-manager's CertificateRequest.
     CertManager(CertManagerSpec),
+    /// Certificates another component writes into a directory.
+    Files(FilesIssuerSpec),
+}
+
+/// Where a `files` issuer reads: a key and its chain written by another
+/// component, and the anchors they must chain to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilesIssuerSpec {
+    /// The directory (the kubelet's `..data` layout is followed when there).
+    pub dir: PathBuf,
+    /// How the key and the chain are laid out in it.
+    pub layout: FilesLayout,
+    /// The trust anchors.
+    pub anchors: FilesAnchors,
+    /// How often the directory is looked at.
+    pub poll_interval: Duration,
+}
+
+/// The files of a key and its chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilesLayout {
+    /// One PEM file, the key then the chain (the kubelet's podCertificate
+    /// `credentialBundle`).
+    Bundle(String),
+    /// The chain and the key in two files.
+    Pair {
+        /// The chain, leaf first.
+        certificate: String,
+        /// The key.
+        private_key: String,
+    },
+}
+
+/// Where a `files` issuer's trust anchors are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilesAnchors {
+    /// A file in the watched directory, read with the rest (`ca`).
+    InDir(String),
+    /// A file elsewhere (`caFile`).
+    File(PathBuf),
 }
 
 /// An issuer that asks the Kubernetes CertificateSigningRequest API

@@ -37,6 +37,9 @@ pub enum Issuer {
     KubernetesCsr(KubernetesCsr),
     /// cert-manager's CertificateRequest (`cert-manager.io/v1`).
     CertManager(CertManager),
+    /// Files another component writes (`files`): read by
+    /// `sources::FilesSource`, never asked to sign.
+    Files(crate::config::FilesIssuerSpec),
 }
 
 /// Why an issuer could not be loaded, log in, or sign.
@@ -56,6 +59,9 @@ pub enum IssuerError {
     /// object was denied, failed or not signed in time.
     #[error(transparent)]
     Kube(#[from] KubeError),
+    /// A `files` issuer was asked to sign: it only reads.
+    #[error("a files issuer reads certificates another component writes; it does not sign")]
+    NotASigner,
     /// A configured CA file (the trust anchors to publish) is unusable.
     #[error("the CA file {} ({field}) is unusable: {reason}", path.display())]
     CaFile {
@@ -133,6 +139,12 @@ impl Issuer {
                 }
                 Issuer::CertManager(CertManager::new(c))
             }
+            IssuerSpec::Files(f) => {
+                if let crate::config::FilesAnchors::File(path) = &f.anchors {
+                    check_anchor_file("files.caFile", path)?;
+                }
+                Issuer::Files(f.clone())
+            }
         })
     }
 
@@ -176,6 +188,7 @@ impl Issuer {
             Issuer::Vault(v) => Ok(v.sign(csr_der, cert).await?),
             Issuer::KubernetesCsr(k) => Ok(k.sign(csr_der, cert).await?),
             Issuer::CertManager(c) => Ok(c.sign(csr_der, cert).await?),
+            Issuer::Files(_) => Err(IssuerError::NotASigner),
         }
     }
 

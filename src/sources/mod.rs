@@ -7,6 +7,7 @@
 //! loop does not change.
 
 mod certificate;
+mod files;
 mod kv;
 mod token;
 
@@ -15,7 +16,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
 
@@ -31,6 +32,7 @@ use crate::verify::CertInfo;
 
 pub(crate) use certificate::on_disk_fits;
 pub use certificate::CertificateSource;
+pub use files::{FilesError, FilesSource};
 pub use kv::KvSource;
 pub use token::{TokenSource, TOKEN_CHECK_INTERVAL};
 
@@ -73,6 +75,13 @@ pub trait Source: Send + fmt::Debug {
     /// When to obtain again after `checked` was published at `now`.
     fn next_attempt(&self, checked: &Checked, now: SystemTime) -> SystemTime;
 
+    /// After a failure, the longest the loop waits before trying again
+    /// (its backoff is cut to this); `None` for the loop's own cap. A
+    /// source that reads local files has no server to spare.
+    fn retry_within(&self) -> Option<Duration> {
+        None
+    }
+
     /// Whether `other` is configured exactly as this one, so that a
     /// configuration reload keeps its credential and schedule.
     fn same_as(&self, other: &dyn Source) -> bool;
@@ -96,6 +105,9 @@ pub enum SourceError {
     /// The secret could not be read.
     #[error("reading the secret failed")]
     Secret(#[from] SecretError),
+    /// The files another component writes could not be read.
+    #[error("reading the certificate files failed")]
+    Files(#[from] files::FilesError),
 }
 
 /// One configured credential: its source, its sinks and where they publish.
@@ -149,11 +161,14 @@ pub fn plans(
                 uid: spec.files.uid,
                 gid: spec.files.gid,
             },
-            source: Box::new(CertificateSource::new(
-                spec,
-                issuers[&spec.issuer].clone(),
-                &dir,
-            )),
+            source: match &*issuers[&spec.issuer] {
+                Issuer::Files(files) => Box::new(FilesSource::new(files, &spec.names)),
+                _ => Box::new(CertificateSource::new(
+                    spec,
+                    issuers[&spec.issuer].clone(),
+                    &dir,
+                )),
+            },
             sinks: sinks::for_certificate(spec, hub, svid_rank(config, &spec.name)),
             dir,
         }

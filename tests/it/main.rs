@@ -22,6 +22,7 @@ mod consistency;
 mod deploy_manifests;
 mod envoy_sds;
 mod fake_kube_selftest;
+mod files_source;
 mod init_local_ca;
 mod java_keystores;
 mod json_logs;
