@@ -295,3 +295,43 @@ fn a_socket_that_cannot_be_made_or_a_listen_address_off_loopback_is_exit_2() {
         "the file is left alone"
     );
 }
+
+#[test]
+fn envoy_takes_its_certificates_over_sds_on_the_loopback_tcp_port_too() {
+    let ca = openssl_ca(KeyKind::EcP256Pkcs8);
+    let fx = Fixture::new();
+    let socket = fx.path().join("sds.sock");
+    let port = free_port();
+    fx.write_config(
+        &config(&ca, &socket)
+            .replace("    duration: 6s\n", "    duration: 1h\n")
+            .replace(
+                &format!("  socket: \"{}\"\n", socket.display()),
+                &format!(
+                    "  socket: \"{}\"\n  listen: 127.0.0.1:{port}\n",
+                    socket.display()
+                ),
+            ),
+    );
+    let daemon = fx.run();
+    let web_crt = fx.out.join("web/tls.crt");
+    wait_for_ctx(
+        "the first files",
+        DEADLINE,
+        || daemon.describe(),
+        || web_crt.exists(),
+    );
+    let envoy = Envoy::start_tcp(port);
+    let ctx = || {
+        format!(
+            "{}\n{}\n{}",
+            fx.describe(),
+            daemon.describe(),
+            envoy.describe()
+        )
+    };
+    let served = wait_served(&envoy, &fx.out.join("client"), &ca.cert, DEADLINE)
+        .unwrap_or_else(|e| panic!("Envoy never served over TCP SDS: {e}\n{}", ctx()));
+    assert_eq!(Some(served), leaf_sha256(&web_crt), "{}", ctx());
+    assert!(daemon.stop().success());
+}

@@ -43,12 +43,24 @@ pub struct Envoy {
     pub later_port: u16,
     pub plain_port: u16,
     pub admin_port: u16,
-    socket: PathBuf,
+    /// The `address` of the SDS cluster's endpoint: pillion's socket, or its TCP port.
+    sds_address: String,
     child: std::sync::Mutex<Option<Child>>,
 }
 
 impl Envoy {
     pub fn start(socket: &Path) -> Envoy {
+        Envoy::start_with(format!("{{pipe: {{path: \"{}\"}}}}", socket.display()))
+    }
+
+    /// Envoy taking SDS from pillion's loopback TCP port (`sds.listen`).
+    pub fn start_tcp(port: u16) -> Envoy {
+        Envoy::start_with(format!(
+            "{{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}"
+        ))
+    }
+
+    fn start_with(sds_address: String) -> Envoy {
         let dir = tempfile::tempdir().expect("create envoy dir");
         let envoy = Envoy {
             dir,
@@ -56,7 +68,7 @@ impl Envoy {
             later_port: free_port(),
             plain_port: free_port(),
             admin_port: free_port(),
-            socket: socket.to_owned(),
+            sds_address,
             child: std::sync::Mutex::new(None),
         };
         envoy.spawn();
@@ -89,7 +101,7 @@ static_resources:
         explicit_http_config: {{http2_protocol_options: {{}}}}
     load_assignment:
       cluster_name: sds
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{pipe: {{path: "{socket}"}}}}}}}}]}}]
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {sds_address}}}}}]}}]
   - name: backend
     type: STATIC
     connect_timeout: 1s
@@ -136,7 +148,7 @@ static_resources:
         {later_hcm}
 "#,
             admin = self.admin_port,
-            socket = self.socket.display(),
+            sds_address = self.sds_address,
             tls = self.tls_port,
             plain = self.plain_port,
             later = self.later_port,
