@@ -1,7 +1,9 @@
 //! The SPIFFE Workload API served by pillion, checked by a real SPIFFE client: PyPI's `spiffe`
 //! (py-spiffe) fetches the X.509-SVID (its ID, chain and key) and the trust bundle from pillion's
 //! socket and, streaming, sees each rotation; a request without the `workload.spiffe.io` header is
-//! refused with InvalidArgument; the JWT methods answer Unimplemented.
+//! refused with InvalidArgument; the JWT methods answer Unimplemented. go-spiffe (the reference Go
+//! library, built from tests/go-spiffe-client with the Go toolchain) does the same. go-spiffe (the reference Go
+//! library, built from tests/go-spiffe-client with the Go toolchain) does the same.
 
 use crate::common;
 
@@ -69,8 +71,16 @@ fn serial_hex(cert: &Path) -> String {
         .to_owned()
 }
 
-#[test]
-fn py_spiffe_fetches_the_svid_and_bundle_and_sees_each_rotation() {
+/// pillion serving the SVID `id` (rotated every ~4 s) and a plain certificate `web`.
+struct Served {
+    ca: OpensslCa,
+    fx: Fixture,
+    daemon: Daemon,
+    socket: std::path::PathBuf,
+    crt: std::path::PathBuf,
+}
+
+fn serve_svids() -> Served {
     let ca = openssl_ca(KeyKind::EcP256Pkcs8);
     let fx = Fixture::new();
     let socket = fx.path().join("workload.sock");
@@ -88,6 +98,24 @@ fn py_spiffe_fetches_the_svid_and_bundle_and_sees_each_rotation() {
         || daemon.describe(),
         || socket.exists() && crt.exists(),
     );
+    Served {
+        ca,
+        fx,
+        daemon,
+        socket,
+        crt,
+    }
+}
+
+#[test]
+fn py_spiffe_fetches_the_svid_and_bundle_and_sees_each_rotation() {
+    let Served {
+        ca,
+        fx,
+        daemon,
+        socket,
+        crt,
+    } = serve_svids();
     assert_eq!(mode_of(&socket), 0o600, "only pillion's user may connect");
     let first = serial_hex(&crt);
     // Rotations every ~4 s: 10 s of streaming sees at least two.
@@ -162,6 +190,74 @@ fn py_spiffe_fetches_the_svid_and_bundle_and_sees_each_rotation() {
         out["no_header"],
         "INVALID_ARGUMENT: security header missing from request",
         "{}",
+        ctx()
+    );
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn go_spiffe_fetches_the_svid_and_bundle_and_sees_each_rotation() {
+    let client = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-spiffe-client");
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/go-spiffe-client");
+    let built = run_bounded(
+        Command::new("go")
+            .args(["build", "-mod=mod", "-o"])
+            .arg(&client)
+            .arg(".")
+            .current_dir(&source),
+        Duration::from_secs(600),
+    );
+    assert!(
+        built.status.success(),
+        "building go-spiffe's client needs Go and the Go module proxy\n{}",
+        built.describe()
+    );
+    // The CA is kept: its files sign every renewal.
+    let Served {
+        ca: _ca,
+        fx,
+        daemon,
+        socket,
+        crt,
+    } = serve_svids();
+    let first = serial_hex(&crt);
+    let ran = run_bounded(
+        Command::new(&client).arg("10").env(
+            "SPIFFE_ENDPOINT_SOCKET",
+            format!("unix://{}", socket.display()),
+        ),
+        DEADLINE,
+    );
+    let ctx = || {
+        format!(
+            "{}\n{}\n{}",
+            ran.describe(),
+            fx.describe(),
+            daemon.describe()
+        )
+    };
+    assert!(ran.status.success(), "{}", ctx());
+    let out: serde_json::Value =
+        serde_json::from_str(ran.stdout.trim()).unwrap_or_else(|e| panic!("{e}\n{}", ctx()));
+    assert_eq!(
+        out["spiffe_id"],
+        "spiffe://example.org/ns/shop/sa/web",
+        "{}",
+        ctx()
+    );
+    assert_eq!(out["key_matches"], true, "{}", ctx());
+    assert_eq!(out["authorities"], 1, "{}", ctx());
+    let served = out["serial"].as_str().unwrap();
+    assert!(served == first || served == serial_hex(&crt), "{}", ctx());
+    let streamed: std::collections::BTreeSet<&str> = out["streamed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        streamed.len() >= 3,
+        "the watch follows the rotations\n{}",
         ctx()
     );
     assert!(daemon.stop().success());
