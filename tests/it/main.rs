@@ -31,6 +31,7 @@ mod metrics;
 mod migration;
 mod nginx;
 mod no_secrets_in_logs;
+mod real_kube;
 mod recovery;
 mod reload_targets;
 mod rotation;

@@ -6,6 +6,7 @@
 //! Every helper that starts a process owns it and kills it on drop, so a failing assertion
 //! never leaves a daemon, a counter or an nginx behind.
 
+pub mod control_plane;
 pub mod envoy;
 pub mod fake_kube;
 pub mod fixture;

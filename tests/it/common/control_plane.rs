@@ -1,0 +1,395 @@
+//! A real Kubernetes control plane for the tests: etcd and kube-apiserver built from source by
+//! `scripts/testbed.sh` (pinned in `testbed/go.mod`), started on loopback ports with a cluster CA
+//! made by openssl, a service-account issuer and signing key, RBAC authorization, and an admin
+//! who authenticates with a client certificate (group system:masters). Tests get a kubeconfig for
+//! the admin and, through the TokenRequest API, one for any service account; the RBAC they apply
+//! is what the real authorizer enforces.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+use super::*;
+
+/// How long the control plane may take to become ready.
+const START_DEADLINE: Duration = Duration::from_secs(90);
+
+/// The service-account issuer and default audience of the test cluster.
+pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// The directory holding `kube-apiserver` and `etcd`, built once per machine.
+pub fn testbed_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/testbed.sh");
+        let ran = run_bounded(Command::new("bash").arg(script), Duration::from_secs(3600));
+        assert!(
+            ran.status.success(),
+            "building the test control plane failed (scripts/testbed.sh)\n{}",
+            ran.describe()
+        );
+        PathBuf::from(ran.stdout.trim())
+    })
+    .clone()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn openssl_in(dir: &Path, args: &[&str]) {
+    let ran = run_bounded(
+        Command::new("openssl").args(args).current_dir(dir),
+        COMMAND_DEADLINE,
+    );
+    ran.assert_success();
+}
+
+/// A running etcd and kube-apiserver; stopped on drop.
+pub struct ControlPlane {
+    pub dir: tempfile::TempDir,
+    /// The API server's HTTPS port on 127.0.0.1.
+    pub port: u16,
+    /// The cluster CA: it signed the serving certificate and the admin's.
+    pub ca_cert: PathBuf,
+    ca_key: PathBuf,
+    /// A kubeconfig for the admin (client certificate, group system:masters).
+    #[allow(dead_code)]
+    pub admin_kubeconfig: PathBuf,
+    etcd: Mutex<Option<Child>>,
+    apiserver: Mutex<Option<Child>>,
+}
+
+impl ControlPlane {
+    pub fn start() -> ControlPlane {
+        let bin = testbed_dir();
+        let dir = tempfile::tempdir().expect("control plane dir");
+        let d = dir.path();
+        // The cluster CA, the serving certificate, the admin's client certificate and the
+        // service-account signing key.
+        openssl_in(
+            d,
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                "ca.key",
+            ],
+        );
+        openssl_in(
+            d,
+            &[
+                "req",
+                "-x509",
+                "-new",
+                "-key",
+                "ca.key",
+                "-subj",
+                "/CN=pillion-test-cluster-ca",
+                "-days",
+                "2",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+                "-out",
+                "ca.crt",
+            ],
+        );
+        let leaf = |name: &str, subj: &str, ext: &str| {
+            write(d, &format!("{name}.ext"), ext);
+            openssl_in(
+                d,
+                &[
+                    "genpkey",
+                    "-algorithm",
+                    "EC",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-out",
+                    &format!("{name}.key"),
+                ],
+            );
+            openssl_in(
+                d,
+                &[
+                    "req",
+                    "-new",
+                    "-key",
+                    &format!("{name}.key"),
+                    "-subj",
+                    subj,
+                    "-out",
+                    &format!("{name}.csr"),
+                ],
+            );
+            openssl_in(
+                d,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &format!("{name}.csr"),
+                    "-CA",
+                    "ca.crt",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-days",
+                    "2",
+                    "-extfile",
+                    &format!("{name}.ext"),
+                    "-out",
+                    &format!("{name}.crt"),
+                ],
+            );
+        };
+        leaf(
+            "serving",
+            "/CN=kube-apiserver",
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n",
+        );
+        leaf(
+            "admin",
+            "/O=system:masters/CN=pillion-test-admin",
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
+        );
+        openssl_in(
+            d,
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                "sa.key",
+            ],
+        );
+        openssl_in(d, &["pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
+
+        let (client, peer, port) = (free_port(), free_port(), free_port());
+        let log = |name: &str| fs::File::create(d.join(name)).expect("create a log");
+        let etcd = Command::new(bin.join("etcd"))
+            .args([
+                "--name",
+                "default",
+                "--log-level",
+                "warn",
+                "--unsafe-no-fsync",
+            ])
+            .arg("--data-dir")
+            .arg(d.join("etcd-data"))
+            .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
+            .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+            ))
+            .arg(format!("--initial-cluster=default=http://127.0.0.1:{peer}"))
+            .stdin(Stdio::null())
+            .stdout(log("etcd.log"))
+            .stderr(log("etcd.err"))
+            .spawn()
+            .expect("start etcd");
+        let p = |name: &str| d.join(name).display().to_string();
+        let apiserver = Command::new(bin.join("kube-apiserver"))
+            .arg(format!("--etcd-servers=http://127.0.0.1:{client}"))
+            .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
+            .arg(format!("--secure-port={port}"))
+            .arg(format!("--tls-cert-file={}", p("serving.crt")))
+            .arg(format!("--tls-private-key-file={}", p("serving.key")))
+            .arg(format!("--client-ca-file={}", p("ca.crt")))
+            .arg(format!("--service-account-issuer={ISSUER}"))
+            .arg(format!("--api-audiences={ISSUER}"))
+            .arg(format!("--service-account-key-file={}", p("sa.pub")))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                p("sa.key")
+            ))
+            .args([
+                "--authorization-mode=RBAC",
+                "--service-cluster-ip-range=10.96.0.0/16",
+                // Loopback may not be advertised unless nothing reconciles the endpoint.
+                "--endpoint-reconciler-type=none",
+            ])
+            .arg(format!("--cert-dir={}", p("apiserver-certs")))
+            .stdin(Stdio::null())
+            .stdout(log("apiserver.log"))
+            .stderr(log("apiserver.err"))
+            .spawn()
+            .expect("start kube-apiserver");
+        let admin_kubeconfig = d.join("admin.kubeconfig");
+        let plane = ControlPlane {
+            port,
+            ca_cert: d.join("ca.crt"),
+            ca_key: d.join("ca.key"),
+            admin_kubeconfig: admin_kubeconfig.clone(),
+            etcd: Mutex::new(Some(etcd)),
+            apiserver: Mutex::new(Some(apiserver)),
+            dir,
+        };
+        fs::write(
+            &admin_kubeconfig,
+            plane.kubeconfig(&format!(
+                "client-certificate-data: {}\n    client-key-data: {}",
+                b64(&fs::read(plane.path("admin.crt")).unwrap()),
+                b64(&fs::read(plane.path("admin.key")).unwrap())
+            )),
+        )
+        .unwrap();
+        let started = Instant::now();
+        loop {
+            if plane.admin("GET", "/readyz", None).is_ok() {
+                eprintln!(
+                    "control plane ready in {:.1} s (kube-apiserver on 127.0.0.1:{port})",
+                    started.elapsed().as_secs_f64()
+                );
+                break;
+            }
+            assert!(
+                started.elapsed() < START_DEADLINE,
+                "the control plane did not become ready\n{}",
+                plane.describe()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        plane
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A kubeconfig for this cluster with `user` (YAML lines under `user:`).
+    fn kubeconfig(&self, user: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://127.0.0.1:{}\n    certificate-authority-data: {}\nusers:\n- name: u\n  user:\n    {user}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: u\n    namespace: default\ncurrent-context: test\n",
+            self.port,
+            b64(&fs::read(self.path("ca.crt")).unwrap())
+        )
+    }
+
+    /// One request as the admin (curl with the client certificate): the JSON answer, or the
+    /// status code and body of a failure.
+    pub fn admin(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-X", method, "-w", "\n%{http_code}"])
+            .arg("--cacert")
+            .arg(self.path("ca.crt"))
+            .arg("--cert")
+            .arg(self.path("admin.crt"))
+            .arg("--key")
+            .arg(self.path("admin.key"))
+            .args(["-H", "Content-Type: application/json"]);
+        if let Some(body) = body {
+            cmd.arg("--data-binary").arg(body.to_string());
+        }
+        cmd.arg(format!("https://127.0.0.1:{}{path}", self.port));
+        let ran = run_bounded(&mut cmd, COMMAND_DEADLINE);
+        let out = ran.stdout.trim_end();
+        let (text, code) = out.rsplit_once('\n').unwrap_or(("", out));
+        match code {
+            "200" | "201" => Ok(serde_json::from_str(text).unwrap_or(Value::String(text.into()))),
+            _ => Err(format!("{method} {path}: {code} {text} {}", ran.stderr)),
+        }
+    }
+
+    /// Creates `objects` (JSON) as the admin; an object that exists already is left.
+    pub fn create(&self, objects: &[Value]) {
+        for o in objects {
+            let kind = o["kind"].as_str().unwrap();
+            let ns = o["metadata"]["namespace"].as_str();
+            let path = match (kind, ns) {
+                ("Namespace", _) => "/api/v1/namespaces".to_owned(),
+                ("ServiceAccount", Some(ns)) => format!("/api/v1/namespaces/{ns}/serviceaccounts"),
+                ("ClusterRole", _) => "/apis/rbac.authorization.k8s.io/v1/clusterroles".into(),
+                ("ClusterRoleBinding", _) => {
+                    "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings".into()
+                }
+                ("Role", Some(ns)) => {
+                    format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles")
+                }
+                ("RoleBinding", Some(ns)) => {
+                    format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings")
+                }
+                other => panic!("create: {other:?} is not known here"),
+            };
+            if let Err(e) = self.admin("POST", &path, Some(o)) {
+                assert!(e.contains(": 409 "), "{e}");
+            }
+        }
+    }
+
+    /// Applies the YAML documents of a file under `policies/` as the admin.
+    pub fn apply_policy(&self, relative: &str) {
+        let text =
+            fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)).unwrap();
+        let objects: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&text)
+            .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
+            .filter(|v: &Value| !v.is_null())
+            .collect();
+        self.create(&objects);
+    }
+
+    /// A kubeconfig for the service account `namespace/name` (created if missing) holding a token
+    /// from the TokenRequest API for `audience`, valid an hour.
+    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> PathBuf {
+        self.create(&[
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}),
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": namespace}}),
+        ]);
+        let token = self.token(namespace, name, ISSUER);
+        let path = self.path(&format!("{namespace}-{name}.kubeconfig"));
+        fs::write(&path, self.kubeconfig(&format!("token: {token}"))).unwrap();
+        path
+    }
+
+    /// A projected-style token of `namespace/name` for `audience` (TokenRequest).
+    pub fn token(&self, namespace: &str, name: &str, audience: &str) -> String {
+        let answer = self
+            .admin(
+                "POST",
+                &format!("/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token"),
+                Some(&json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"audiences": [audience], "expirationSeconds": 3600}})),
+            )
+            .unwrap_or_else(|e| panic!("TokenRequest: {e}"));
+        answer["status"]["token"].as_str().unwrap().to_owned()
+    }
+
+    /// The cluster CA's certificate and key, to sign CSRs as a test signer would.
+    pub fn ca_files(&self) -> (&Path, &Path) {
+        (&self.ca_cert, &self.ca_key)
+    }
+
+    pub fn describe(&self) -> String {
+        let tail = |name: &str| {
+            let text = fs::read_to_string(self.path(name)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().rev().take(30).collect();
+            format!(
+                "--- {name} (last 30 lines) ---\n{}",
+                lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+        };
+        format!("{}\n{}", tail("apiserver.err"), tail("etcd.err"))
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        for child in [&self.apiserver, &self.etcd] {
+            if let Some(mut c) = child.lock().unwrap().take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}

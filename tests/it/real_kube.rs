@@ -1,0 +1,158 @@
+//! pillion's `kubernetesCsr` issuer against a real Kubernetes API server: kube-apiserver and etcd
+//! built from source (`scripts/testbed.sh`, `tests/it/common/control_plane.rs`), RBAC from
+//! `policies/kubernetes/` enforced by the real authorizer, a service-account token from the
+//! TokenRequest API, and a small test signer that approves each request through the approval
+//! subresource (as `kubectl certificate approve` does) and writes `status.certificate` through
+//! the status subresource (as a signer controller does).
+
+use crate::common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::control_plane::ControlPlane;
+use common::fixture::Fixture;
+use common::*;
+use serde_json::{json, Value};
+
+const SIGNER: &str = "example.com/pillion-test";
+const CSRS: &str = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
+
+/// The test signer: approves every CSR for [`SIGNER`] and signs it with the cluster CA, until
+/// `stop`. Conflicts (the object changed meanwhile) are retried at the next look.
+fn sign_until(plane: &ControlPlane, stop: &AtomicBool, work: &Path) {
+    let (ca, ca_key) = plane.ca_files();
+    while !stop.load(Ordering::Relaxed) {
+        let list = plane.admin("GET", CSRS, None).unwrap_or_default();
+        for mut csr in list["items"].as_array().cloned().unwrap_or_default() {
+            if csr["spec"]["signerName"] != SIGNER {
+                continue;
+            }
+            let name = csr["metadata"]["name"].as_str().unwrap().to_owned();
+            let conditions = csr["status"]["conditions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if conditions.is_empty() {
+                csr["status"]["conditions"] = json!([{
+                    "type": "Approved", "status": "True", "reason": "KubectlApprove",
+                    "message": "approved by the pillion test signer",
+                }]);
+                let _ = plane.admin("PUT", &format!("{CSRS}/{name}/approval"), Some(&csr));
+                continue;
+            }
+            if csr["status"]["certificate"].is_string() {
+                continue;
+            }
+            let request = base64_decode(csr["spec"]["request"].as_str().unwrap());
+            let csr_file = work.join(format!("{name}.csr"));
+            let crt_file = work.join(format!("{name}.crt"));
+            std::fs::write(&csr_file, request).unwrap();
+            let ext = write(
+                work,
+                "signer.ext",
+                "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n",
+            );
+            let signed = run_bounded(
+                std::process::Command::new("openssl")
+                    .args([
+                        "x509",
+                        "-req",
+                        "-days",
+                        "1",
+                        "-copy_extensions",
+                        "copyall",
+                        "-CAcreateserial",
+                    ])
+                    .arg("-in")
+                    .arg(&csr_file)
+                    .arg("-CA")
+                    .arg(ca)
+                    .arg("-CAkey")
+                    .arg(ca_key)
+                    .arg("-extfile")
+                    .arg(&ext)
+                    .arg("-out")
+                    .arg(&crt_file),
+                COMMAND_DEADLINE,
+            );
+            signed.assert_success();
+            csr["status"]["certificate"] =
+                Value::String(base64_encode(&std::fs::read(&crt_file).unwrap()));
+            let _ = plane.admin("PUT", &format!("{CSRS}/{name}/status"), Some(&csr));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap()
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn csr_config(plane: &ControlPlane, kubeconfig: &Path) -> String {
+    format!(
+        "issuers:\n  cluster:\n    kubernetesCsr:\n      signerName: {SIGNER}\n      caFile: \"{}\"\n      kubeconfig: \"{}\"\n      timeout: 60s\ncertificates:\n  - name: web\n    dnsNames: [web.default.svc]\n    duration: 1h\n",
+        plane.ca_cert.display(),
+        kubeconfig.display()
+    )
+}
+
+#[test]
+fn a_csr_is_approved_and_signed_through_the_real_api_server_and_published() {
+    let plane = ControlPlane::start();
+    plane.apply_policy("policies/kubernetes/csr-requester.yaml");
+    let kubeconfig = plane.service_account_kubeconfig("default", "app");
+    let fx = Fixture::new();
+    fx.write_config(&csr_config(&plane, &kubeconfig));
+    let stop = AtomicBool::new(false);
+    let work = tempfile::tempdir().unwrap();
+    let ran = std::thread::scope(|s| {
+        s.spawn(|| sign_until(&plane, &stop, work.path()));
+        let ran = fx.init("60s");
+        stop.store(true, Ordering::Relaxed);
+        ran
+    });
+    let ctx = || {
+        format!(
+            "{}\n{}\n{}",
+            ran.describe(),
+            fx.describe(),
+            plane.describe()
+        )
+    };
+    assert!(ran.status.success(), "{}", ctx());
+    let crt = fx.out.join("web/tls.crt");
+    openssl_verify(&plane.ca_cert, &crt).unwrap_or_else(|e| panic!("{e}\n{}", ctx()));
+    assert!(san_text(&crt).contains("DNS:web.default.svc"), "{}", ctx());
+    // pillion deleted its request once it had the certificate.
+    let left = plane.admin("GET", CSRS, None).unwrap();
+    let ours: Vec<&Value> = left["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["spec"]["signerName"] == SIGNER)
+        .collect();
+    assert!(ours.is_empty(), "left behind: {ours:?}\n{}", ctx());
+}
+
+#[test]
+fn without_the_rbac_of_policies_the_real_authorizer_refuses_in_its_own_words() {
+    let plane = ControlPlane::start();
+    let kubeconfig = plane.service_account_kubeconfig("default", "nobody");
+    let fx = Fixture::new();
+    fx.write_config(&csr_config(&plane, &kubeconfig));
+    let ran = fx.init("20s");
+    let ctx = || format!("{}\n{}", ran.describe(), plane.describe());
+    assert!(!ran.status.success(), "{}", ctx());
+    let expected = "User \"system:serviceaccount:default:nobody\" cannot create resource \"certificatesigningrequests\" in API group \"certificates.k8s.io\" at the cluster scope";
+    assert!(ran.stderr.contains(expected), "{expected}\n{}", ctx());
+}
