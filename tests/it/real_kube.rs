@@ -1,9 +1,12 @@
-//! pillion's `kubernetesCsr` issuer against a real Kubernetes API server: kube-apiserver and etcd
-//! built from source (`scripts/testbed.sh`, `tests/it/common/control_plane.rs`), RBAC from
+//! pillion's `kubernetesCsr` issuer, and OpenBao's kubernetes auth, against a real Kubernetes API
+//! server: kube-apiserver and etcd built from source (`scripts/testbed.sh`,
+//! `tests/it/common/control_plane.rs`), RBAC from
 //! `policies/kubernetes/` enforced by the real authorizer, a service-account token from the
 //! TokenRequest API, and a small test signer that approves each request through the approval
 //! subresource (as `kubectl certificate approve` does) and writes `status.certificate` through
-//! the status subresource (as a signer controller does).
+//! the status subresource (as a signer controller does). OpenBao checks pillion's service-account
+//! token (from the TokenRequest API, for OpenBao's audience) with the real TokenReview, and
+//! refuses it once the account is deleted.
 
 use crate::common;
 
@@ -155,4 +158,110 @@ fn without_the_rbac_of_policies_the_real_authorizer_refuses_in_its_own_words() {
     assert!(!ran.status.success(), "{}", ctx());
     let expected = "User \"system:serviceaccount:default:nobody\" cannot create resource \"certificatesigningrequests\" in API group \"certificates.k8s.io\" at the cluster scope";
     assert!(ran.stderr.contains(expected), "{expected}\n{}", ctx());
+}
+
+#[test]
+fn openbao_reviews_a_real_service_account_token_with_the_real_api_server() {
+    use common::control_plane::ISSUER;
+    use common::openbao::{cert_yaml, Case, OpenBao};
+    let plane = ControlPlane::start();
+    // OpenBao's reviewer may create TokenReviews (system:auth-delegator); the pod's account may not.
+    plane.create(&[
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "web", "namespace": "shop"}}),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "bao-reviewer", "namespace": "default"}}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "bao-reviewer"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"},
+            "subjects": [{"kind": "ServiceAccount", "name": "bao-reviewer", "namespace": "default"}]}),
+    ]);
+    let reviewer = plane.token("default", "bao-reviewer", ISSUER);
+    // The pod's token, for the audience the role demands, from the TokenRequest API.
+    let jwt = plane.token("shop", "web", "vault");
+
+    let bao = OpenBao::shared();
+    let mount = format!("k8s-real-{}", plane.port);
+    bao.bao_ok([
+        "auth".to_string(),
+        "enable".into(),
+        format!("-path={mount}"),
+        "kubernetes".into(),
+    ]);
+    bao.bao_ok([
+        "write".to_string(),
+        format!("auth/{mount}/config"),
+        format!("kubernetes_host=https://127.0.0.1:{}", plane.port),
+        format!("kubernetes_ca_cert=@{}", plane.ca_cert.display()),
+        format!("token_reviewer_jwt={reviewer}"),
+    ]);
+    bao.bao_ok([
+        "write".to_string(),
+        format!("auth/{mount}/role/web"),
+        "bound_service_account_names=web".into(),
+        "bound_service_account_namespaces=shop".into(),
+        "audience=vault".into(),
+        "token_policies=pillion".into(),
+        "token_no_default_policy=true".into(),
+        "token_ttl=1h".into(),
+    ]);
+    let case = Case::new();
+    let token_file = write(case.path(), "sa.token", &jwt);
+    std::fs::write(
+        &case.config,
+        format!(
+            "outputDir: \"{}\"\nissuers:\n  bao:\n    vault:\n      address: \"{}\"\n      timeout: 10s\n      auth:\n        kubernetes: {{role: web, tokenFile: \"{}\", mount: {mount}}}\n      pki:\n        mount: pki\n        role: app\ncertificates:\n{}",
+            case.out.display(),
+            bao.addr,
+            token_file.display(),
+            cert_yaml("web", "1h")
+        ),
+    )
+    .unwrap();
+    let ran = case.init("30s");
+    let ctx = || {
+        format!(
+            "{}\n{}\n{}\n{}",
+            case.describe(),
+            ran.describe(),
+            bao.describe(),
+            plane.describe()
+        )
+    };
+    assert!(ran.status.success(), "{}", ctx());
+    openssl_verify(&bao.root_ca, &case.out.join("web/tls.crt"))
+        .unwrap_or_else(|e| panic!("{e}\n{}", ctx()));
+
+    // The service account deleted, its token (still unexpired, still signed by the cluster's key)
+    // fails the real TokenReview, and OpenBao refuses the login.
+    plane
+        .admin(
+            "DELETE",
+            "/api/v1/namespaces/shop/serviceaccounts/web",
+            None,
+        )
+        .unwrap();
+    // The API server learns of the deletion through its informer: wait until its own
+    // TokenReview says so.
+    wait_for(
+        "the API server to stop authenticating the deleted account's token",
+        Duration::from_secs(30),
+        || {
+            plane
+            .admin(
+                "POST",
+                "/apis/authentication.k8s.io/v1/tokenreviews",
+                Some(&json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": jwt, "audiences": ["vault"]}})),
+            )
+            .is_ok_and(|r| r["status"]["authenticated"] != true)
+        },
+    );
+    std::fs::remove_dir_all(&case.out).unwrap();
+    let ran = case.init("5s");
+    let ctx = || format!("{}\n{}", ran.describe(), bao.describe());
+    assert_eq!(ran.code(), Some(1), "{}", ctx());
+    assert!(
+        ran.stderr.contains("Vault answered 403 Forbidden"),
+        "{}",
+        ctx()
+    );
 }
