@@ -6,7 +6,9 @@
 //! subresource (as `kubectl certificate approve` does) and writes `status.certificate` through
 //! the status subresource (as a signer controller does). OpenBao checks pillion's service-account
 //! token (from the TokenRequest API, for OpenBao's audience) with the real TokenReview, and
-//! refuses it once the account is deleted.
+//! refuses it once the account is deleted. A denied request, one never approved and one approved
+//! but never signed each reach the user with their own words; a watch survives the API server
+//! being killed and started again.
 
 use crate::common;
 
@@ -22,9 +24,25 @@ use serde_json::{json, Value};
 const SIGNER: &str = "example.com/pillion-test";
 const CSRS: &str = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
 
+/// What the test signer does with each request for [`SIGNER`].
+#[derive(Clone, Copy, PartialEq)]
+enum Signer {
+    /// Approves and signs.
+    Signs,
+    /// Approves, never signs.
+    ApprovesOnly,
+    /// Denies.
+    Denies,
+}
+
 /// The test signer: approves every CSR for [`SIGNER`] and signs it with the cluster CA, until
 /// `stop`. Conflicts (the object changed meanwhile) are retried at the next look.
 fn sign_until(plane: &ControlPlane, stop: &AtomicBool, work: &Path) {
+    act_until(plane, stop, work, Signer::Signs)
+}
+
+/// The test signer doing `mode`, until `stop`.
+fn act_until(plane: &ControlPlane, stop: &AtomicBool, work: &Path, mode: Signer) {
     let (ca, ca_key) = plane.ca_files();
     while !stop.load(Ordering::Relaxed) {
         let list = plane.admin("GET", CSRS, None).unwrap_or_default();
@@ -38,14 +56,20 @@ fn sign_until(plane: &ControlPlane, stop: &AtomicBool, work: &Path) {
                 .cloned()
                 .unwrap_or_default();
             if conditions.is_empty() {
-                csr["status"]["conditions"] = json!([{
-                    "type": "Approved", "status": "True", "reason": "KubectlApprove",
-                    "message": "approved by the pillion test signer",
-                }]);
+                csr["status"]["conditions"] = match mode {
+                    Signer::Denies => json!([{
+                        "type": "Denied", "status": "True", "reason": "TestPolicy",
+                        "message": "this test denies every request",
+                    }]),
+                    _ => json!([{
+                        "type": "Approved", "status": "True", "reason": "KubectlApprove",
+                        "message": "approved by the pillion test signer",
+                    }]),
+                };
                 let _ = plane.admin("PUT", &format!("{CSRS}/{name}/approval"), Some(&csr));
                 continue;
             }
-            if csr["status"]["certificate"].is_string() {
+            if csr["status"]["certificate"].is_string() || mode != Signer::Signs {
                 continue;
             }
             let request = base64_decode(csr["spec"]["request"].as_str().unwrap());
@@ -264,4 +288,112 @@ fn openbao_reviews_a_real_service_account_token_with_the_real_api_server() {
         "{}",
         ctx()
     );
+}
+
+/// Runs `pillion init` (with `timeout`) against `plane` as the service account with the shipped
+/// RBAC, while the test signer does `mode`.
+fn init_with_signer(plane: &ControlPlane, mode: Option<Signer>, timeout: &str) -> (Fixture, Ran) {
+    plane.apply_policy("policies/kubernetes/csr-requester.yaml");
+    let kubeconfig = plane.service_account_kubeconfig("default", "app");
+    let fx = Fixture::new();
+    fx.write_config(&csr_config(plane, &kubeconfig));
+    let stop = AtomicBool::new(false);
+    let work = tempfile::tempdir().unwrap();
+    let ran = std::thread::scope(|s| {
+        if let Some(mode) = mode {
+            let (stop, work) = (&stop, work.path());
+            s.spawn(move || act_until(plane, stop, work, mode));
+        }
+        let ran = fx.init(timeout);
+        stop.store(true, Ordering::Relaxed);
+        ran
+    });
+    (fx, ran)
+}
+
+#[test]
+fn denied_never_approved_and_never_signed_are_told_apart_by_the_real_api_server() {
+    let plane = ControlPlane::start();
+    let (fx, ran) = init_with_signer(&plane, Some(Signer::Denies), "20s");
+    let ctx = || {
+        format!(
+            "{}\n{}\n{}",
+            ran.describe(),
+            fx.describe(),
+            plane.describe()
+        )
+    };
+    assert!(!ran.status.success(), "{}", ctx());
+    assert!(
+        ran.stderr
+            .contains("was denied (TestPolicy): this test denies every request"),
+        "{}",
+        ctx()
+    );
+
+    let (fx, ran) = init_with_signer(&plane, None, "8s");
+    let ctx = || format!("{}\n{}", ran.describe(), fx.describe());
+    assert!(!ran.status.success(), "{}", ctx());
+    assert!(
+        ran.stderr
+            .contains("not approved: approve it (kubectl certificate approve"),
+        "{}",
+        ctx()
+    );
+
+    let (fx, ran) = init_with_signer(&plane, Some(Signer::ApprovesOnly), "8s");
+    let ctx = || format!("{}\n{}", ran.describe(), fx.describe());
+    assert!(!ran.status.success(), "{}", ctx());
+    assert!(
+        ran.stderr.contains(&format!(
+            "approved but not signed: is a signer for {SIGNER} running?"
+        )),
+        "{}",
+        ctx()
+    );
+}
+
+#[test]
+fn a_watch_resumes_across_an_api_server_restart() {
+    let plane = ControlPlane::start();
+    plane.apply_policy("policies/kubernetes/csr-requester.yaml");
+    let kubeconfig = plane.service_account_kubeconfig("default", "app");
+    let fx = Fixture::new();
+    fx.write_config(&csr_config(&plane, &kubeconfig));
+    let stop = AtomicBool::new(false);
+    let work = tempfile::tempdir().unwrap();
+    let daemon = fx.run();
+    // pillion's request is there and watched; the API server goes away and comes back (etcd
+    // keeps the request), then the signer answers.
+    wait_for_ctx(
+        "pillion's request",
+        Duration::from_secs(30),
+        || daemon.describe(),
+        || {
+            plane
+                .admin("GET", CSRS, None)
+                .is_ok_and(|l| l["items"].as_array().is_some_and(|i| !i.is_empty()))
+        },
+    );
+    plane.restart_apiserver();
+    std::thread::scope(|s| {
+        s.spawn(|| sign_until(&plane, &stop, work.path()));
+        let crt = fx.out.join("web/tls.crt");
+        wait_for_ctx(
+            "the certificate after the restart",
+            Duration::from_secs(60),
+            || {
+                format!(
+                    "{}\n{}\n{}",
+                    fx.describe(),
+                    daemon.describe(),
+                    plane.describe()
+                )
+            },
+            || crt.exists(),
+        );
+        stop.store(true, Ordering::Relaxed);
+    });
+    openssl_verify(&plane.ca_cert, &fx.out.join("web/tls.crt")).unwrap();
+    assert!(daemon.stop().success());
 }

@@ -63,6 +63,23 @@ pub struct ControlPlane {
     pub admin_kubeconfig: PathBuf,
     etcd: Mutex<Option<Child>>,
     apiserver: Mutex<Option<Child>>,
+    /// How the API server was started, to start it again.
+    apiserver_cmd: Mutex<Command>,
+}
+
+/// Starts `cmd` with its output appended to `<name>.log` and `<name>.err` in `dir`.
+fn spawn_logged(cmd: &mut Command, dir: &Path, name: &str) -> Child {
+    let open = |file: String| {
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(file))
+            .expect("open a log")
+    };
+    cmd.stdout(open(format!("{name}.log")))
+        .stderr(open(format!("{name}.err")))
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {name}: {e}"))
 }
 
 impl ControlPlane {
@@ -201,7 +218,8 @@ impl ControlPlane {
             .spawn()
             .expect("start etcd");
         let p = |name: &str| d.join(name).display().to_string();
-        let apiserver = Command::new(bin.join("kube-apiserver"))
+        let mut apiserver_cmd = Command::new(bin.join("kube-apiserver"));
+        apiserver_cmd
             .arg(format!("--etcd-servers=http://127.0.0.1:{client}"))
             .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
             .arg(format!("--secure-port={port}"))
@@ -222,11 +240,8 @@ impl ControlPlane {
                 "--endpoint-reconciler-type=none",
             ])
             .arg(format!("--cert-dir={}", p("apiserver-certs")))
-            .stdin(Stdio::null())
-            .stdout(log("apiserver.log"))
-            .stderr(log("apiserver.err"))
-            .spawn()
-            .expect("start kube-apiserver");
+            .stdin(Stdio::null());
+        let apiserver = spawn_logged(&mut apiserver_cmd, d, "apiserver");
         let admin_kubeconfig = d.join("admin.kubeconfig");
         let plane = ControlPlane {
             port,
@@ -235,6 +250,7 @@ impl ControlPlane {
             admin_kubeconfig: admin_kubeconfig.clone(),
             etcd: Mutex::new(Some(etcd)),
             apiserver: Mutex::new(Some(apiserver)),
+            apiserver_cmd: Mutex::new(apiserver_cmd),
             dir,
         };
         fs::write(
@@ -246,23 +262,44 @@ impl ControlPlane {
             )),
         )
         .unwrap();
+        plane.wait_ready();
+        plane
+    }
+
+    /// Kills the API server and starts it again (etcd keeps every object), waiting until it is
+    /// ready.
+    pub fn restart_apiserver(&self) {
+        if let Some(mut c) = self.apiserver.lock().unwrap().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let child = spawn_logged(
+            &mut self.apiserver_cmd.lock().unwrap(),
+            self.dir.path(),
+            "apiserver",
+        );
+        *self.apiserver.lock().unwrap() = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
         let started = Instant::now();
         loop {
-            if plane.admin("GET", "/readyz", None).is_ok() {
+            if self.admin("GET", "/readyz", None).is_ok() {
                 eprintln!(
-                    "control plane ready in {:.1} s (kube-apiserver on 127.0.0.1:{port})",
-                    started.elapsed().as_secs_f64()
+                    "control plane ready in {:.1} s (kube-apiserver on 127.0.0.1:{})",
+                    started.elapsed().as_secs_f64(),
+                    self.port
                 );
-                break;
+                return;
             }
             assert!(
                 started.elapsed() < START_DEADLINE,
                 "the control plane did not become ready\n{}",
-                plane.describe()
+                self.describe()
             );
             std::thread::sleep(Duration::from_millis(250));
         }
-        plane
     }
 
     fn path(&self, name: &str) -> PathBuf {
