@@ -11,8 +11,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../testbed"
 
 k8s=$(awk '$1 == "k8s.io/kubernetes" { print $2 }' go.mod)
 etcd=$(awk '$1 == "go.etcd.io/etcd/server/v3" { print $2 }' go.mod)
-out="${PILLION_TESTBED_CACHE:-$HOME/.cache/pillion-testbed}/k8s-$k8s-etcd-$etcd"
-if [ -x "$out/kube-apiserver" ] && [ -x "$out/etcd" ]; then
+# cert-manager's CRDs (deploy/crds of its main module). Its controller is a module of its own that
+# the Go module proxy does not serve, so the tests run a small test issuer instead.
+cert_manager=v1.21.2
+out="${PILLION_TESTBED_CACHE:-$HOME/.cache/pillion-testbed}/k8s-$k8s-etcd-$etcd-cm-$cert_manager"
+if [ -x "$out/kube-apiserver" ] && [ -x "$out/etcd" ] && [ -d "$out/crds" ]; then
     echo "$out"
     exit 0
 fi
@@ -27,6 +30,11 @@ version="-X k8s.io/component-base/version.gitVersion=$k8s"
 GOFLAGS=-mod=mod go build -trimpath -ldflags="-s -w $version" -o "$out.partial/kube-apiserver" \
     k8s.io/kubernetes/cmd/kube-apiserver
 GOFLAGS=-mod=mod go build -trimpath -ldflags="-s -w" -o "$out.partial/etcd" go.etcd.io/etcd/server/v3
+cm_dir=$(go mod download -json "github.com/cert-manager/cert-manager@$cert_manager" \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+mkdir -p "$out.partial/crds"
+cp "$cm_dir"/deploy/crds/cert-manager.io_*.yaml "$out.partial/crds/"
+chmod u+w "$out.partial/crds/"*
 rm -rf "$out"
 mv "$out.partial" "$out"
 echo "testbed.sh: built in $(( $(date +%s) - start )) s" >&2

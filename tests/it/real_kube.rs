@@ -6,7 +6,9 @@
 //! subresource (as `kubectl certificate approve` does) and writes `status.certificate` through
 //! the status subresource (as a signer controller does). OpenBao checks pillion's service-account
 //! token (from the TokenRequest API, for OpenBao's audience) with the real TokenReview, and
-//! refuses it once the account is deleted. A denied request, one never approved and one approved
+//! refuses it once the account is deleted. A cert-manager CertificateRequest is validated by
+//! cert-manager's real CRDs and issued by a test issuer (cert-manager's controller is a module the
+//! Go module proxy does not serve). A denied request, one never approved and one approved
 //! but never signed each reach the user with their own words; a watch survives the API server
 //! being killed and started again.
 
@@ -396,4 +398,123 @@ fn a_watch_resumes_across_an_api_server_restart() {
     });
     openssl_verify(&plane.ca_cert, &fx.out.join("web/tls.crt")).unwrap();
     assert!(daemon.stop().success());
+}
+
+const CERTIFICATE_REQUESTS: &str =
+    "/apis/cert-manager.io/v1/namespaces/default/certificaterequests";
+
+/// A test issuer for cert-manager's CertificateRequests (cert-manager's own controller is not
+/// served by the Go module proxy): approves each request for the ClusterIssuer `test-ca`
+/// through the status subresource, as cert-manager's approver does, then signs it with the
+/// cluster CA and marks it Ready with `status.certificate` and `status.ca`, until `stop`.
+fn issue_until(plane: &ControlPlane, stop: &AtomicBool, work: &Path) {
+    let (ca, ca_key) = plane.ca_files();
+    let ca_pem = std::fs::read(ca).unwrap();
+    while !stop.load(Ordering::Relaxed) {
+        let list = plane
+            .admin("GET", CERTIFICATE_REQUESTS, None)
+            .unwrap_or_default();
+        for mut cr in list["items"].as_array().cloned().unwrap_or_default() {
+            if cr["spec"]["issuerRef"]["name"] != "test-ca" {
+                continue;
+            }
+            let name = cr["metadata"]["name"].as_str().unwrap().to_owned();
+            let status_path = format!("{CERTIFICATE_REQUESTS}/{name}/status");
+            let conditions = cr["status"]["conditions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let now = "2026-01-01T00:00:00Z";
+            if !conditions.iter().any(|c| c["type"] == "Approved") {
+                cr["status"]["conditions"] = json!([{
+                    "type": "Approved", "status": "True", "reason": "cert-manager.io",
+                    "message": "approved by the pillion test issuer", "lastTransitionTime": now,
+                }]);
+                let _ = plane.admin("PUT", &status_path, Some(&cr));
+                continue;
+            }
+            if cr["status"]["certificate"].is_string() {
+                continue;
+            }
+            let request = base64_decode(cr["spec"]["request"].as_str().unwrap());
+            let csr_file = work.join(format!("{name}.csr"));
+            let crt_file = work.join(format!("{name}.crt"));
+            std::fs::write(&csr_file, request).unwrap();
+            let signed = run_bounded(
+                std::process::Command::new("openssl")
+                    .args([
+                        "x509",
+                        "-req",
+                        "-days",
+                        "1",
+                        "-copy_extensions",
+                        "copyall",
+                        "-CAcreateserial",
+                    ])
+                    .arg("-in")
+                    .arg(&csr_file)
+                    .arg("-CA")
+                    .arg(ca)
+                    .arg("-CAkey")
+                    .arg(ca_key)
+                    .arg("-out")
+                    .arg(&crt_file),
+                COMMAND_DEADLINE,
+            );
+            signed.assert_success();
+            let mut conditions = conditions;
+            conditions.push(json!({
+                "type": "Ready", "status": "True", "reason": "Issued",
+                "message": "signed by the pillion test issuer", "lastTransitionTime": now,
+            }));
+            cr["status"]["conditions"] = Value::Array(conditions);
+            cr["status"]["certificate"] =
+                Value::String(base64_encode(&std::fs::read(&crt_file).unwrap()));
+            cr["status"]["ca"] = Value::String(base64_encode(&ca_pem));
+            let _ = plane.admin("PUT", &status_path, Some(&cr));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_cert_manager_certificate_request_is_validated_by_the_real_crds_and_issued() {
+    let plane = ControlPlane::start();
+    plane.install_cert_manager_crds();
+    plane.apply_policy("policies/kubernetes/cert-manager-requester.yaml");
+    let kubeconfig = plane.service_account_kubeconfig("default", "app");
+    let fx = Fixture::new();
+    fx.write_config(&format!(
+        "issuers:\n  mesh:\n    certManager:\n      issuerRef: {{name: test-ca, kind: ClusterIssuer}}\n      namespace: default\n      kubeconfig: \"{}\"\n      timeout: 60s\ncertificates:\n  - name: web\n    dnsNames: [web.default.svc]\n    duration: 1h\n",
+        kubeconfig.display()
+    ));
+    let stop = AtomicBool::new(false);
+    let work = tempfile::tempdir().unwrap();
+    let ran = std::thread::scope(|s| {
+        s.spawn(|| issue_until(&plane, &stop, work.path()));
+        let ran = fx.init("60s");
+        stop.store(true, Ordering::Relaxed);
+        ran
+    });
+    let ctx = || {
+        format!(
+            "{}\n{}\n{}",
+            ran.describe(),
+            fx.describe(),
+            plane.describe()
+        )
+    };
+    assert!(ran.status.success(), "{}", ctx());
+    let web = fx.out.join("web");
+    openssl_verify(&web.join("ca.crt"), &web.join("tls.crt"))
+        .unwrap_or_else(|e| panic!("{e}\n{}", ctx()));
+    assert_eq!(
+        std::fs::read(web.join("ca.crt")).unwrap(),
+        std::fs::read(&plane.ca_cert).unwrap(),
+        "ca.crt is status.ca\n{}",
+        ctx()
+    );
+    // pillion deleted its request afterwards.
+    let left = plane.admin("GET", CERTIFICATE_REQUESTS, None).unwrap();
+    assert_eq!(left["items"], json!([]), "{}", ctx());
 }

@@ -327,11 +327,18 @@ impl ControlPlane {
             .arg("--key")
             .arg(self.path("admin.key"))
             .args(["-H", "Content-Type: application/json"]);
-        if let Some(body) = body {
-            cmd.arg("--data-binary").arg(body.to_string());
-        }
+        // The body goes through a file: a CRD is larger than an argument may be.
+        let body_file = body.map(|body| {
+            let file = self.path(&format!("body-{}.json", fastrand::u64(..)));
+            fs::write(&file, body.to_string()).unwrap();
+            cmd.arg("--data-binary").arg(format!("@{}", file.display()));
+            file
+        });
         cmd.arg(format!("https://127.0.0.1:{}{path}", self.port));
         let ran = run_bounded(&mut cmd, COMMAND_DEADLINE);
+        if let Some(file) = body_file {
+            let _ = fs::remove_file(file);
+        }
         let out = ran.stdout.trim_end();
         let (text, code) = out.rsplit_once('\n').unwrap_or(("", out));
         match code {
@@ -349,6 +356,9 @@ impl ControlPlane {
                 ("Namespace", _) => "/api/v1/namespaces".to_owned(),
                 ("ServiceAccount", Some(ns)) => format!("/api/v1/namespaces/{ns}/serviceaccounts"),
                 ("ClusterRole", _) => "/apis/rbac.authorization.k8s.io/v1/clusterroles".into(),
+                ("CustomResourceDefinition", _) => {
+                    "/apis/apiextensions.k8s.io/v1/customresourcedefinitions".into()
+                }
                 ("ClusterRoleBinding", _) => {
                     "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings".into()
                 }
@@ -375,6 +385,44 @@ impl ControlPlane {
             .filter(|v: &Value| !v.is_null())
             .collect();
         self.create(&objects);
+    }
+
+    /// Installs cert-manager's CRDs (from its release, copied by scripts/testbed.sh) and waits
+    /// until the API server serves them.
+    pub fn install_cert_manager_crds(&self) {
+        let dir = testbed_dir().join("crds");
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&dir).unwrap() {
+            let text = fs::read_to_string(entry.unwrap().path()).unwrap();
+            let crd: Value = serde_yaml_ng::from_str(&text).unwrap();
+            names.push(crd["metadata"]["name"].as_str().unwrap().to_owned());
+            self.create(&[crd]);
+        }
+        let started = Instant::now();
+        for name in names {
+            loop {
+                let crd = self
+                    .admin(
+                        "GET",
+                        &format!("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"),
+                        None,
+                    )
+                    .unwrap();
+                let established = crd["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Established" && c["status"] == "True");
+                if established {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < START_DEADLINE,
+                    "CRD {name} never Established"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
     }
 
     /// A kubeconfig for the service account `namespace/name` (created if missing) holding a token
