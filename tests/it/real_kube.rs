@@ -35,6 +35,8 @@ enum Signer {
     ApprovesOnly,
     /// Denies.
     Denies,
+    /// Approves, then fails it (a `Failed` condition, as a signer that cannot sign sets).
+    Fails,
 }
 
 /// The test signer: approves every CSR for [`SIGNER`] and signs it with the cluster CA, until
@@ -69,6 +71,16 @@ fn act_until(plane: &ControlPlane, stop: &AtomicBool, work: &Path, mode: Signer)
                     }]),
                 };
                 let _ = plane.admin("PUT", &format!("{CSRS}/{name}/approval"), Some(&csr));
+                continue;
+            }
+            if mode == Signer::Fails && !conditions.iter().any(|c| c["type"] == "Failed") {
+                let mut conditions = conditions;
+                conditions.push(json!({
+                    "type": "Failed", "status": "True", "reason": "SignerUnavailable",
+                    "message": "the test signer cannot sign this",
+                }));
+                csr["status"]["conditions"] = Value::Array(conditions);
+                let _ = plane.admin("PUT", &format!("{CSRS}/{name}/status"), Some(&csr));
                 continue;
             }
             if csr["status"]["certificate"].is_string() || mode != Signer::Signs {
@@ -314,9 +326,9 @@ fn init_with_signer(plane: &ControlPlane, mode: Option<Signer>, timeout: &str) -
 }
 
 #[test]
-fn denied_never_approved_and_never_signed_are_told_apart_by_the_real_api_server() {
+fn denied_failed_never_approved_and_never_signed_are_told_apart_by_the_real_api_server() {
     let plane = ControlPlane::start();
-    let (fx, ran) = init_with_signer(&plane, Some(Signer::Denies), "20s");
+    let (fx, ran) = init_with_signer(&plane, Some(Signer::Denies), "6s");
     let ctx = || {
         format!(
             "{}\n{}\n{}",
@@ -333,7 +345,17 @@ fn denied_never_approved_and_never_signed_are_told_apart_by_the_real_api_server(
         ctx()
     );
 
-    let (fx, ran) = init_with_signer(&plane, None, "8s");
+    let (fx, ran) = init_with_signer(&plane, Some(Signer::Fails), "6s");
+    let ctx = || format!("{}\n{}", ran.describe(), fx.describe());
+    assert!(!ran.status.success(), "{}", ctx());
+    assert!(
+        ran.stderr
+            .contains("failed (SignerUnavailable): the test signer cannot sign this"),
+        "{}",
+        ctx()
+    );
+
+    let (fx, ran) = init_with_signer(&plane, None, "6s");
     let ctx = || format!("{}\n{}", ran.describe(), fx.describe());
     assert!(!ran.status.success(), "{}", ctx());
     assert!(
@@ -343,7 +365,7 @@ fn denied_never_approved_and_never_signed_are_told_apart_by_the_real_api_server(
         ctx()
     );
 
-    let (fx, ran) = init_with_signer(&plane, Some(Signer::ApprovesOnly), "8s");
+    let (fx, ran) = init_with_signer(&plane, Some(Signer::ApprovesOnly), "6s");
     let ctx = || format!("{}\n{}", ran.describe(), fx.describe());
     assert!(!ran.status.success(), "{}", ctx());
     assert!(
