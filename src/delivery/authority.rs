@@ -74,6 +74,11 @@ where
             Err(e) => return Err(e),
         }
         let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        if len > MAX_FRAME {
+            // Larger than the server allows (SETTINGS_MAX_FRAME_SIZE): a protocol error, and
+            // no reason to hold 16 MiB for it.
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "frame too large"));
+        }
         let (kind, flags) = (head[3], head[4]);
         let stream: [u8; 4] = [head[5], head[6], head[7], head[8]];
         let mut payload = vec![0u8; len];
