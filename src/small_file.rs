@@ -1,12 +1,13 @@
 //! Reading the small files a configuration names: CA certificates and keys,
-//! tokens, passwords, the configuration itself.
+//! tokens, passwords, the configuration itself; and writing one small file
+//! of pillion's own in place ([`write_atomically`]).
 //!
 //! Each is read with a size limit and only when it is a regular file (or a
 //! symlink to one, as in a Kubernetes Secret volume), so that a mistyped path
 //! (`/dev/zero`, a FIFO, a directory) is an error naming the file instead of
 //! gigabytes of memory or a hang.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -88,6 +89,32 @@ fn too_large() -> std::io::Error {
     )
 }
 
+/// Writes `data` to `path` whole or not at all: into `.<name>.tmp` beside it,
+/// created with `mode` (never looser, even for an instant), synced, then
+/// renamed over `path`. A failure (a full disk) leaves no temporary file.
+///
+/// # Errors
+/// Creating, writing, syncing or renaming failed.
+pub fn write_atomically(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .and_then(|mut file| {
+            file.write_all(data)?;
+            file.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,5 +148,28 @@ mod tests {
         let small = tmp.path().join("small");
         std::fs::write(&small, "ok").unwrap();
         assert_eq!(read_to_string(&small).unwrap(), "ok");
+    }
+
+    #[test]
+    fn a_write_replaces_the_file_whole_with_its_mode_and_leaves_nothing_beside_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("notes.json");
+        write_atomically(&path, b"one", 0o600).unwrap();
+        write_atomically(&path, b"two", 0o644).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+        // A directory where the file should be: the rename fails, the temporary file goes.
+        let dir = tmp.path().join("taken");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("x"), "x").unwrap();
+        assert!(write_atomically(&dir, b"data", 0o600).is_err());
+        let names: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
     }
 }

@@ -132,8 +132,6 @@ pub async fn record(output_dir: PathBuf, mut states: watch::Receiver<Vec<Credent
 }
 
 fn write_notes(path: &Path, notes: &Map<String, Value>) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt;
     if notes.is_empty() {
         return match std::fs::remove_file(path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
@@ -141,21 +139,8 @@ fn write_notes(path: &Path, notes: &Map<String, Value>) -> std::io::Result<()> {
         };
     }
     let doc = json!({ "credentials": notes, "written": fmt_time(SystemTime::now()).to_string() });
-    let tmp = path.with_extension("json.tmp");
-    let _ = std::fs::remove_file(&tmp);
     let text = serde_json::to_vec_pretty(&doc).expect("a JSON value always serializes");
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(&tmp)
-        .and_then(|mut file| file.write_all(&text))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if written.is_err() {
-        // A full disk: leave nothing behind.
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    crate::small_file::write_atomically(path, &text, 0o644)
 }
 
 /// The notes of [`record`] in `output_dir`, if the agent left any.

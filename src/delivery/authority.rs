@@ -77,7 +77,10 @@ where
         if len > MAX_FRAME {
             // Larger than the server allows (SETTINGS_MAX_FRAME_SIZE): a protocol error, and
             // no reason to hold 16 MiB for it.
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "frame too large"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "frame too large",
+            ));
         }
         let (kind, flags) = (head[3], head[4]);
         let stream: [u8; 4] = [head[5], head[6], head[7], head[8]];

@@ -4,8 +4,7 @@
 //! The files are read again for every signature, so a CA mounted from a
 //! Kubernetes Secret can be rotated under a running pillion.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -337,17 +336,8 @@ fn create_development_ca(dir: &Path) -> std::io::Result<()> {
         .self_signed(&key.key_pair())
         .map_err(std::io::Error::other)?;
 
-    let write = |name: &str, data: &[u8], mode: u32| -> std::io::Result<()> {
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, dir.join(name))
+    let write = |name: &str, data: &[u8], mode: u32| {
+        crate::small_file::write_atomically(&dir.join(name), data, mode)
     };
     write("ca.key", key.to_pem().as_bytes(), 0o600)?;
     write("ca.crt", cert.pem().as_bytes(), 0o644)?;

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use common::control_plane::ControlPlane;
 use common::fixture::Fixture;
+use common::kube_case::base64_decode;
 use common::*;
 use serde_json::{json, Value};
 
@@ -41,13 +42,12 @@ enum Signer {
 
 /// The test signer: approves every CSR for [`SIGNER`] and signs it with the cluster CA, until
 /// `stop`. Conflicts (the object changed meanwhile) are retried at the next look.
-fn sign_until(plane: &ControlPlane, stop: &AtomicBool, work: &Path) {
-    act_until(plane, stop, work, Signer::Signs)
+fn sign_until(plane: &ControlPlane, stop: &AtomicBool) {
+    act_until(plane, stop, Signer::Signs)
 }
 
 /// The test signer doing `mode`, until `stop`.
-fn act_until(plane: &ControlPlane, stop: &AtomicBool, work: &Path, mode: Signer) {
-    let (ca, ca_key) = plane.ca_files();
+fn act_until(plane: &ControlPlane, stop: &AtomicBool, mode: Signer) {
     while !stop.load(Ordering::Relaxed) {
         let list = plane.admin("GET", CSRS, None).unwrap_or_default();
         for mut csr in list["items"].as_array().cloned().unwrap_or_default() {
@@ -87,56 +87,11 @@ fn act_until(plane: &ControlPlane, stop: &AtomicBool, work: &Path, mode: Signer)
                 continue;
             }
             let request = base64_decode(csr["spec"]["request"].as_str().unwrap());
-            let csr_file = work.join(format!("{name}.csr"));
-            let crt_file = work.join(format!("{name}.crt"));
-            std::fs::write(&csr_file, request).unwrap();
-            let ext = write(
-                work,
-                "signer.ext",
-                "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n",
-            );
-            let signed = run_bounded(
-                std::process::Command::new("openssl")
-                    .args([
-                        "x509",
-                        "-req",
-                        "-days",
-                        "1",
-                        "-copy_extensions",
-                        "copyall",
-                        "-CAcreateserial",
-                    ])
-                    .arg("-in")
-                    .arg(&csr_file)
-                    .arg("-CA")
-                    .arg(ca)
-                    .arg("-CAkey")
-                    .arg(ca_key)
-                    .arg("-extfile")
-                    .arg(&ext)
-                    .arg("-out")
-                    .arg(&crt_file),
-                COMMAND_DEADLINE,
-            );
-            signed.assert_success();
-            csr["status"]["certificate"] =
-                Value::String(base64_encode(&std::fs::read(&crt_file).unwrap()));
+            csr["status"]["certificate"] = Value::String(plane.sign(&request));
             let _ = plane.admin("PUT", &format!("{CSRS}/{name}/status"), Some(&csr));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn base64_decode(text: &str) -> Vec<u8> {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD
-        .decode(text)
-        .unwrap()
-}
-
-fn base64_encode(bytes: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 fn csr_config(plane: &ControlPlane, kubeconfig: &Path) -> String {
@@ -150,18 +105,7 @@ fn csr_config(plane: &ControlPlane, kubeconfig: &Path) -> String {
 #[test]
 fn a_csr_is_approved_and_signed_through_the_real_api_server_and_published() {
     let plane = ControlPlane::start();
-    plane.apply_policy("policies/kubernetes/csr-requester.yaml");
-    let kubeconfig = plane.service_account_kubeconfig("default", "app");
-    let fx = Fixture::new();
-    fx.write_config(&csr_config(&plane, &kubeconfig));
-    let stop = AtomicBool::new(false);
-    let work = tempfile::tempdir().unwrap();
-    let ran = std::thread::scope(|s| {
-        s.spawn(|| sign_until(&plane, &stop, work.path()));
-        let ran = fx.init("60s");
-        stop.store(true, Ordering::Relaxed);
-        ran
-    });
+    let (fx, ran) = init_with_signer(&plane, Some(Signer::Signs), "60s");
     let ctx = || {
         format!(
             "{}\n{}\n{}",
@@ -311,18 +255,24 @@ fn init_with_signer(plane: &ControlPlane, mode: Option<Signer>, timeout: &str) -
     let kubeconfig = plane.service_account_kubeconfig("default", "app");
     let fx = Fixture::new();
     fx.write_config(&csr_config(plane, &kubeconfig));
-    let stop = AtomicBool::new(false);
-    let work = tempfile::tempdir().unwrap();
-    let ran = std::thread::scope(|s| {
+    let ran = init_beside(&fx, timeout, |stop| {
         if let Some(mode) = mode {
-            let (stop, work) = (&stop, work.path());
-            s.spawn(move || act_until(plane, stop, work, mode));
+            act_until(plane, stop, mode)
         }
+    });
+    (fx, ran)
+}
+
+/// `pillion init` with `timeout`, while `worker` (a test signer) runs on another thread until
+/// told to stop.
+fn init_beside(fx: &Fixture, timeout: &str, worker: impl FnOnce(&AtomicBool) + Send) -> Ran {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| worker(&stop));
         let ran = fx.init(timeout);
         stop.store(true, Ordering::Relaxed);
         ran
-    });
-    (fx, ran)
+    })
 }
 
 #[test]
@@ -385,7 +335,6 @@ fn a_watch_resumes_across_an_api_server_restart() {
     let fx = Fixture::new();
     fx.write_config(&csr_config(&plane, &kubeconfig));
     let stop = AtomicBool::new(false);
-    let work = tempfile::tempdir().unwrap();
     let daemon = fx.run();
     // pillion's request is there and watched; the API server goes away and comes back (etcd
     // keeps the request), then the signer answers.
@@ -401,7 +350,7 @@ fn a_watch_resumes_across_an_api_server_restart() {
     );
     plane.restart_apiserver();
     std::thread::scope(|s| {
-        s.spawn(|| sign_until(&plane, &stop, work.path()));
+        s.spawn(|| sign_until(&plane, &stop));
         let crt = fx.out.join("web/tls.crt");
         wait_for_ctx(
             "the certificate after the restart",
@@ -429,9 +378,7 @@ const CERTIFICATE_REQUESTS: &str =
 /// served by the Go module proxy): approves each request for the ClusterIssuer `test-ca`
 /// through the status subresource, as cert-manager's approver does, then signs it with the
 /// cluster CA and marks it Ready with `status.certificate` and `status.ca`, until `stop`.
-fn issue_until(plane: &ControlPlane, stop: &AtomicBool, work: &Path) {
-    let (ca, ca_key) = plane.ca_files();
-    let ca_pem = std::fs::read(ca).unwrap();
+fn issue_until(plane: &ControlPlane, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         let list = plane
             .admin("GET", CERTIFICATE_REQUESTS, None)
@@ -459,40 +406,15 @@ fn issue_until(plane: &ControlPlane, stop: &AtomicBool, work: &Path) {
                 continue;
             }
             let request = base64_decode(cr["spec"]["request"].as_str().unwrap());
-            let csr_file = work.join(format!("{name}.csr"));
-            let crt_file = work.join(format!("{name}.crt"));
-            std::fs::write(&csr_file, request).unwrap();
-            let signed = run_bounded(
-                std::process::Command::new("openssl")
-                    .args([
-                        "x509",
-                        "-req",
-                        "-days",
-                        "1",
-                        "-copy_extensions",
-                        "copyall",
-                        "-CAcreateserial",
-                    ])
-                    .arg("-in")
-                    .arg(&csr_file)
-                    .arg("-CA")
-                    .arg(ca)
-                    .arg("-CAkey")
-                    .arg(ca_key)
-                    .arg("-out")
-                    .arg(&crt_file),
-                COMMAND_DEADLINE,
-            );
-            signed.assert_success();
+            let certificate = plane.sign(&request);
             let mut conditions = conditions;
             conditions.push(json!({
                 "type": "Ready", "status": "True", "reason": "Issued",
                 "message": "signed by the pillion test issuer", "lastTransitionTime": now,
             }));
             cr["status"]["conditions"] = Value::Array(conditions);
-            cr["status"]["certificate"] =
-                Value::String(base64_encode(&std::fs::read(&crt_file).unwrap()));
-            cr["status"]["ca"] = Value::String(base64_encode(&ca_pem));
+            cr["status"]["certificate"] = Value::String(certificate);
+            cr["status"]["ca"] = Value::String(plane.ca_b64());
             let _ = plane.admin("PUT", &status_path, Some(&cr));
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -510,14 +432,7 @@ fn a_cert_manager_certificate_request_is_validated_by_the_real_crds_and_issued()
         "issuers:\n  mesh:\n    certManager:\n      issuerRef: {{name: test-ca, kind: ClusterIssuer}}\n      namespace: default\n      kubeconfig: \"{}\"\n      timeout: 60s\ncertificates:\n  - name: web\n    dnsNames: [web.default.svc]\n    duration: 1h\n",
         kubeconfig.display()
     ));
-    let stop = AtomicBool::new(false);
-    let work = tempfile::tempdir().unwrap();
-    let ran = std::thread::scope(|s| {
-        s.spawn(|| issue_until(&plane, &stop, work.path()));
-        let ran = fx.init("60s");
-        stop.store(true, Ordering::Relaxed);
-        ran
-    });
+    let ran = init_beside(&fx, "60s", |stop| issue_until(&plane, stop));
     let ctx = || {
         format!(
             "{}\n{}\n{}",

@@ -298,23 +298,33 @@ fn check_reports_template_syntax_errors_and_unknown_names_with_exit_2() {
         assert!(ran.stderr.contains(expected), "{expected}\n{}", ran.describe());
     }
 
-    // With the inline ones fixed, preflight reads the template file: its syntax error, with
-    // the file and line.
-    fx.write_config(&format!(
+    // `pillion check` of `config` exits 2 and says `expected`; the run, for more checks.
+    let refused = |config: &str, expected: &str| {
+        fx.write_config(config);
+        let ran = run_bounded(&mut fx.pillion(&["check"]), COMMAND_DEADLINE);
+        assert_eq!(ran.code(), Some(2), "{}", ran.describe());
+        assert!(
+            ran.stderr.contains(expected),
+            "{expected}\n{}",
+            ran.describe()
+        );
+        ran
+    };
+    let file_config = format!(
         "certificates:\n  - name: web\n    dnsNames: [localhost]\n    templates:\n      - file: b.txt\n        templateFile: {}\n",
         file.display()
-    ));
-    let ran = run_bounded(&mut fx.pillion(&["check"]), COMMAND_DEADLINE);
-    assert_eq!(ran.code(), Some(2), "{}", ran.describe());
-    let expected = format!(
-        "certificates[0].templates[0].templateFile: {}:",
-        file.display()
     );
-    assert!(
-        ran.stderr.contains(&expected) && ran.stderr.contains("syntax error"),
-        "{expected} ... syntax error\n{}",
-        ran.describe()
+
+    // With the inline ones fixed, preflight reads the template file: its syntax error, with
+    // the file and line.
+    let ran = refused(
+        &file_config,
+        &format!(
+            "certificates[0].templates[0].templateFile: {}:",
+            file.display()
+        ),
     );
+    assert!(ran.stderr.contains("syntax error"), "{}", ran.describe());
 
     // Rendered against placeholder data: a filter that does not exist, in a
     // template file and inline, is reported with its file and line; what
@@ -324,43 +334,21 @@ fn check_reports_template_syntax_errors_and_unknown_names_with_exit_2() {
         "ok\n{% for k, v in certs.web | items %}{{ v }}{% endfor %}\nA={{ certs.web.cert | b64encode | to_base64 }}\n",
     )
     .unwrap();
-    fx.write_config(
+    refused(
         "certificates:\n  - name: web\n    dnsNames: [localhost]\n    templates:\n      - file: c.txt\n        template: \"{{ certs.web.serial | lower }}\\n{{ certs.web.serial | trim(1, 2) }}\"\n",
+        "certificates[0].templates[0].template: line 2: too many arguments",
     );
-    let ran = run_bounded(&mut fx.pillion(&["check"]), COMMAND_DEADLINE);
-    assert_eq!(ran.code(), Some(2), "{}", ran.describe());
-    let expected = "certificates[0].templates[0].template: line 2: too many arguments";
-    assert!(
-        ran.stderr.contains(expected),
-        "{expected}\n{}",
-        ran.describe()
-    );
-    fx.write_config(&format!(
-        "certificates:\n  - name: web\n    dnsNames: [localhost]\n    templates:\n      - file: b.txt\n        templateFile: {}\n",
-        file.display()
-    ));
-    let ran = run_bounded(&mut fx.pillion(&["check"]), COMMAND_DEADLINE);
-    assert_eq!(ran.code(), Some(2), "{}", ran.describe());
-    let expected = format!(
-        "certificates[0].templates[0].templateFile: {}:3: unknown filter",
-        file.display()
-    );
-    assert!(
-        ran.stderr.contains(&expected),
-        "{expected}\n{}",
-        ran.describe()
+    refused(
+        &file_config,
+        &format!(
+            "certificates[0].templates[0].templateFile: {}:3: unknown filter",
+            file.display()
+        ),
     );
 
     // A missing template file is named.
-    fx.write_config(
+    refused(
         "certificates:\n  - name: web\n    dnsNames: [localhost]\n    templates:\n      - file: b.txt\n        templateFile: /nonexistent/t.j2\n",
-    );
-    let ran = run_bounded(&mut fx.pillion(&["check"]), COMMAND_DEADLINE);
-    assert_eq!(ran.code(), Some(2), "{}", ran.describe());
-    assert!(
-        ran.stderr
-            .contains("certificates[0].templates[0].templateFile: /nonexistent/t.j2:"),
-        "{}",
-        ran.describe()
+        "certificates[0].templates[0].templateFile: /nonexistent/t.j2:",
     );
 }

@@ -57,7 +57,6 @@ pub struct ControlPlane {
     pub port: u16,
     /// The cluster CA: it signed the serving certificate and the admin's.
     pub ca_cert: PathBuf,
-    ca_key: PathBuf,
     /// A kubeconfig for the admin (client certificate, group system:masters).
     #[allow(dead_code)]
     pub admin_kubeconfig: PathBuf,
@@ -246,7 +245,6 @@ impl ControlPlane {
         let plane = ControlPlane {
             port,
             ca_cert: d.join("ca.crt"),
-            ca_key: d.join("ca.key"),
             admin_kubeconfig: admin_kubeconfig.clone(),
             etcd: Mutex::new(Some(etcd)),
             apiserver: Mutex::new(Some(apiserver)),
@@ -450,9 +448,45 @@ impl ControlPlane {
         answer["status"]["token"].as_str().unwrap().to_owned()
     }
 
-    /// The cluster CA's certificate and key, to sign CSRs as a test signer would.
-    pub fn ca_files(&self) -> (&Path, &Path) {
-        (&self.ca_cert, &self.ca_key)
+    /// Signs a PKCS#10 request (PEM) with the cluster CA for a day, keeping its names, as a test
+    /// signer would: the certificate PEM, base64-encoded as `status.certificate` holds it.
+    pub fn sign(&self, request_pem: &[u8]) -> String {
+        let tag = fastrand::u64(..);
+        let (csr, crt) = (format!("req-{tag}.csr"), format!("req-{tag}.crt"));
+        fs::write(self.path(&csr), request_pem).unwrap();
+        write(
+            self.dir.path(),
+            "signer.ext",
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n",
+        );
+        openssl_in(
+            self.dir.path(),
+            &[
+                "x509",
+                "-req",
+                "-days",
+                "1",
+                "-copy_extensions",
+                "copyall",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-extfile",
+                "signer.ext",
+                "-out",
+                &crt,
+            ],
+        );
+        b64(&fs::read(self.path(&crt)).unwrap())
+    }
+
+    /// The cluster CA's certificate, base64-encoded as `status.ca` holds it.
+    pub fn ca_b64(&self) -> String {
+        b64(&fs::read(&self.ca_cert).unwrap())
     }
 
     pub fn describe(&self) -> String {
