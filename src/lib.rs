@@ -16,6 +16,7 @@ pub mod credential;
 pub mod delivery;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod inject;
 pub mod issuers;
 pub mod keys;
 pub mod names;

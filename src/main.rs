@@ -70,6 +70,7 @@ fn main() -> ExitCode {
         }
         Command::Check(args) => (&args.cert, &args.reload, None),
         Command::Run(args) => (&args.cert, &args.reload, Some(Mode::Run)),
+        Command::Inject(args) => (&args.cert, &no_reload, Some(Mode::Run)),
         // An init container runs before the app: it has nothing to reload.
         Command::Init(args) => (
             &args.cert,
@@ -98,6 +99,13 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     };
 
+    let inject = match &cli.command {
+        Command::Inject(args) => match served_files(&config, args) {
+            Ok(files) => Some((args.clone(), files)),
+            Err(e) => return fail(EXIT_USAGE, e),
+        },
+        _ => None,
+    };
     let init = matches!(mode, Mode::Init { .. });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -139,6 +147,16 @@ fn main() -> ExitCode {
             tokio::spawn(async move { pillion::delivery::serve_workload_api(unix, &served).await });
             tracing::info!(socket = %spec.socket.display(), svids = %spec.svids.join(","), "serving the SPIFFE Workload API");
         }
+        let webhook = match &inject {
+            Some((args, _)) => Some(
+                tokio::net::TcpListener::bind(args.webhook_listen)
+                    .await
+                    .with_context(|| {
+                        format!("failed to serve the webhook on {}", args.webhook_listen)
+                    })?,
+            ),
+            None => None,
+        };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(signals.forward(tx.clone()));
         let metrics = std::sync::Arc::new(pillion::telemetry::Metrics::new());
@@ -157,6 +175,17 @@ fn main() -> ExitCode {
                 let issuers = preflight::preflight(&config, true).map_err(|e| e.to_string())?;
                 Ok((config, issuers))
             }));
+        }
+        if let (Some((args, files)), Some(webhook)) = (inject, webhook) {
+            let slot = std::sync::Arc::new(pillion::inject::webhook::CertSlot::default());
+            let injector = std::sync::Arc::new(pillion::inject::Injector { image: args.image });
+            tokio::spawn(pillion::inject::webhook::follow(
+                files,
+                slot.clone(),
+                agent.subscribe(),
+                args.webhook_configuration,
+            ));
+            tokio::spawn(pillion::inject::webhook::serve(webhook, slot, injector));
         }
         if let Some(listener) = listener {
             tokio::spawn(pillion::server::serve(
@@ -183,6 +212,32 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(EXIT_RUNTIME, format!("{e:#}")),
     }
+}
+
+/// The files of the certificate `inject` serves: `--certificate`, or the
+/// configuration's only one.
+fn served_files(
+    config: &Config,
+    args: &pillion::cli::InjectArgs,
+) -> Result<pillion::inject::webhook::ServedFiles, String> {
+    let names: Vec<&str> = config.certificates.iter().map(|c| c.name.as_str()).collect();
+    let spec = match &args.certificate {
+        Some(name) => config.certificates.iter().find(|c| &c.name == name).ok_or_else(|| {
+            format!("--certificate {name:?}: the configuration has no such certificate (it has: {})", names.join(", "))
+        })?,
+        None => match config.certificates.as_slice() {
+            [only] => only,
+            [] => return Err("inject needs a certificate to serve the webhook with; the configuration has none".into()),
+            _ => return Err(format!("--certificate: say which certificate the webhook serves (one of: {})", names.join(", "))),
+        },
+    };
+    let dir = spec.target_dir(&config.output_dir);
+    Ok(pillion::inject::webhook::ServedFiles {
+        name: spec.name.clone(),
+        certificate: dir.join(&spec.files.certificate),
+        private_key: dir.join(&spec.files.private_key),
+        ca: dir.join(&spec.files.ca),
+    })
 }
 
 fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {

@@ -24,6 +24,7 @@ mod envoy_sds;
 mod fake_kube_selftest;
 mod files_source;
 mod init_local_ca;
+mod inject;
 mod java_keystores;
 mod json_logs;
 mod kubernetes_csr;
