@@ -75,14 +75,16 @@ pub enum Command {
     Status(StatusArgs),
     /// Serve the admission webhook that adds pillion to pods annotated `pillion.dev/inject: "true"`,
     /// keeping its own TLS certificate fresh as `run` does.
-    #[command(long_about = "Serve a mutating admission webhook (POST /mutate, HTTPS) that adds pillion to every pod \
+    #[command(
+        long_about = "Serve a mutating admission webhook (POST /mutate, HTTPS) that adds pillion to every pod \
 annotated pillion.dev/inject: \"true\", as a native sidecar with the memory volume, shared process namespace, \
 downward-API variables and hardened securityContext of deploy/overlays/native-sidecar. What pillion obtains \
 comes from a ConfigMap (pillion.dev/config) or from annotations (pillion.dev/dns-names, ...); a bad annotation \
 refuses the pod with a message naming it. The annotations are listed in the README.\n\n\
 The webhook serves a certificate this same process obtains and renews (from --config, or the certificate \
 flags); each renewal is served from the next connection on. With --webhook-configuration, the CA of that \
-certificate is kept in the MutatingWebhookConfiguration's caBundle.")]
+certificate is kept in the MutatingWebhookConfiguration's caBundle."
+    )]
     Inject(InjectArgs),
     /// Print the version, the git commit and the target it was built for.
     Version,
@@ -97,14 +99,23 @@ pub struct InjectArgs {
     #[arg(long, env = "PILLION_INJECT_IMAGE", value_name = "IMAGE")]
     pub image: String,
     /// Serve the webhook (HTTPS) on this address.
-    #[arg(long, env = "PILLION_INJECT_LISTEN", value_name = "ADDR:PORT", default_value = "0.0.0.0:8443")]
+    #[arg(
+        long,
+        env = "PILLION_INJECT_LISTEN",
+        value_name = "ADDR:PORT",
+        default_value = "0.0.0.0:8443"
+    )]
     pub webhook_listen: std::net::SocketAddr,
     /// The certificate (a name in --config) the webhook serves. [default: the only one]
     #[arg(long, env = "PILLION_INJECT_CERTIFICATE", value_name = "NAME")]
     pub certificate: Option<String>,
     /// Keep the caBundle of this MutatingWebhookConfiguration equal to the certificate's CA
     /// (needs get and update on it; the Kubernetes client configuration is the pod's, or $KUBECONFIG).
-    #[arg(long, env = "PILLION_INJECT_WEBHOOK_CONFIGURATION", value_name = "NAME")]
+    #[arg(
+        long,
+        env = "PILLION_INJECT_WEBHOOK_CONFIGURATION",
+        value_name = "NAME"
+    )]
     pub webhook_configuration: Option<String>,
     /// The webhook's certificate, when there is no --config.
     #[command(flatten)]

@@ -220,7 +220,11 @@ fn served_files(
     config: &Config,
     args: &pillion::cli::InjectArgs,
 ) -> Result<pillion::inject::webhook::ServedFiles, String> {
-    let names: Vec<&str> = config.certificates.iter().map(|c| c.name.as_str()).collect();
+    let names: Vec<&str> = config
+        .certificates
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
     let spec = match &args.certificate {
         Some(name) => config.certificates.iter().find(|c| &c.name == name).ok_or_else(|| {
             format!("--certificate {name:?}: the configuration has no such certificate (it has: {})", names.join(", "))

@@ -50,18 +50,54 @@ pub const API_TOKEN: &str = "pillion.dev/api-token";
 
 /// Every annotation the injector reads, with what it means (for errors and docs).
 pub const ANNOTATIONS: [(&str, &str); 12] = [
-    (INJECT, "\"true\" adds pillion; \"false\" or absent leaves the pod alone"),
-    (CONFIG, "a ConfigMap holding pillion.yaml, mounted at /etc/pillion"),
-    (DNS_NAMES, "without pillion.dev/config: DNS names to certify, comma-separated"),
-    (COMMON_NAME, "without pillion.dev/config: the subject common name"),
-    (IP_ADDRESSES, "without pillion.dev/config: IP addresses to certify, e.g. $(POD_IP)"),
-    (CA_SECRET, "without pillion.dev/config: a Secret with the signing CA's tls.crt and tls.key"),
-    (RELOAD_PROCESS, "without pillion.dev/config: the process to signal after a renewal"),
-    (RELOAD_SIGNAL, "without pillion.dev/config: the signal to send it [default: SIGHUP]"),
-    (VAULT_TOKEN_AUDIENCE, "a projected service-account token for this audience at /var/run/secrets/vault/token"),
-    (VAULT_CA, "a ConfigMap with Vault's CA certificate, mounted at /etc/vault-ca"),
-    (API_TOKEN, "\"true\": a Kubernetes API token mounted into pillion's container only"),
-    (STATUS, "set by the injector (\"injected\"); a pod that has it is not changed again"),
+    (
+        INJECT,
+        "\"true\" adds pillion; \"false\" or absent leaves the pod alone",
+    ),
+    (
+        CONFIG,
+        "a ConfigMap holding pillion.yaml, mounted at /etc/pillion",
+    ),
+    (
+        DNS_NAMES,
+        "without pillion.dev/config: DNS names to certify, comma-separated",
+    ),
+    (
+        COMMON_NAME,
+        "without pillion.dev/config: the subject common name",
+    ),
+    (
+        IP_ADDRESSES,
+        "without pillion.dev/config: IP addresses to certify, e.g. $(POD_IP)",
+    ),
+    (
+        CA_SECRET,
+        "without pillion.dev/config: a Secret with the signing CA's tls.crt and tls.key",
+    ),
+    (
+        RELOAD_PROCESS,
+        "without pillion.dev/config: the process to signal after a renewal",
+    ),
+    (
+        RELOAD_SIGNAL,
+        "without pillion.dev/config: the signal to send it [default: SIGHUP]",
+    ),
+    (
+        VAULT_TOKEN_AUDIENCE,
+        "a projected service-account token for this audience at /var/run/secrets/vault/token",
+    ),
+    (
+        VAULT_CA,
+        "a ConfigMap with Vault's CA certificate, mounted at /etc/vault-ca",
+    ),
+    (
+        API_TOKEN,
+        "\"true\": a Kubernetes API token mounted into pillion's container only",
+    ),
+    (
+        STATUS,
+        "set by the injector (\"injected\"); a pod that has it is not changed again",
+    ),
 ];
 
 /// The sidecar container's name.
@@ -186,12 +222,18 @@ impl Injector {
             if mounts.is_some() {
                 ops.push(add(&format!("/spec/containers/{i}/volumeMounts/-"), mount));
             } else {
-                ops.push(add(&format!("/spec/containers/{i}/volumeMounts"), json!([mount])));
+                ops.push(add(
+                    &format!("/spec/containers/{i}/volumeMounts"),
+                    json!([mount]),
+                ));
             }
         }
         let (uid, gid) = app_identity(spec, containers.first());
         let sidecar = self.container(ask, uid, gid);
-        if spec["initContainers"].as_array().is_some_and(|a| !a.is_empty()) {
+        if spec["initContainers"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+        {
             // First: the other init containers may then read the certificates.
             ops.push(add("/spec/initContainers/0", sidecar));
         } else {
@@ -208,7 +250,10 @@ impl Injector {
             ops.push(add("/spec/shareProcessNamespace", json!(true)));
         }
         if pod["metadata"]["annotations"].is_object() {
-            ops.push(add("/metadata/annotations/pillion.dev~1status", json!("injected")));
+            ops.push(add(
+                "/metadata/annotations/pillion.dev~1status",
+                json!("injected"),
+            ));
         } else {
             ops.push(add("/metadata/annotations", json!({STATUS: "injected"})));
         }
@@ -217,9 +262,7 @@ impl Injector {
 
     /// The native sidecar, as `deploy/overlays/native-sidecar` has it.
     fn container(&self, ask: &Ask, uid: i64, gid: i64) -> Value {
-        let field = |name: &str, path: &str| {
-            json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}})
-        };
+        let field = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
         let mut env = vec![
             field("POD_NAME", "metadata.name"),
             field("POD_NAMESPACE", "metadata.namespace"),
@@ -229,7 +272,9 @@ impl Injector {
             json!({"name": "PILLION_LISTEN", "value": format!("0.0.0.0:{ADMIN_PORT}")}),
         ];
         let args = match &ask.source {
-            Source::ConfigMap(_) => json!(["run", "--config", format!("{CONFIG_DIR}/pillion.yaml")]),
+            Source::ConfigMap(_) => {
+                json!(["run", "--config", format!("{CONFIG_DIR}/pillion.yaml")])
+            }
             Source::Annotations(flags) => {
                 env.extend(
                     flags
@@ -242,12 +287,11 @@ impl Injector {
         };
         let mut mounts = vec![json!({"name": "pillion-out", "mountPath": OUTPUT_DIR})];
         match &ask.source {
-            Source::ConfigMap(_) => mounts.push(
-                json!({"name": "pillion-config", "mountPath": CONFIG_DIR, "readOnly": true}),
-            ),
-            Source::Annotations(f) if f.ca_secret.is_some() => mounts.push(
-                json!({"name": "pillion-ca", "mountPath": CA_DIR, "readOnly": true}),
-            ),
+            Source::ConfigMap(_) => mounts
+                .push(json!({"name": "pillion-config", "mountPath": CONFIG_DIR, "readOnly": true})),
+            Source::Annotations(f) if f.ca_secret.is_some() => {
+                mounts.push(json!({"name": "pillion-ca", "mountPath": CA_DIR, "readOnly": true}))
+            }
             Source::Annotations(_) => {
                 mounts.push(json!({"name": "pillion-state", "mountPath": STATE_DIR}));
             }
@@ -256,7 +300,8 @@ impl Injector {
             mounts.push(json!({"name": "vault-token", "mountPath": "/var/run/secrets/vault", "readOnly": true}));
         }
         if ask.vault_ca.is_some() {
-            mounts.push(json!({"name": "vault-ca", "mountPath": "/etc/vault-ca", "readOnly": true}));
+            mounts
+                .push(json!({"name": "vault-ca", "mountPath": "/etc/vault-ca", "readOnly": true}));
         }
         if ask.api_token {
             mounts.push(json!({"name": "kube-api-access", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true}));
@@ -482,7 +527,10 @@ impl Ask {
                 Source::ConfigMap(name)
             }
             None if get(CONFIG).is_some() => Source::ConfigMap(String::new()),
-            None if flags.dns_names.is_none() && flags.common_name.is_none() && flags.ip_addresses.is_none() => {
+            None if flags.dns_names.is_none()
+                && flags.common_name.is_none()
+                && flags.ip_addresses.is_none() =>
+            {
                 errors.push(format!(
                     "{INJECT}: \"true\" but nothing to obtain: set {CONFIG} (a ConfigMap holding pillion.yaml) or {DNS_NAMES}"
                 ));

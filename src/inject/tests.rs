@@ -59,7 +59,10 @@ fn denied(annotations: Value) -> String {
 
 #[test]
 fn pods_that_do_not_ask_are_left_alone() {
-    assert_eq!(injector().decide(&pod(json!(null))), Decision::Unchanged("not asked for"));
+    assert_eq!(
+        injector().decide(&pod(json!(null))),
+        Decision::Unchanged("not asked for")
+    );
     assert_eq!(
         injector().decide(&pod(json!({INJECT: "false", "other.io/x": "y"}))),
         Decision::Unchanged("not asked for")
@@ -68,7 +71,9 @@ fn pods_that_do_not_ask_are_left_alone() {
 
 #[test]
 fn a_configmap_pod_gets_the_native_sidecar() {
-    let p = pod(json!({INJECT: "true", CONFIG: "pillion-config", VAULT_TOKEN_AUDIENCE: "vault", VAULT_CA: "vault-ca"}));
+    let p = pod(
+        json!({INJECT: "true", CONFIG: "pillion-config", VAULT_TOKEN_AUDIENCE: "vault", VAULT_CA: "vault-ca"}),
+    );
     let Decision::Patch(ops) = injector().decide(&p) else {
         panic!("no patch")
     };
@@ -77,7 +82,10 @@ fn a_configmap_pod_gets_the_native_sidecar() {
     assert_eq!(sidecar["name"], "pillion");
     assert_eq!(sidecar["restartPolicy"], "Always");
     assert_eq!(sidecar["image"], "registry.example.com/pillion:0.1.0");
-    assert_eq!(sidecar["args"], json!(["run", "--config", "/etc/pillion/pillion.yaml"]));
+    assert_eq!(
+        sidecar["args"],
+        json!(["run", "--config", "/etc/pillion/pillion.yaml"])
+    );
     assert_eq!(sidecar["startupProbe"]["httpGet"]["path"], "/readyz");
     // The app's identity, so that pillion may signal it.
     assert_eq!(sidecar["securityContext"]["runAsUser"], 101);
@@ -89,20 +97,28 @@ fn a_configmap_pod_gets_the_native_sidecar() {
         .iter()
         .map(|v| v["name"].as_str().unwrap())
         .collect();
-    assert_eq!(volumes, ["pillion-out", "pillion-config", "vault-token", "vault-ca"]);
+    assert_eq!(
+        volumes,
+        ["pillion-out", "pillion-config", "vault-token", "vault-ca"]
+    );
     assert_eq!(
         out["spec"]["containers"][0]["volumeMounts"],
         json!([{"name": "pillion-out", "mountPath": "/var/run/pillion", "readOnly": true}])
     );
     assert_eq!(out["metadata"]["annotations"][STATUS], "injected");
     // Idempotent: the patched pod is not changed again.
-    assert_eq!(injector().decide(&out), Decision::Unchanged("already injected"));
+    assert_eq!(
+        injector().decide(&out),
+        Decision::Unchanged("already injected")
+    );
 }
 
 #[test]
 fn annotations_become_pillions_variables() {
-    let mut p = pod(json!({INJECT: "true", DNS_NAMES: "app, app.$(POD_NAMESPACE).svc", IP_ADDRESSES: "$(POD_IP)",
-        RELOAD_PROCESS: "nginx", CA_SECRET: "app-ca"}));
+    let mut p = pod(
+        json!({INJECT: "true", DNS_NAMES: "app, app.$(POD_NAMESPACE).svc", IP_ADDRESSES: "$(POD_IP)",
+        RELOAD_PROCESS: "nginx", CA_SECRET: "app-ca"}),
+    );
     p["spec"]["initContainers"] = json!([{"name": "migrate", "image": "x"}]);
     p["spec"]["volumes"] = json!([{"name": "data", "emptyDir": {}}]);
     let Decision::Patch(ops) = injector().decide(&p) else {
@@ -110,16 +126,27 @@ fn annotations_become_pillions_variables() {
     };
     let out = apply(p, &ops);
     let init = out["spec"]["initContainers"].as_array().unwrap();
-    assert_eq!(init[0]["name"], "pillion", "first, before the other init containers");
+    assert_eq!(
+        init[0]["name"], "pillion",
+        "first, before the other init containers"
+    );
     assert_eq!(init[1]["name"], "migrate");
     let env: Vec<(String, String)> = init[0]["env"]
         .as_array()
         .unwrap()
         .iter()
-        .filter_map(|e| Some((e["name"].as_str()?.to_owned(), e["value"].as_str()?.to_owned())))
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_owned(),
+                e["value"].as_str()?.to_owned(),
+            ))
+        })
         .collect();
     let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    assert_eq!(get("PILLION_DNS_NAMES"), Some("app, app.$(POD_NAMESPACE).svc"));
+    assert_eq!(
+        get("PILLION_DNS_NAMES"),
+        Some("app, app.$(POD_NAMESPACE).svc")
+    );
     assert_eq!(get("PILLION_IP_ADDRESSES"), Some("$(POD_IP)"));
     assert_eq!(get("PILLION_RELOAD_PROCESS"), Some("nginx"));
     assert_eq!(get("PILLION_CA_CERT"), Some("/etc/pillion-ca/tls.crt"));
@@ -137,13 +164,22 @@ fn annotations_become_pillions_variables() {
 fn a_bad_annotation_is_refused_by_name() {
     assert!(denied(json!({INJECT: "yes"})).starts_with("pillion.dev/inject: \"yes\""));
     let m = denied(json!({INJECT: "true", "pillion.dev/dns-name": "a"}));
-    assert!(m.contains("pillion.dev/dns-name: not an annotation pillion knows"), "{m}");
+    assert!(
+        m.contains("pillion.dev/dns-name: not an annotation pillion knows"),
+        "{m}"
+    );
     let m = denied(json!({INJECT: "true"}));
     assert!(m.contains("nothing to obtain"), "{m}");
     let m = denied(json!({INJECT: "true", CONFIG: "Bad_Name"}));
-    assert!(m.starts_with("pillion.dev/config: \"Bad_Name\" is not a ConfigMap name"), "{m}");
+    assert!(
+        m.starts_with("pillion.dev/config: \"Bad_Name\" is not a ConfigMap name"),
+        "{m}"
+    );
     let m = denied(json!({INJECT: "true", CONFIG: "c", RELOAD_PROCESS: "nginx"}));
-    assert!(m.starts_with("pillion.dev/reload-process: cannot be combined with pillion.dev/config"), "{m}");
+    assert!(
+        m.starts_with("pillion.dev/reload-process: cannot be combined with pillion.dev/config"),
+        "{m}"
+    );
     let m = denied(json!({INJECT: "true", DNS_NAMES: "app", RELOAD_SIGNAL: "SIGFOO"}));
     assert!(m.starts_with("pillion.dev/reload-signal: "), "{m}");
     let m = denied(json!({INJECT: "true", DNS_NAMES: "not a name!"}));
@@ -159,7 +195,10 @@ fn clashing_volumes_are_refused() {
     let Decision::Deny(m) = injector().decide(&p) else {
         panic!("not denied")
     };
-    assert!(m.contains("already has a volume named \"pillion-out\""), "{m}");
+    assert!(
+        m.contains("already has a volume named \"pillion-out\""),
+        "{m}"
+    );
 }
 
 #[test]

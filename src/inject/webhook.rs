@@ -82,9 +82,13 @@ fn load(files: &ServedFiles) -> Result<(Vec<u8>, CertifiedKey), String> {
     let signing = rustls::crypto::ring::sign::any_supported_type(&key)
         .map_err(|e| format!("{}: {e}", files.private_key.display()))?;
     let certified = CertifiedKey::new(chain, signing);
-    certified
-        .keys_match()
-        .map_err(|e| format!("{} and {}: {e}", files.certificate.display(), files.private_key.display()))?;
+    certified.keys_match().map_err(|e| {
+        format!(
+            "{} and {}: {e}",
+            files.certificate.display(),
+            files.private_key.display()
+        )
+    })?;
     Ok((chain_pem, certified))
 }
 
@@ -117,11 +121,14 @@ pub async fn follow(
                 Ok(_) => {}
                 // A renewal between reading the chain and the key: the next
                 // state change brings the pair together.
-                Err(e) => warn!(certificate = %files.name, error = %e, "the webhook keeps its previous certificate"),
+                Err(e) => {
+                    warn!(certificate = %files.name, error = %e, "the webhook keeps its previous certificate")
+                }
             }
             if let Some(name) = &webhook_configuration {
                 match std::fs::read(&files.ca) {
-                    Ok(ca) if bundled.as_ref() != Some(&ca) => match set_ca_bundle(name, &ca).await {
+                    Ok(ca) if bundled.as_ref() != Some(&ca) => match set_ca_bundle(name, &ca).await
+                    {
                         Ok(changed) => {
                             if changed {
                                 info!(webhook_configuration = %name, "caBundle set to the webhook certificate's CA");
@@ -137,7 +144,9 @@ pub async fn follow(
                         }
                     },
                     Ok(_) => {}
-                    Err(e) => warn!(file = %files.ca.display(), error = %e, "cannot read the CA for the caBundle"),
+                    Err(e) => {
+                        warn!(file = %files.ca.display(), error = %e, "cannot read the CA for the caBundle")
+                    }
                 }
             }
         }
@@ -240,7 +249,12 @@ async fn handle(req: Request<Incoming>, injector: &Injector) -> Response<Full<By
         (&Method::POST, "/mutate") => {
             let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
                 Ok(b) => b.to_bytes(),
-                Err(e) => return reply(StatusCode::BAD_REQUEST, format!("reading the request: {e}\n")),
+                Err(e) => {
+                    return reply(
+                        StatusCode::BAD_REQUEST,
+                        format!("reading the request: {e}\n"),
+                    )
+                }
             };
             let review: serde_json::Value = match serde_json::from_slice(&body) {
                 Ok(v) => v,
@@ -274,6 +288,9 @@ async fn handle(req: Request<Incoming>, injector: &Injector) -> Response<Full<By
                 )))
                 .expect("a valid response")
         }
-        _ => reply(StatusCode::NOT_FOUND, "not found: POST /mutate, GET /healthz\n".into()),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "not found: POST /mutate, GET /healthz\n".into(),
+        ),
     }
 }

@@ -1348,3 +1348,128 @@ fn the_check_rule_rejects_configuration_errors() {
         panic!("a configuration whose only problem is a missing CA file is accepted:\n{e}");
     }
 }
+
+#[test]
+fn the_injector_manifests_build_and_name_each_other() {
+    let docs = kustomize("deploy/inject");
+    let webhook = docs
+        .iter()
+        .find(|d| kind(d) == "MutatingWebhookConfiguration")
+        .expect("deploy/inject has a MutatingWebhookConfiguration");
+    let hook = &webhook["webhooks"][0];
+    assert_eq!(
+        hook["failurePolicy"], "Fail",
+        "failurePolicy is chosen and documented"
+    );
+    assert_eq!(hook["sideEffects"], "None");
+    assert_eq!(
+        hook["namespaceSelector"]["matchLabels"]["pillion.dev/inject"], "enabled",
+        "only namespaces that opt in"
+    );
+    assert!(
+        hook["clientConfig"]["caBundle"].is_null(),
+        "pillion sets the caBundle"
+    );
+    let service = &hook["clientConfig"]["service"];
+    assert_eq!(service["namespace"], "pillion-system");
+    assert_eq!(service["path"], "/mutate");
+    let svc = find(&docs, "Service", str_of(&service["name"])).expect("the webhook's Service");
+    assert_eq!(svc["metadata"]["namespace"], "pillion-system");
+
+    let deployment = find(&docs, "Deployment", "pillion-inject").expect("the injector");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let args: Vec<&str> = list(&c["args"]).iter().map(str_of).collect();
+    assert_eq!(args[0], "inject");
+    let configuration = format!("--webhook-configuration={}", name(webhook));
+    assert!(args.contains(&configuration.as_str()), "{args:?}");
+    // The Service's DNS name is in the certificate the API server checks.
+    assert!(
+        args.contains(&"--dns-name=pillion-inject.$(POD_NAMESPACE).svc"),
+        "{args:?}"
+    );
+    assert_eq!(svc["metadata"]["name"], "pillion-inject");
+    let image = list(&c["env"])
+        .iter()
+        .find(|e| e["name"] == "PILLION_INJECT_IMAGE")
+        .expect("PILLION_INJECT_IMAGE")["value"]
+        .clone();
+    assert_eq!(
+        image, c["image"],
+        "the injected image is the injector's own"
+    );
+    assert_eq!(pod["serviceAccountName"], "pillion-inject");
+
+    // RBAC: get and update on this webhook configuration only.
+    let role = find(&docs, "ClusterRole", "pillion-inject").expect("ClusterRole");
+    assert_eq!(
+        role["rules"],
+        serde_json::json!([{"apiGroups": ["admissionregistration.k8s.io"],
+            "resources": ["mutatingwebhookconfigurations"], "resourceNames": [name(webhook)],
+            "verbs": ["get", "update"]}])
+    );
+    let binding = find(&docs, "ClusterRoleBinding", "pillion-inject").expect("binding");
+    assert_eq!(binding["subjects"][0]["namespace"], "pillion-system");
+    assert_eq!(binding["subjects"][0]["name"], "pillion-inject");
+}
+
+#[test]
+fn the_sidecar_component_adds_what_the_overlay_writes() {
+    // The overlay's Deployment without pillion, labelled for the Component.
+    let overlay = kustomize("deploy/overlays/native-sidecar");
+    let mut deployment = find(&overlay, "Deployment", "app").unwrap().clone();
+    let want = deployment["spec"]["template"]["spec"].clone();
+    let spec = &mut deployment["spec"]["template"]["spec"];
+    spec.as_object_mut().unwrap().remove("initContainers");
+    spec.as_object_mut()
+        .unwrap()
+        .remove("shareProcessNamespace");
+    spec["volumes"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|v| v["name"] != "pillion-out" && v["name"] != "pillion-config");
+    deployment["metadata"]["labels"]["pillion.dev/sidecar"] = "true".into();
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("app.json"), deployment.to_string()).unwrap();
+    std::fs::write(
+        dir.path().join("pillion.yaml"),
+        "outputDir: /var/run/pillion\n",
+    )
+    .unwrap();
+    let component = relative_path(
+        dir.path(),
+        &Path::new(REPO).join("deploy/components/native-sidecar"),
+    );
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        format!(
+            "resources: [app.json]\ncomponents: [{}]\nimages: [{{name: pillion, newName: registry.example.com/pillion, newTag: 0.1.0}}]\n\
+             configMapGenerator: [{{name: pillion-config, files: [pillion.yaml]}}]\n",
+            component.display()
+        ),
+    )
+    .unwrap();
+    let docs = kustomize_at(dir.path(), "(app + components/native-sidecar)");
+    let got = &find(&docs, "Deployment", "app").unwrap()["spec"]["template"]["spec"];
+    let mut want_sidecar = want["initContainers"][0].clone();
+    // The overlay's sample also logs in to Vault; the Component mounts only what every pod needs.
+    want_sidecar["volumeMounts"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|m| m["name"] == "pillion-out" || m["name"] == "pillion-config");
+    assert_eq!(got["initContainers"][0], want_sidecar);
+    assert_eq!(got["shareProcessNamespace"], true);
+    let volume = |spec: &Value, n: &str| {
+        list(&spec["volumes"])
+            .iter()
+            .find(|v| v["name"] == n)
+            .cloned()
+    };
+    assert_eq!(volume(got, "pillion-out"), volume(&want, "pillion-out"));
+    let config = volume(got, "pillion-config").unwrap();
+    assert!(
+        str_of(&config["configMap"]["name"]).starts_with("pillion-config-"),
+        "the generated ConfigMap's hashed name: {config}"
+    );
+}

@@ -13,10 +13,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use base64::Engine as _;
 use common::control_plane::ControlPlane;
 use common::*;
 use rustix::process::Signal;
-use base64::Engine as _;
 use serde_json::{json, Value};
 
 const IMAGE: &str = "registry.example.com/pillion:0.1.0";
@@ -30,7 +30,11 @@ fn overlay() -> Vec<Value> {
         .arg(dir)
         .output()
         .expect("kubectl kustomize (see deploy_manifests.rs)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_yaml_ng::Deserializer::from_str(std::str::from_utf8(&out.stdout).unwrap())
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .filter(|v: &Value| !v.is_null())
@@ -83,7 +87,11 @@ fn named<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {
 fn served_serial(port: u16) -> Option<String> {
     let mut cmd = Command::new("openssl");
     cmd.args(["s_client", "-connect", &format!("127.0.0.1:{port}")]);
-    serial_of_pem(run_bounded(&mut cmd, Duration::from_secs(10)).stdout.as_bytes())
+    serial_of_pem(
+        run_bounded(&mut cmd, Duration::from_secs(10))
+            .stdout
+            .as_bytes(),
+    )
 }
 
 #[test]
@@ -93,7 +101,13 @@ fn the_real_api_server_gets_pillion_injected_as_the_overlay_writes_it() {
     let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
     let config_map = docs
         .iter()
-        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"].as_str().unwrap().starts_with("pillion-config"))
+        .find(|d| {
+            d["kind"] == "ConfigMap"
+                && d["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("pillion-config")
+        })
         .unwrap()["metadata"]["name"]
         .as_str()
         .unwrap()
@@ -103,7 +117,8 @@ fn the_real_api_server_gets_pillion_injected_as_the_overlay_writes_it() {
     // The webhook configuration as shipped, but calling a loopback URL instead of the Service.
     let port = free_port();
     let mut webhook = manifest("deploy/inject/mutatingwebhook.yaml").remove(0);
-    webhook["webhooks"][0]["clientConfig"] = json!({"url": format!("https://127.0.0.1:{port}/mutate")});
+    webhook["webhooks"][0]["clientConfig"] =
+        json!({"url": format!("https://127.0.0.1:{port}/mutate")});
     plane
         .admin(
             "POST",
@@ -119,15 +134,23 @@ fn the_real_api_server_gets_pillion_injected_as_the_overlay_writes_it() {
     let out = dir.path().join("out");
     let admin = free_port();
     let mut cmd = pillion();
-    cmd.args(["inject", "--image", IMAGE, "--ip-address", "127.0.0.1", "--duration", "1h"])
-        .arg(format!("--webhook-listen=127.0.0.1:{port}"))
-        .arg(format!("--listen=127.0.0.1:{admin}"))
-        .arg("--webhook-configuration=pillion-inject")
-        .arg("--out")
-        .arg(&out)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .env("KUBECONFIG", &kubeconfig);
+    cmd.args([
+        "inject",
+        "--image",
+        IMAGE,
+        "--ip-address",
+        "127.0.0.1",
+        "--duration",
+        "1h",
+    ])
+    .arg(format!("--webhook-listen=127.0.0.1:{port}"))
+    .arg(format!("--listen=127.0.0.1:{admin}"))
+    .arg("--webhook-configuration=pillion-inject")
+    .arg("--out")
+    .arg(&out)
+    .arg("--state-dir")
+    .arg(dir.path().join("state"))
+    .env("KUBECONFIG", &kubeconfig);
     let daemon = Daemon::spawn(cmd);
 
     // pillion puts its CA into the caBundle.
@@ -149,7 +172,9 @@ fn the_real_api_server_gets_pillion_injected_as_the_overlay_writes_it() {
     // The overlay's pod without pillion: what a team writes when the webhook adds it.
     let mut spec = template["spec"].clone();
     spec.as_object_mut().unwrap().remove("initContainers");
-    spec.as_object_mut().unwrap().remove("shareProcessNamespace");
+    spec.as_object_mut()
+        .unwrap()
+        .remove("shareProcessNamespace");
     let added = ["pillion-out", "pillion-config", "vault-token", "vault-ca"];
     spec["volumes"]
         .as_array_mut()
@@ -171,13 +196,19 @@ fn the_real_api_server_gets_pillion_injected_as_the_overlay_writes_it() {
                             "labels": template["metadata"]["labels"]},
                "spec": spec})
     };
-    let stored = plane.admin("POST", PODS, Some(&pod("injected", &annotations, &spec))).unwrap();
+    let stored = plane
+        .admin("POST", PODS, Some(&pod("injected", &annotations, &spec)))
+        .unwrap();
 
     // Stored as the overlay has it: the sidecar, its volumes, the app's mount, the shared
     // process namespace.
     let want = &template["spec"];
     let got = &stored["spec"];
-    assert_eq!(got["initContainers"].as_array().unwrap().len(), 1, "{got:#}");
+    assert_eq!(
+        got["initContainers"].as_array().unwrap().len(),
+        1,
+        "{got:#}"
+    );
     assert_eq!(
         without_defaults(&got["initContainers"][0]),
         without_defaults(&want["initContainers"][0]),
@@ -195,7 +226,10 @@ fn the_real_api_server_gets_pillion_injected_as_the_overlay_writes_it() {
         named(&want["containers"][0]["volumeMounts"], "pillion-out")
     );
     assert_eq!(got["shareProcessNamespace"], true);
-    assert_eq!(stored["metadata"]["annotations"]["pillion.dev/status"], "injected");
+    assert_eq!(
+        stored["metadata"]["annotations"]["pillion.dev/status"],
+        "injected"
+    );
     // Everything else is the team's own spec, untouched.
     assert_eq!(
         without_defaults(&got["containers"][0]["securityContext"]),
@@ -206,14 +240,29 @@ fn the_real_api_server_gets_pillion_injected_as_the_overlay_writes_it() {
     let plain = plane
         .admin("POST", PODS, Some(&pod("plain", &json!({}), &spec)))
         .unwrap();
-    assert!(plain["spec"]["initContainers"].is_null(), "{:#}", plain["spec"]);
+    assert!(
+        plain["spec"]["initContainers"].is_null(),
+        "{:#}",
+        plain["spec"]
+    );
     assert!(plain["spec"]["shareProcessNamespace"].is_null());
-    assert_eq!(plain["spec"]["volumes"].as_array().unwrap().len(), spec["volumes"].as_array().unwrap().len());
+    assert_eq!(
+        plain["spec"]["volumes"].as_array().unwrap().len(),
+        spec["volumes"].as_array().unwrap().len()
+    );
     assert!(plain["metadata"]["annotations"]["pillion.dev/status"].is_null());
 
     // Already injected (a pod copied from an injected one): not injected again.
     let again = plane
-        .admin("POST", PODS, Some(&pod("again", &stored["metadata"]["annotations"], &stored["spec"])))
+        .admin(
+            "POST",
+            PODS,
+            Some(&pod(
+                "again",
+                &stored["metadata"]["annotations"],
+                &stored["spec"],
+            )),
+        )
         .unwrap();
     assert_eq!(again["spec"]["initContainers"].as_array().unwrap().len(), 1);
     assert_eq!(again["spec"]["volumes"], stored["spec"]["volumes"]);
@@ -222,34 +271,62 @@ fn the_real_api_server_gets_pillion_injected_as_the_overlay_writes_it() {
     let mut bad = annotations.clone();
     bad["pillion.dev/inject"] = json!("yes");
     bad["pillion.dev/reload-signal"] = json!("SIGHUP");
-    let refused = plane.admin("POST", PODS, Some(&pod("bad", &bad, &spec))).unwrap_err();
+    let refused = plane
+        .admin("POST", PODS, Some(&pod("bad", &bad, &spec)))
+        .unwrap_err();
     assert!(
         refused.contains("admission webhook \\\"inject.pillion.dev\\\" denied the request: pillion.dev/inject: \\\"yes\\\" is neither \\\"true\\\" nor \\\"false\\\""),
         "{refused}"
     );
     let mut bad = annotations.clone();
     bad["pillion.dev/reload-process"] = json!("nginx");
-    let refused = plane.admin("POST", PODS, Some(&pod("bad", &bad, &spec))).unwrap_err();
-    assert!(refused.contains("pillion.dev/reload-process: cannot be combined with pillion.dev/config"), "{refused}");
+    let refused = plane
+        .admin("POST", PODS, Some(&pod("bad", &bad, &spec)))
+        .unwrap_err();
+    assert!(
+        refused.contains("pillion.dev/reload-process: cannot be combined with pillion.dev/config"),
+        "{refused}"
+    );
 
     // The annotations alone (no ConfigMap): one certificate, pillion's variables.
     let flags = json!({"pillion.dev/inject": "true", "pillion.dev/dns-names": "app.$(POD_NAMESPACE).svc",
                        "pillion.dev/reload-process": "nginx"});
-    let stored = plane.admin("POST", PODS, Some(&pod("flags", &flags, &spec))).unwrap();
+    let stored = plane
+        .admin("POST", PODS, Some(&pod("flags", &flags, &spec)))
+        .unwrap();
     let env = &stored["spec"]["initContainers"][0]["env"];
-    assert_eq!(named(env, "PILLION_DNS_NAMES").unwrap()["value"], "app.$(POD_NAMESPACE).svc");
-    assert_eq!(named(env, "PILLION_RELOAD_PROCESS").unwrap()["value"], "nginx");
+    assert_eq!(
+        named(env, "PILLION_DNS_NAMES").unwrap()["value"],
+        "app.$(POD_NAMESPACE).svc"
+    );
+    assert_eq!(
+        named(env, "PILLION_RELOAD_PROCESS").unwrap()["value"],
+        "nginx"
+    );
 
     // A renewed webhook certificate is served from the next connection on, and pods are
     // still injected with it.
     let first = served_serial(port);
-    assert_eq!(first, Some(serial(&out.join("tls.crt"))), "{}", daemon.describe());
+    assert_eq!(
+        first,
+        Some(serial(&out.join("tls.crt"))),
+        "{}",
+        daemon.describe()
+    );
     daemon.signal(Signal::USR1);
-    daemon.wait_for("the renewed certificate to be served", Duration::from_secs(20), || {
-        served_serial(port) != first
-    });
+    daemon.wait_for(
+        "the renewed certificate to be served",
+        Duration::from_secs(20),
+        || served_serial(port) != first,
+    );
     assert_eq!(served_serial(port), Some(serial(&out.join("tls.crt"))));
-    let stored = plane.admin("POST", PODS, Some(&pod("after-renewal", &annotations, &spec))).unwrap();
+    let stored = plane
+        .admin(
+            "POST",
+            PODS,
+            Some(&pod("after-renewal", &annotations, &spec)),
+        )
+        .unwrap();
     assert_eq!(stored["spec"]["initContainers"][0]["name"], "pillion");
     drop(daemon);
 }
