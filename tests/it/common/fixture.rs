@@ -3,7 +3,7 @@
 //! pillion commands against them with a controlled environment; and what a failure message
 //! needs to show (the config and a listing of the output dir).
 //!
-//! The peers a test points pillion at (a real OpenBao, the fake Kubernetes API server) wrap a
+//! The peers a test points pillion at (a real OpenBao, a real Kubernetes API server) wrap a
 //! [`Fixture`] for their specifics ([`super::openbao::Case`], [`super::kube_case::KubeCase`]);
 //! what they share lives here once.
 

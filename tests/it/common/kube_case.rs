@@ -1,9 +1,9 @@
-//! One test's pillion pointed at the fake Kubernetes API server ([`super::fake_kube`]): its temp
+//! One test's pillion pointed at a Kubernetes API server ([`super::control_plane`]): its temp
 //! dirs and config, pillion commands with a controlled pod environment (`POD_NAME`,
 //! `POD_NAMESPACE`, `POD_IP`, `SERVICE_ACCOUNT_NAME`, `KUBECONFIG` never leak in from the
-//! developer's shell), and the independent checks on what the fake received: the request
-//! objects pillion created, the PKCS#10 request inside them (read by the openssl CLI), and the
-//! fields of pillion's log lines.
+//! developer's shell), and the independent checks on what the API server received (its audit
+//! log): the objects pillion created and deleted, the PKCS#10 request inside them (read by the
+//! openssl CLI), and the fields of pillion's log lines.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -13,7 +13,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use super::fake_kube::{FakeKube, RecordedRequest};
 use super::fixture::Fixture;
 use super::{run_bounded, Daemon, Ran, COMMAND_DEADLINE};
 
@@ -27,15 +26,7 @@ pub const POD_ENVIRONMENT: [&str; 5] = [
     "KUBECONFIG",
 ];
 
-/// API path of the cluster-scoped CSR collection.
-pub const CSR_COLLECTION: &str = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
-
-/// API path of the CertificateRequest collection in `namespace`.
-pub fn certificate_request_collection(namespace: &str) -> String {
-    format!("/apis/cert-manager.io/v1/namespaces/{namespace}/certificaterequests")
-}
-
-/// One test's pillion set-up against the fake: a [`Fixture`] whose pillion commands start
+/// One test's pillion set-up: a [`Fixture`] whose pillion commands start
 /// with none of [`POD_ENVIRONMENT`] set, and take the ones a test means per command.
 pub struct KubeCase(Fixture);
 
@@ -81,28 +72,54 @@ impl KubeCase {
     }
 }
 
-/// The POSTs the fake received on `collection` (an API path), in order.
-pub fn posts(fake: &FakeKube, collection: &str) -> Vec<RecordedRequest> {
-    fake.requests()
-        .into_iter()
-        .filter(|r| r.method == "POST" && r.path == collection)
+/// The audit events (as [`super::control_plane::ControlPlane::audit_events`] returns them) of
+/// finished requests with `verb` on `resource` (the plural, no subresource).
+pub fn requests<'a>(events: &'a [Value], verb: &str, resource: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| {
+            e["stage"] == "ResponseComplete"
+                && e["verb"] == verb
+                && e["objectRef"]["resource"] == resource
+                && e["objectRef"]["subresource"].is_null()
+        })
         .collect()
 }
 
-/// The bodies of the objects created on `collection` (POSTs answered 201).
-pub fn created(fake: &FakeKube, collection: &str) -> Vec<Value> {
-    posts(fake, collection)
+/// The objects created on `resource`, as the API server stored them (creates answered 201).
+pub fn created(events: &[Value], resource: &str) -> Vec<Value> {
+    requests(events, "create", resource)
         .into_iter()
-        .filter(|r| r.status == 201)
-        .map(|r| r.body.expect("a JSON body"))
+        .filter(|e| e["responseStatus"]["code"] == 201)
+        .map(|e| e["responseObject"].clone())
         .collect()
 }
 
-/// Watch requests the fake received on `collection`.
-pub fn watches(fake: &FakeKube, collection: &str) -> Vec<RecordedRequest> {
-    fake.requests()
+/// The names and uids of the objects deleted from `resource` (deletes answered 200; the API
+/// server answers with a Status naming the object).
+pub fn deleted(events: &[Value], resource: &str) -> Vec<(String, String)> {
+    requests(events, "delete", resource)
         .into_iter()
-        .filter(|r| r.is_watch() && r.path == collection)
+        .filter(|e| e["responseStatus"]["code"] == 200)
+        .map(|e| {
+            let details = &e["responseObject"]["details"];
+            (
+                str_at(details, "/name").to_owned(),
+                str_at(details, "/uid").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The watches started on `resource`.
+pub fn watches<'a>(events: &'a [Value], resource: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| {
+            e["stage"] == "ResponseStarted"
+                && e["verb"] == "watch"
+                && e["objectRef"]["resource"] == resource
+        })
         .collect()
 }
 
@@ -113,7 +130,14 @@ pub fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
 
 /// Standard base64 (with or without padding, whitespace ignored).
 pub fn base64_decode(text: &str) -> Vec<u8> {
-    super::fake_kube::b64_decode(text.trim()).unwrap_or_else(|| panic!("not base64: {text:?}"))
+    use base64::Engine as _;
+    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(compact.trim_end_matches('='))
+        .or_else(|_| {
+            base64::engine::general_purpose::STANDARD_NO_PAD.decode(compact.trim_end_matches('='))
+        })
+        .unwrap_or_else(|e| panic!("not base64 ({e}): {text:?}"))
 }
 
 /// What `openssl req -noout -text -verify` says about the PEM request `pem` (written to a

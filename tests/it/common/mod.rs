@@ -8,11 +8,11 @@
 
 pub mod control_plane;
 pub mod envoy;
-pub mod fake_kube;
 pub mod fixture;
 pub mod kube_case;
 pub mod openbao;
 pub mod postgres;
+pub mod test_signers;
 
 use std::ffi::OsStr;
 use std::fmt::Write as _;
