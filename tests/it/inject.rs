@@ -328,5 +328,25 @@ fn the_real_api_server_gets_pillion_injected_as_the_overlay_writes_it() {
         )
         .unwrap();
     assert_eq!(stored["spec"]["initContainers"][0]["name"], "pillion");
+
+    // The injector gone (failurePolicy Fail): a pod that asks for pillion is refused, and one
+    // that does not is still created, its webhook call skipped by the matchConditions.
     drop(daemon);
+    let refused = plane
+        .admin("POST", PODS, Some(&pod("while-down", &annotations, &spec)))
+        .unwrap_err();
+    assert!(
+        refused.contains("failed calling webhook") && refused.contains("inject.pillion.dev"),
+        "{refused}"
+    );
+    let plain = plane
+        .admin(
+            "POST",
+            PODS,
+            Some(&pod("plain-while-down", &json!({}), &spec)),
+        )
+        .unwrap_or_else(|e| {
+            panic!("a pod without pillion's annotations waits on the injector: {e}")
+        });
+    assert!(plain["spec"]["initContainers"].is_null());
 }
