@@ -304,6 +304,42 @@ fn the_real_api_server_gets_pillion_injected_as_the_overlay_writes_it() {
         "nginx"
     );
 
+    // A CA from a Secret and an API token for pillion alone: the API server validates the
+    // volumes and mounts the webhook adds beside the ones its ServiceAccount admission added.
+    let tokens = json!({"pillion.dev/inject": "true", "pillion.dev/dns-names": "app.apps.svc",
+                        "pillion.dev/ca-secret": "team-ca", "pillion.dev/api-token": "true"});
+    let stored = plane
+        .admin("POST", PODS, Some(&pod("tokens", &tokens, &spec)))
+        .unwrap();
+    let sidecar = &stored["spec"]["initContainers"][0];
+    let volumes = &stored["spec"]["volumes"];
+    assert_eq!(
+        named(volumes, "pillion-ca").unwrap()["secret"]["secretName"],
+        "team-ca",
+        "{volumes:#}"
+    );
+    let api = named(volumes, "kube-api-access").unwrap();
+    assert!(
+        api["projected"]["sources"][0]["serviceAccountToken"].is_object(),
+        "{api:#}"
+    );
+    let mount = |name: &str| named(&sidecar["volumeMounts"], name).map(|m| m["mountPath"].clone());
+    assert_eq!(
+        mount("kube-api-access"),
+        Some(json!("/var/run/secrets/kubernetes.io/serviceaccount"))
+    );
+    assert!(mount("pillion-ca").is_some(), "{sidecar:#}");
+    assert_eq!(
+        sidecar["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount")
+            .count(),
+        1,
+        "one token at the service-account path of the sidecar\n{sidecar:#}"
+    );
+
     // A renewed webhook certificate is served from the next connection on, and pods are
     // still injected with it.
     let first = served_serial(port);
