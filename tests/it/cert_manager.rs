@@ -1,12 +1,14 @@
 //! The `certManager` issuer against a real Kubernetes API server with cert-manager's real CRDs
-//! (their schema validates what pillion creates), RBAC from `policies/kubernetes/` enforced by
-//! the real authorizer, and a test issuer ([`common::test_signers`]) in place of cert-manager's
-//! controller, which the Go module proxy does not serve: it approves, then fills
-//! `status.certificate`, `status.ca` and the Ready condition, or refuses as cert-manager does.
-//! What pillion created (issuerRef, duration, usages, the base64 CSR as openssl reads it, the
-//! namespace) and deleted is read from the API server's audit log; the published files verify
-//! with `openssl verify` against `status.ca`; cert-manager's refusals (Denied, InvalidRequest,
-//! Ready=False/Failed) and RBAC's reach the user in their own words.
+//! (their schema validates what pillion creates) and cert-manager's own controllers for the CA
+//! issuer (built from cert-manager's main module, `testbed/cert-manager/`): a CA ClusterIssuer or
+//! Issuer signing with the cluster CA, made Ready by cert-manager. The test approves or denies
+//! each request as approver-policy does ([`common::test_signers`]), and plays an external issuer
+//! for the refusals only an issuer makes (InvalidRequest, Failed). RBAC from
+//! `policies/kubernetes/` is enforced by the real authorizer. What pillion created (issuerRef,
+//! duration, usages, the base64 CSR as openssl reads it, the namespace) and deleted, and what
+//! cert-manager wrote, are read from the API server's audit log; the published files verify with
+//! `openssl verify` against `status.ca`; refusals (Denied, a missing issuer, InvalidRequest,
+//! Ready=False/Failed, RBAC) reach the user in their own words.
 
 use crate::common;
 
@@ -15,26 +17,52 @@ use std::path::Path;
 use std::sync::Once;
 use std::time::Duration;
 
-use common::control_plane::{ControlPlane, Tenant};
+use common::control_plane::{ControlPlane, Tenant, CA_CLUSTER_ISSUER, CERT_MANAGER_USER};
 use common::kube_case::*;
 use common::openbao::files_under;
-use common::test_signers::{cert_manager_issuer, Issuer};
+use common::test_signers::{cert_manager_approver, Issuer};
 use common::*;
 use serde_json::{json, Value};
 
-const ISSUER: &str = "ca-issuer";
+/// cert-manager's CA issuer: the ClusterIssuer, and the name of a tenant's namespaced Issuer.
+const ISSUER: &str = CA_CLUSTER_ISSUER;
+
+/// An issuerRef to an external issuer the test plays (cert-manager's controllers leave requests
+/// of other groups alone).
+const EXTERNAL: &str = "{name: external-ca, kind: ExternalIssuer, group: example.com}";
 const REQUESTS: &str = "certificaterequests";
 
 /// How much longer than its `--timeout` an init that cannot finish may take: one issuer
 /// attempt already under way (the issuer's own timeout) plus start-up and slack.
 const INIT_OVERRUN: Duration = Duration::from_secs(5);
 
-/// The shared control plane, with cert-manager's CRDs.
+/// The shared control plane, with cert-manager's CRDs and controllers.
 fn plane() -> &'static ControlPlane {
-    static CRDS: Once = Once::new();
+    static CERT_MANAGER: Once = Once::new();
     let plane = ControlPlane::shared();
-    CRDS.call_once(|| plane.install_cert_manager_crds());
+    CERT_MANAGER.call_once(|| plane.start_cert_manager());
     plane
+}
+
+/// What cert-manager wrote into the `status.certificate` of request `namespace/name`, from the
+/// API server's audit log.
+fn written_by_cert_manager(plane: &ControlPlane, namespace: &str, name: &str) -> Option<String> {
+    plane
+        .audit_events(CERT_MANAGER_USER)
+        .iter()
+        .filter(|e| {
+            e["stage"] == "ResponseComplete"
+                && e["objectRef"]["resource"] == REQUESTS
+                && e["objectRef"]["subresource"] == "status"
+                && e["objectRef"]["namespace"] == namespace
+                && e["objectRef"]["name"] == name
+                && e["responseStatus"]["code"] == 200
+        })
+        .find_map(|e| {
+            e["requestObject"]["status"]["certificate"]
+                .as_str()
+                .map(str::to_owned)
+        })
 }
 
 /// A tenant with the shipped RBAC for CertificateRequests in its namespace.
@@ -56,9 +84,19 @@ fn issuer_yaml(extra: &str, kubeconfig: Option<&Path>) -> String {
 
 /// The issuer `ca-issuer` as a ClusterIssuer, in the tenant's namespace, with explicit usages.
 fn explicit_issuer(t: &Tenant) -> String {
+    issuer_in(t, &cluster_issuer())
+}
+
+/// The issuerRef of cert-manager's CA ClusterIssuer.
+fn cluster_issuer() -> String {
+    format!("{{name: {ISSUER}, kind: ClusterIssuer, group: cert-manager.io}}")
+}
+
+/// `issuerRef` (YAML flow mapping), in the tenant's namespace, with explicit usages.
+fn issuer_in(t: &Tenant, issuer_ref: &str) -> String {
     issuer_yaml(
         &format!(
-            "      issuerRef: {{name: {ISSUER}, kind: ClusterIssuer, group: cert-manager.io}}\n      namespace: {}\n      usages: [digital signature, key encipherment, server auth]\n",
+            "      issuerRef: {issuer_ref}\n      namespace: {}\n      usages: [digital signature, key encipherment, server auth]\n",
             t.namespace
         ),
         Some(&t.kubeconfig),
@@ -134,8 +172,8 @@ fn assert_all_created_deleted(t: &Tenant, context: &dyn Fn() -> String) {
     );
 }
 
-/// The published files verify against `status.ca` (the cluster CA), and `ca.crt` is exactly
-/// that CA.
+/// The published files verify against `status.ca` (the cluster CA, in the CA issuer's Secret),
+/// and `ca.crt` is exactly that CA.
 fn assert_published_verifies(case: &KubeCase, t: &Tenant, context: &dyn Fn() -> String) {
     let web = case.out.join("web");
     assert_atomic_layout(&web, &["tls.crt", "tls.key", "ca.crt"]);
@@ -171,7 +209,7 @@ fn request_text(case: &KubeCase, cr: &Value) -> String {
 #[test]
 fn a_ready_request_is_published_verifies_and_carried_what_was_asked() {
     let t = requester();
-    let issuer = cert_manager_issuer(t.plane, &t.namespace, ISSUER, Issuer::Signs);
+    let _approver = cert_manager_approver(t.plane, &t.namespace, ISSUER, Issuer::Approves);
     let case = KubeCase::new();
     case.write_config(&format!("{}{}", explicit_issuer(&t), web_cert("1h")));
     let (ran, _) = case.init("30s", &[("POD_NAME", "web-0")]);
@@ -184,7 +222,7 @@ fn a_ready_request_is_published_verifies_and_carried_what_was_asked() {
     assert_eq!(
         not_after - not_before,
         3600,
-        "the issuer honoured the duration pillion asked for\n{}",
+        "cert-manager honoured the duration pillion asked for\n{}",
         context()
     );
     let events = t.events();
@@ -234,13 +272,12 @@ fn a_ready_request_is_published_verifies_and_carried_what_was_asked() {
         "the deleted request is the one pillion created\n{}",
         context()
     );
-    let issued = issuer.issued();
-    assert_eq!(issued.len(), 1, "{}", context());
-    assert_eq!(issued[0].0, str_at(cr, "/metadata/name"), "{}", context());
+    let issued = written_by_cert_manager(t.plane, &t.namespace, str_at(cr, "/metadata/name"))
+        .unwrap_or_else(|| panic!("cert-manager wrote no certificate\n{}", context()));
     assert_eq!(
-        cert_ders_of(&base64_decode(&issued[0].1)).first(),
+        cert_ders_of(&base64_decode(&issued)).first(),
         cert_ders_of(&fs::read(&crt).expect("read tls.crt")).first(),
-        "tls.crt's leaf should be the certificate the signer put in the request's status\n{}",
+        "tls.crt's leaf should be the certificate cert-manager put in the request's status\n{}",
         context()
     );
 }
@@ -248,7 +285,9 @@ fn a_ready_request_is_published_verifies_and_carried_what_was_asked() {
 #[test]
 fn defaults_kind_issuer_group_cert_manager_io_and_the_pods_namespace() {
     let t = requester();
-    let _issuer = cert_manager_issuer(t.plane, &t.namespace, ISSUER, Issuer::Signs);
+    // A namespaced CA Issuer of the same name: kind Issuer is the default.
+    t.plane.create_ca_issuer(&t.namespace, Some(ISSUER));
+    let _approver = cert_manager_approver(t.plane, &t.namespace, ISSUER, Issuer::Approves);
     let case = KubeCase::new();
     // Only the issuer's name; the client finds the cluster through $KUBECONFIG, whose
     // namespace (default) is not the pod's.
@@ -294,7 +333,8 @@ fn defaults_kind_issuer_group_cert_manager_io_and_the_pods_namespace() {
 
     // Without $POD_NAMESPACE: the kubeconfig's namespace.
     let t2 = requester();
-    let _issuer2 = cert_manager_issuer(t2.plane, &t2.namespace, ISSUER, Issuer::Signs);
+    t2.plane.create_ca_issuer(&t2.namespace, Some(ISSUER));
+    let _approver2 = cert_manager_approver(t2.plane, &t2.namespace, ISSUER, Issuer::Approves);
     let kubeconfig2 = t2.kubeconfig.with_extension("in-namespace");
     fs::write(
         &kubeconfig2,
@@ -319,13 +359,14 @@ fn defaults_kind_issuer_group_cert_manager_io_and_the_pods_namespace() {
     assert_all_created_deleted(&t2, &context2);
 }
 
-/// `pillion init --timeout 3s` for `web` as the tenant (the issuer's behaviour set by the
-/// caller); asserts exit 1 within the bound, nothing written.
-fn refused_init(t: &Tenant) -> (KubeCase, Ran) {
+/// `pillion init --timeout 3s` (the issuer's own timeout 2s) for `web` as the tenant, asking
+/// `issuer_ref` (the approver's and issuer's behaviour set by the caller); asserts exit 1 within
+/// the bound, nothing written.
+fn refused_init(t: &Tenant, issuer_ref: &str) -> (KubeCase, Ran) {
     let case = KubeCase::new();
     case.write_config(&format!(
         "{}{}",
-        explicit_issuer(t).replace("timeout: 10s", "timeout: 3s"),
+        issuer_in(t, issuer_ref).replace("timeout: 10s", "timeout: 2s"),
         web_cert("1h")
     ));
     let (ran, took) = case.init("3s", &[]);
@@ -363,7 +404,7 @@ fn first_request(t: &Tenant) -> String {
 #[test]
 fn a_denied_request_fails_init_with_cert_managers_reason_and_message() {
     let t = requester();
-    let _issuer = cert_manager_issuer(
+    let _approver = cert_manager_approver(
         t.plane,
         &t.namespace,
         ISSUER,
@@ -372,7 +413,7 @@ fn a_denied_request_fails_init_with_cert_managers_reason_and_message() {
             "No policy approved this request: [pillion-web: dnsNames not allowed]",
         ),
     );
-    let (case, ran) = refused_init(&t);
+    let (case, ran) = refused_init(&t, &cluster_issuer());
     let context = || ctx(&case, &ran, &t);
     let want = format!(
         "{} was denied (policy.cert-manager.io): No policy approved this request: [pillion-web: dnsNames not allowed]",
@@ -389,13 +430,13 @@ fn a_denied_request_fails_init_with_cert_managers_reason_and_message() {
 #[test]
 fn an_invalid_request_fails_init_with_cert_managers_reason_and_message() {
     let t = requester();
-    let _issuer = cert_manager_issuer(
+    let _issuer = cert_manager_approver(
         t.plane,
         &t.namespace,
-        ISSUER,
+        "external-ca",
         Issuer::Invalid("BadConfig", "the CSR names a forbidden domain"),
     );
-    let (case, ran) = refused_init(&t);
+    let (case, ran) = refused_init(&t, EXTERNAL);
     let context = || ctx(&case, &ran, &t);
     let want = format!(
         "{} failed (InvalidRequest: BadConfig): the CSR names a forbidden domain",
@@ -412,13 +453,13 @@ fn an_invalid_request_fails_init_with_cert_managers_reason_and_message() {
 #[test]
 fn a_failed_request_fails_init_with_cert_managers_reason_and_message() {
     let t = requester();
-    let _issuer = cert_manager_issuer(
+    let _issuer = cert_manager_approver(
         t.plane,
         &t.namespace,
-        ISSUER,
+        "external-ca",
         Issuer::Fails("issuer ca-issuer is not ready: secret \"ca-key-pair\" not found"),
     );
-    let (case, ran) = refused_init(&t);
+    let (case, ran) = refused_init(&t, EXTERNAL);
     let context = || ctx(&case, &ran, &t);
     let want = format!(
         "{} failed (Failed): issuer ca-issuer is not ready: secret \"ca-key-pair\" not found",
@@ -433,10 +474,33 @@ fn a_failed_request_fails_init_with_cert_managers_reason_and_message() {
 }
 
 #[test]
+fn a_request_for_an_issuer_that_does_not_exist_says_so_in_cert_managers_words() {
+    let t = requester();
+    let _approver =
+        cert_manager_approver(t.plane, &t.namespace, "no-such-issuer", Issuer::Approves);
+    let (case, ran) = refused_init(
+        &t,
+        "{name: no-such-issuer, kind: ClusterIssuer, group: cert-manager.io}",
+    );
+    let context = || ctx(&case, &ran, &t);
+    // cert-manager's certificaterequests controller keeps it Pending, and says why.
+    let want = format!(
+        "{}: not Ready (Pending: Referenced \"ClusterIssuer\" not found",
+        first_request(&t)
+    );
+    assert!(
+        ran.stderr.contains(&want) || ran.stderr.contains(&want.replace('"', "\\\"")),
+        "stderr should say {want:?}\n{}",
+        context()
+    );
+    assert_all_created_deleted(&t, &context);
+}
+
+#[test]
 fn rbac_forbidding_create_names_the_resource_the_namespace_and_the_policies() {
     // No RBAC at all: the real authorizer refuses.
     let t = plane().tenant();
-    let (case, ran) = refused_init(&t);
+    let (case, ran) = refused_init(&t, &cluster_issuer());
     let context = || ctx(&case, &ran, &t);
     let want = format!(
         "RBAC forbids pillion to create certificaterequests.cert-manager.io in namespace {}: ",

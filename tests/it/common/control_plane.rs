@@ -30,6 +30,12 @@ const START_DEADLINE: Duration = Duration::from_secs(90);
 /// The service-account issuer and default audience of the test cluster.
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
+/// The CA ClusterIssuer of [`ControlPlane::start_cert_manager`]: it signs with the cluster CA.
+pub const CA_CLUSTER_ISSUER: &str = "ca-issuer";
+
+/// Who cert-manager's controllers are, in the audit log.
+pub const CERT_MANAGER_USER: &str = "system:serviceaccount:cert-manager:cert-manager";
+
 /// The directory holding `kube-apiserver` and `etcd`, built once per machine.
 pub fn testbed_dir() -> PathBuf {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -77,6 +83,8 @@ pub struct ControlPlane {
     client: Admin,
     etcd: Mutex<Option<Guarded>>,
     apiserver: Mutex<Option<Guarded>>,
+    /// Controllers started beside it (cert-manager's).
+    controllers: Mutex<Vec<Guarded>>,
     /// How the API server was started, to start it again.
     apiserver_cmd: (PathBuf, Vec<String>),
 }
@@ -305,6 +313,7 @@ impl ControlPlane {
             },
             etcd: Mutex::new(Some(etcd)),
             apiserver: Mutex::new(Some(apiserver)),
+            controllers: Mutex::new(Vec::new()),
             apiserver_cmd: (apiserver_bin, apiserver_args),
             dir,
         };
@@ -406,6 +415,9 @@ impl ControlPlane {
                 ("RoleBinding", Some(ns)) => {
                     format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings")
                 }
+                ("Secret", Some(ns)) => format!("/api/v1/namespaces/{ns}/secrets"),
+                ("ClusterIssuer", _) => "/apis/cert-manager.io/v1/clusterissuers".into(),
+                ("Issuer", Some(ns)) => format!("/apis/cert-manager.io/v1/namespaces/{ns}/issuers"),
                 other => panic!("create: {other:?} is not known here"),
             };
             if let Err(e) = self.admin("POST", &path, Some(o)) {
@@ -467,6 +479,88 @@ impl ControlPlane {
         }
     }
 
+    /// Runs cert-manager's own controllers for the CA issuer (built by scripts/testbed.sh from
+    /// cert-manager's main module, `testbed/cert-manager/main.go`) as the service account
+    /// `cert-manager/cert-manager` (cluster-admin; its requests are in the audit log as
+    /// [`CERT_MANAGER_USER`]), with the ClusterIssuer [`CA_CLUSTER_ISSUER`] signing with the
+    /// cluster CA; returns once that issuer is Ready. Approval is left to the tests, as in a
+    /// cluster where approver-policy replaces cert-manager's own approver. Once per plane.
+    pub fn start_cert_manager(&self) {
+        self.install_cert_manager_crds();
+        self.create(&[
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": {"name": "cert-manager"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+                "subjects": [{"kind": "ServiceAccount", "name": "cert-manager", "namespace": "cert-manager"}]}),
+        ]);
+        let kubeconfig = self.service_account_kubeconfig("cert-manager", "cert-manager");
+        self.create_ca_issuer("cert-manager", None);
+        let controller = Guarded::spawn(
+            &testbed_dir().join("cert-manager-controller"),
+            &[
+                format!("-kubeconfig={}", kubeconfig.display()),
+                "-cluster-resource-namespace=cert-manager".into(),
+            ],
+            &self.dir,
+            "cert-manager",
+            false,
+        );
+        self.controllers.lock().unwrap().push(controller);
+        self.wait_issuer_ready(&format!(
+            "/apis/cert-manager.io/v1/clusterissuers/{CA_CLUSTER_ISSUER}"
+        ));
+    }
+
+    /// The Secret `ca-key-pair` in `namespace` holding the cluster CA, and a CA issuer using it:
+    /// a namespaced Issuer named `issuer` in `namespace`, or (None) the ClusterIssuer
+    /// [`CA_CLUSTER_ISSUER`]. Returns once cert-manager has made a namespaced one Ready.
+    pub fn create_ca_issuer(&self, namespace: &str, issuer: Option<&str>) {
+        let data = |name: &str| b64(&fs::read(self.path(name)).unwrap());
+        self.create(&[
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}),
+            json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                "metadata": {"name": "ca-key-pair", "namespace": namespace},
+                "data": {"tls.crt": data("ca.crt"), "tls.key": data("ca.key"), "ca.crt": data("ca.crt")}}),
+        ]);
+        let spec = json!({"ca": {"secretName": "ca-key-pair"}});
+        match issuer {
+            None => self.create(&[
+                json!({"apiVersion": "cert-manager.io/v1", "kind": "ClusterIssuer",
+                "metadata": {"name": CA_CLUSTER_ISSUER}, "spec": spec}),
+            ]),
+            Some(name) => {
+                self.create(
+                    &[json!({"apiVersion": "cert-manager.io/v1", "kind": "Issuer",
+                    "metadata": {"name": name, "namespace": namespace}, "spec": spec})],
+                );
+                self.wait_issuer_ready(&format!(
+                    "/apis/cert-manager.io/v1/namespaces/{namespace}/issuers/{name}"
+                ));
+            }
+        }
+    }
+
+    fn wait_issuer_ready(&self, path: &str) {
+        let started = Instant::now();
+        loop {
+            let issuer = self.admin("GET", path, None).unwrap_or_default();
+            let ready = issuer["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            if ready {
+                return;
+            }
+            assert!(
+                started.elapsed() < START_DEADLINE,
+                "cert-manager never made {path} Ready: {issuer}\n{}",
+                self.describe()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// A kubeconfig for the service account `namespace/name` (created if missing) holding a token
     /// from the TokenRequest API for `audience`, valid an hour.
     pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> PathBuf {
@@ -525,12 +619,19 @@ impl ControlPlane {
                 lines.into_iter().rev().collect::<Vec<_>>().join("\n")
             )
         };
-        format!("{}\n{}", tail("apiserver.err"), tail("etcd.err"))
+        let mut text = format!("{}\n{}", tail("apiserver.err"), tail("etcd.err"));
+        if !self.controllers.lock().unwrap().is_empty() {
+            text.push_str(&format!("\n{}", tail("cert-manager.err")));
+        }
+        text
     }
 }
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
+        for c in self.controllers.lock().unwrap().drain(..) {
+            c.stop();
+        }
         for child in [&self.apiserver, &self.etcd] {
             if let Some(c) = child.lock().unwrap().take() {
                 c.stop();
@@ -678,11 +779,6 @@ impl Admin {
             }
         }
         b64(&fs::read(w.join("req.crt")).unwrap())
-    }
-
-    /// The cluster CA's certificate, base64-encoded as `status.ca` holds it.
-    pub fn ca_b64(&self) -> String {
-        b64(&fs::read(self.dir.join("ca.crt")).unwrap())
     }
 }
 

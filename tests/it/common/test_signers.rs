@@ -1,10 +1,10 @@
-//! The controllers a cluster runs beside the API server, played by the tests: a signer for
+//! The controllers a cluster runs beside the API server that the tests play: a signer for
 //! CertificateSigningRequests (approval through the `approval` subresource, as `kubectl
 //! certificate approve` does; the certificate through `status`, as kube-controller-manager's
-//! signer does) and an issuer for cert-manager's CertificateRequests (approval, then
-//! `status.certificate`, `status.ca` and the Ready condition, as cert-manager's approver and CA
-//! issuer do). Each acts only on the requests of its own signer or issuer name, so tests sharing
-//! one control plane never answer each other's requests, and stops when dropped.
+//! signer does), and the approver of cert-manager's CertificateRequests (as approver-policy
+//! does; cert-manager's own CA issuer signs) or an external issuer that refuses them. Each acts
+//! only on the requests of its own signer or issuer name, so tests sharing one control plane
+//! never answer each other's requests, and stops when dropped.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,18 +48,22 @@ impl Csr {
     }
 }
 
-/// What a cert-manager issuer does with each request for its issuer name.
+/// What the test does with each CertificateRequest for an issuer name: approve or deny it, as
+/// approver-policy does (cert-manager's CA issuer then signs it, or marks it Ready=False
+/// `Denied`); or, for an external issuer (an `issuerRef.group` other than cert-manager.io, which
+/// cert-manager's own controllers leave alone), approve it and refuse it as an external issuer
+/// does.
 #[derive(Clone)]
 pub enum Issuer {
-    /// Approves, then signs for the duration asked, with `status.ca`.
-    Signs,
-    /// Denies (`Denied=True` with this reason and message, then `Ready=False` reason `Denied`).
+    /// Approves; cert-manager signs.
+    Approves,
+    /// Denies with this reason and message.
     Denies(&'static str, &'static str),
-    /// Approves, then `InvalidRequest=True` with this reason and message and `Ready=False`
-    /// reason `Failed`.
+    /// An external issuer: approves, then `InvalidRequest=True` with this reason and message
+    /// and `Ready=False` reason `Failed`.
     Invalid(&'static str, &'static str),
-    /// Approves, then `Ready=False` reason `Failed` with this message (cert-manager's Ready
-    /// reasons are fixed).
+    /// An external issuer: approves, then `Ready=False` reason `Failed` with this message
+    /// (cert-manager's Ready reasons are fixed).
     Fails(&'static str),
 }
 
@@ -182,9 +186,10 @@ pub fn csr_signer(plane: &ControlPlane, signer_name: &str, mode: Csr) -> Control
     spawn(work, plane.client())
 }
 
-/// An issuer for cert-manager CertificateRequests in `namespace` whose `issuerRef.name` is
-/// `issuer_name`, doing `mode` with each.
-pub fn cert_manager_issuer(
+/// The approver (and, for [`Issuer::Invalid`] and [`Issuer::Fails`], the external issuer) for
+/// CertificateRequests in `namespace` whose `issuerRef.name` is `issuer_name`, doing `mode` with
+/// each through the status subresource.
+pub fn cert_manager_approver(
     plane: &ControlPlane,
     namespace: &str,
     issuer_name: &str,
@@ -209,56 +214,34 @@ pub fn cert_manager_issuer(
                 json!({"type": kind, "status": status, "reason": reason, "message": message,
                     "lastTransitionTime": now})
             };
-            if conditions.is_empty() {
+            let decided = conditions
+                .iter()
+                .any(|c| c["type"] == "Approved" || c["type"] == "Denied");
+            if !decided {
                 conditions.push(match mode {
                     Issuer::Denies(reason, message) => condition("Denied", "True", reason, message),
                     _ => condition(
                         "Approved",
                         "True",
-                        "cert-manager.io",
-                        "approved by the pillion test issuer",
+                        "policy.cert-manager.io",
+                        "approved by the pillion test approver",
                     ),
                 });
-                cr["status"]["conditions"] = Value::Array(conditions);
-                put(admin, issued, &status_path, &cr);
+            } else if conditions.iter().any(|c| c["type"] == "Ready") {
                 continue;
-            }
-            if conditions.iter().any(|c| c["type"] == "Ready") {
-                continue;
-            }
-            match mode {
-                Issuer::Signs => {
-                    let request = base64_decode(cr["spec"]["request"].as_str().unwrap());
-                    let lifetime = cr["spec"]["duration"]
-                        .as_str()
-                        .and_then(|d| humantime::parse_duration(d).ok());
-                    conditions.push(condition(
-                        "Ready",
-                        "True",
-                        "Issued",
-                        "signed by the pillion test issuer",
-                    ));
-                    cr["status"]["certificate"] = Value::String(admin.sign(&request, lifetime));
-                    cr["status"]["ca"] = Value::String(admin.ca_b64());
+            } else {
+                match mode {
+                    Issuer::Invalid(reason, message) => {
+                        conditions.push(condition("InvalidRequest", "True", reason, message));
+                        conditions.push(condition("Ready", "False", "Failed", message));
+                    }
+                    Issuer::Fails(message) => {
+                        conditions.push(condition("Ready", "False", "Failed", message));
+                    }
+                    // cert-manager's own controllers take it from here.
+                    Issuer::Approves | Issuer::Denies(..) => continue,
                 }
-                Issuer::Denies(_, _) => {
-                    conditions.push(condition(
-                        "Ready",
-                        "False",
-                        "Denied",
-                        "The CertificateRequest was denied by an approval controller",
-                    ));
-                    cr["status"]["failureTime"] = Value::String(now.clone());
-                }
-                Issuer::Invalid(reason, message) => {
-                    conditions.push(condition("InvalidRequest", "True", reason, message));
-                    conditions.push(condition("Ready", "False", "Failed", message));
-                    cr["status"]["failureTime"] = Value::String(now.clone());
-                }
-                Issuer::Fails(message) => {
-                    conditions.push(condition("Ready", "False", "Failed", message));
-                    cr["status"]["failureTime"] = Value::String(now.clone());
-                }
+                cr["status"]["failureTime"] = Value::String(now.clone());
             }
             cr["status"]["conditions"] = Value::Array(conditions);
             put(admin, issued, &status_path, &cr);
