@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds the test control plane (kube-apiserver and etcd, pinned by testbed/go.mod; cert-manager's
-# CRDs and CA issuer controllers, pinned by testbed/cert-manager/go.mod) from the Go module proxy,
-# once per machine, into a cache outside the checkout, and prints its directory.
+# Builds the test control plane (kube-apiserver, kube-controller-manager and etcd, pinned by
+# testbed/go.mod; cert-manager's CRDs and CA issuer controllers, pinned by
+# testbed/cert-manager/go.mod) from the Go module proxy, once per machine, into a cache outside
+# the checkout, and prints its directory.
 # Later runs find the binaries there and take no time. The first run on a fresh machine downloads
 # about 700 MB of modules and compiles for several minutes (see the README).
 #
@@ -16,8 +17,8 @@ etcd=$(awk '$1 == "go.etcd.io/etcd/server/v3" { print $2 }' go.mod)
 # (testbed/cert-manager, pinned by its go.mod).
 cert_manager=$(awk '$1 == "require" && $2 == "github.com/cert-manager/cert-manager" { print $3 } $1 == "github.com/cert-manager/cert-manager" { print $2 }' cert-manager/go.mod)
 out="${PILLION_TESTBED_CACHE:-$HOME/.cache/pillion-testbed}/k8s-$k8s-etcd-$etcd-cm-$cert_manager"
-if [ -x "$out/kube-apiserver" ] && [ -x "$out/etcd" ] && [ -d "$out/crds" ] \
-    && [ -x "$out/cert-manager-controller" ]; then
+if [ -x "$out/kube-apiserver" ] && [ -x "$out/kube-controller-manager" ] && [ -x "$out/etcd" ] \
+    && [ -d "$out/crds" ] && [ -x "$out/cert-manager-controller" ]; then
     echo "$out"
     exit 0
 fi
@@ -36,6 +37,10 @@ build() { # build <name> <dir> <package> [ldflags]
     mv "$out/$1.partial" "$out/$1"
 }
 build kube-apiserver . k8s.io/kubernetes/cmd/kube-apiserver \
+    "-X k8s.io/component-base/version.gitVersion=$k8s"
+# Its certificate signing controller only (--controllers=csrsigning): the signer of the
+# kubernetes.io/ signerNames, with --cluster-signing-duration.
+build kube-controller-manager . k8s.io/kubernetes/cmd/kube-controller-manager \
     "-X k8s.io/component-base/version.gitVersion=$k8s"
 build etcd . go.etcd.io/etcd/server/v3
 # cert-manager's own controllers for the CA issuer, from the packages of its main module (its

@@ -555,10 +555,20 @@ impl Agent {
         mut commands: mpsc::UnboundedReceiver<Command>,
     ) -> Result<(), AgentError> {
         let result = self.serve(mode, &mut commands).await;
+        self.settle().await;
         if matches!(mode, Mode::Run) {
             self.release().await;
         }
         result
+    }
+
+    /// Lets every source finish what a round cut short left to clean up (a Kubernetes request
+    /// to delete), in every mode, bounded as [`Self::release`] is.
+    async fn settle(&mut self) {
+        let all = futures::future::join_all(self.creds.iter_mut().map(|c| c.plan.source.settle()));
+        if tokio::time::timeout(RELEASE_TIMEOUT, all).await.is_err() {
+            warn!("cleaning up after a cut-short renewal took longer than {RELEASE_TIMEOUT:?}; stopping anyway");
+        }
     }
 
     /// Lets every source give back what it holds (a lease to revoke),

@@ -404,11 +404,114 @@ fn label_value(v: &str) -> String {
         .to_owned()
 }
 
+/// What RBAC calls a CertificateSigningRequest.
+const CSR_KIND: &str = "certificatesigningrequests.certificates.k8s.io";
+
+/// Deletions of requests whose wait was cut short (by the init deadline or a shutdown), still
+/// under way: [`Abandoned::settle`] lets pillion finish them before it exits.
+#[derive(Debug, Default)]
+struct Abandoned(std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>);
+
+impl Abandoned {
+    async fn settle(&self) {
+        let deletions = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        for deletion in deletions {
+            let _ = deletion.await;
+        }
+    }
+}
+
+/// A request pillion created, deleted when its wait is over, signed or not: it has served its
+/// purpose, and deleting it keeps the cluster tidy. If the wait is cut short (the future
+/// dropped), the deletion is started from `drop` and left for [`Abandoned::settle`].
+struct Requested<'a, K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    api: Api<K>,
+    name: String,
+    resource: String,
+    kind: &'static str,
+    abandoned: &'a Abandoned,
+    armed: bool,
+}
+
+impl<'a, K> Requested<'a, K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    fn new(
+        api: &Api<K>,
+        name: &str,
+        resource: &str,
+        kind: &'static str,
+        abandoned: &'a Abandoned,
+    ) -> Self {
+        Requested {
+            api: api.clone(),
+            name: name.to_owned(),
+            resource: resource.to_owned(),
+            kind,
+            abandoned,
+            armed: true,
+        }
+    }
+
+    /// Deletes the request; a failure is only worth a warning.
+    async fn delete(mut self) {
+        delete_request(&self.api, &self.name, &self.resource, self.kind).await;
+        self.armed = false;
+    }
+}
+
+impl<K> Drop for Requested<'_, K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (api, name, resource, kind) = (
+            self.api.clone(),
+            std::mem::take(&mut self.name),
+            std::mem::take(&mut self.resource),
+            self.kind,
+        );
+        info!(%resource, "the renewal was cut short; deleting its request");
+        let deletion =
+            runtime.spawn(async move { delete_request(&api, &name, &resource, kind).await });
+        self.abandoned
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(deletion);
+    }
+}
+
+async fn delete_request<K>(api: &Api<K>, name: &str, resource: &str, kind: &str)
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => {}
+        // Deleted already (by a second attempt, or by hand).
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => {
+            warn!(%resource, error = %api_error(e, "delete", kind), "could not delete the request");
+        }
+    }
+}
+
 /// The built-in CSR API: <https://kubernetes.io/docs/reference/access-authn-authz/certificate-signing-requests/>.
 #[derive(Debug)]
 pub struct KubernetesCsr {
     spec: KubernetesCsrSpec,
     cluster: Cluster,
+    abandoned: Abandoned,
 }
 
 impl KubernetesCsr {
@@ -417,6 +520,7 @@ impl KubernetesCsr {
         KubernetesCsr {
             spec: spec.clone(),
             cluster: Cluster::new(spec.kubeconfig.clone()),
+            abandoned: Abandoned::default(),
         }
     }
 
@@ -452,22 +556,17 @@ impl KubernetesCsr {
         let created = api
             .create(&PostParams::default(), &object)
             .await
-            .map_err(|e| {
-                api_error(
-                    e,
-                    "create",
-                    "certificatesigningrequests.certificates.k8s.io",
-                )
-            })?;
+            .map_err(|e| api_error(e, "create", CSR_KIND))?;
         let name = created.metadata.name.clone().unwrap_or_default();
         let resource = format!("CertificateSigningRequest {name}");
         info!(%resource, signer = %self.spec.signer_name, "created a CertificateSigningRequest; waiting for approval and signing");
+        let request = Requested::new(&api, &name, &resource, CSR_KIND, &self.abandoned);
         let ca_file = self.spec.ca_file.clone();
         let signer = self.spec.signer_name.clone();
         let result = wait_for(
             api.clone(),
             &name,
-            "certificatesigningrequests.certificates.k8s.io",
+            CSR_KIND,
             &resource,
             self.spec.timeout,
             |csr: &CertificateSigningRequest| {
@@ -475,12 +574,13 @@ impl KubernetesCsr {
             },
         )
         .await;
-        // The request has served its purpose either way; deleting it keeps
-        // the cluster tidy. A failure here is only worth a warning.
-        if let Err(e) = api.delete(&name, &DeleteParams::default()).await {
-            warn!(%resource, error = %api_error(e, "delete", "certificatesigningrequests.certificates.k8s.io"), "could not delete the request");
-        }
+        request.delete().await;
         result
+    }
+
+    /// Waits (bounded by the caller) for the deletion of requests whose wait was cut short.
+    pub async fn settle(&self) {
+        self.abandoned.settle().await;
     }
 }
 
@@ -489,6 +589,7 @@ impl KubernetesCsr {
 pub struct CertManager {
     spec: CertManagerSpec,
     cluster: Cluster,
+    abandoned: Abandoned,
 }
 
 fn certificate_request_resource() -> ApiResource {
@@ -507,6 +608,7 @@ impl CertManager {
         CertManager {
             spec: spec.clone(),
             cluster: Cluster::new(spec.kubeconfig.clone()),
+            abandoned: Abandoned::default(),
         }
     }
 
@@ -556,6 +658,7 @@ impl CertManager {
         let name = created.metadata.name.clone().unwrap_or_default();
         let resource = format!("CertificateRequest {namespace}/{name}");
         info!(%resource, issuer = %r.name, "created a cert-manager CertificateRequest; waiting for it to be Ready");
+        let request = Requested::new(&api, &name, &resource, resource_kind, &self.abandoned);
         let ca_file = self.spec.ca_file.clone();
         let result = wait_for(
             api.clone(),
@@ -568,10 +671,13 @@ impl CertManager {
             },
         )
         .await;
-        if let Err(e) = api.delete(&name, &DeleteParams::default()).await {
-            warn!(%resource, error = %api_error(e, "delete", resource_kind), "could not delete the request");
-        }
+        request.delete().await;
         result
+    }
+
+    /// Waits (bounded by the caller) for the deletion of requests whose wait was cut short.
+    pub async fn settle(&self) {
+        self.abandoned.settle().await;
     }
 }
 

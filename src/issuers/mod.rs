@@ -192,6 +192,16 @@ impl Issuer {
         }
     }
 
+    /// Waits for the clean-up of requests whose [`Issuer::sign`] was cut short (the Kubernetes
+    /// issuers delete a request left waiting). The caller bounds the wait.
+    pub async fn settle(&self) {
+        match self {
+            Issuer::KubernetesCsr(k) => k.settle().await,
+            Issuer::CertManager(c) => c.settle().await,
+            Issuer::LocalCa(_) | Issuer::Vault(_) | Issuer::Files(_) => {}
+        }
+    }
+
     /// The Vault client, for reading secrets through this issuer.
     pub fn vault(&self) -> Option<&Arc<VaultClient>> {
         match self {

@@ -108,6 +108,10 @@ impl Source for CertificateSource {
         Box::pin(CertificateSource::obtain(self, head))
     }
 
+    fn settle(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.issuer.settle())
+    }
+
     fn reuse(
         &self,
         dir: &Path,

@@ -66,6 +66,12 @@ pub trait Source: Send + fmt::Debug {
         None
     }
 
+    /// Finishes what a cut-short [`Source::obtain`] left to clean up (a request to delete), as
+    /// pillion stops, in every mode. The caller bounds the wait.
+    fn settle(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
     /// Gives back what the source holds, as pillion stops (a `run` that
     /// was told to stop, not an `init`): e.g. revokes a lease when asked to.
     fn release(&mut self) -> BoxFuture<'_, ()> {

@@ -82,8 +82,10 @@ pub struct ControlPlane {
     pub audit_log: PathBuf,
     client: Admin,
     etcd: Mutex<Option<Guarded>>,
+    /// etcd's client port on 127.0.0.1 (plain HTTP).
+    etcd_port: u16,
     apiserver: Mutex<Option<Guarded>>,
-    /// Controllers started beside it (cert-manager's).
+    /// Controllers started beside it (kube-controller-manager's signer, cert-manager's).
     controllers: Mutex<Vec<Guarded>>,
     /// How the API server was started, to start it again.
     apiserver_cmd: (PathBuf, Vec<String>),
@@ -144,6 +146,11 @@ impl Guarded {
 
 impl ControlPlane {
     pub fn start() -> ControlPlane {
+        ControlPlane::start_with(&[])
+    }
+
+    /// A control plane whose API server also takes `apiserver_flags`.
+    pub fn start_with(apiserver_flags: &[&str]) -> ControlPlane {
         let bin = testbed_dir();
         let dir = tempfile::Builder::new()
             .prefix("pillion-control-plane-")
@@ -299,6 +306,8 @@ impl ControlPlane {
             // Each event is written before the response is sent.
             "--audit-log-mode=blocking".into(),
         ];
+        let mut apiserver_args = apiserver_args;
+        apiserver_args.extend(apiserver_flags.iter().map(|f| f.to_string()));
         let apiserver_bin = bin.join("kube-apiserver");
         let apiserver = Guarded::spawn(&apiserver_bin, &apiserver_args, d, "apiserver", false);
         let admin_kubeconfig = d.join("admin.kubeconfig");
@@ -312,6 +321,7 @@ impl ControlPlane {
                 dir: d.to_path_buf(),
             },
             etcd: Mutex::new(Some(etcd)),
+            etcd_port: client,
             apiserver: Mutex::new(Some(apiserver)),
             controllers: Mutex::new(Vec::new()),
             apiserver_cmd: (apiserver_bin, apiserver_args),
@@ -349,6 +359,34 @@ impl ControlPlane {
         let child = Guarded::spawn(bin, args, &self.dir, "apiserver", false);
         *self.apiserver.lock().unwrap() = Some(child);
         self.wait_ready();
+    }
+
+    /// Compacts etcd at its current revision (as the API server does every five minutes),
+    /// through etcd's own JSON gateway: a watch resumed from an older resource version is then
+    /// answered 410 Gone (with the API server's watch cache off, which would otherwise answer
+    /// from memory). Returns the revision.
+    pub fn compact_etcd(&self) -> u64 {
+        let etcd = |path: &str, body: &str| {
+            let ran = run_bounded(
+                Command::new("curl")
+                    .args(["-sS", "--fail", "-X", "POST", "-d", body])
+                    .arg(format!("http://127.0.0.1:{}{path}", self.etcd_port)),
+                COMMAND_DEADLINE,
+            );
+            ran.assert_success();
+            serde_json::from_str::<Value>(&ran.stdout).unwrap()
+        };
+        // Any range answers with the store's revision in its header.
+        let revision: u64 = etcd("/v3/kv/range", r#"{"key": "AA=="}"#)["header"]["revision"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        etcd(
+            "/v3/kv/compaction",
+            &format!(r#"{{"revision": "{revision}", "physical": true}}"#),
+        );
+        revision
     }
 
     fn wait_ready(&self) {
@@ -477,6 +515,30 @@ impl ControlPlane {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+    }
+
+    /// Runs kube-controller-manager's certificate signer (`--controllers=csrsigning`, the
+    /// signer of the `kubernetes.io/` signerNames) with the cluster CA, capping every lifetime
+    /// at `max_lifetime` (`--cluster-signing-duration`). It signs approved requests only;
+    /// approving is left to the tests, as to a cluster's administrators. Once per plane.
+    pub fn start_kube_controller_manager(&self, max_lifetime: &str) {
+        let p = |name: &str| self.path(name).display().to_string();
+        let controller = Guarded::spawn(
+            &testbed_dir().join("kube-controller-manager"),
+            &[
+                format!("--kubeconfig={}", p("admin.kubeconfig")),
+                "--controllers=csrsigning".into(),
+                format!("--cluster-signing-cert-file={}", p("ca.crt")),
+                format!("--cluster-signing-key-file={}", p("ca.key")),
+                format!("--cluster-signing-duration={max_lifetime}"),
+                "--leader-elect=false".into(),
+                "--secure-port=0".into(),
+            ],
+            &self.dir,
+            "kube-controller-manager",
+            false,
+        );
+        self.controllers.lock().unwrap().push(controller);
     }
 
     /// Runs cert-manager's own controllers for the CA issuer (built by scripts/testbed.sh from
@@ -620,8 +682,10 @@ impl ControlPlane {
             )
         };
         let mut text = format!("{}\n{}", tail("apiserver.err"), tail("etcd.err"));
-        if !self.controllers.lock().unwrap().is_empty() {
-            text.push_str(&format!("\n{}", tail("cert-manager.err")));
+        for controller in ["cert-manager", "kube-controller-manager"] {
+            if self.path(&format!("{controller}.err")).exists() {
+                text.push_str(&format!("\n{}", tail(&format!("{controller}.err"))));
+            }
         }
         text
     }
