@@ -359,6 +359,35 @@ fn defaults_kind_issuer_group_cert_manager_io_and_the_pods_namespace() {
     assert_all_created_deleted(&t2, &context2);
 }
 
+#[test]
+fn in_a_pod_the_request_goes_to_the_service_accounts_namespace() {
+    let t = requester();
+    t.plane.create_ca_issuer(&t.namespace, Some(ISSUER));
+    let _approver = cert_manager_approver(t.plane, &t.namespace, ISSUER, Issuer::Approves);
+    let run = tempfile::tempdir().unwrap();
+    t.service_account_files(run.path());
+    // No kubeconfig, no namespace, no $POD_NAMESPACE: the in-cluster configuration, whose
+    // namespace is the service account's (.../serviceaccount/namespace).
+    let case = KubeCase::new();
+    case.write_config(&format!(
+        "{}{}",
+        issuer_yaml(&format!("      issuerRef: {{name: {ISSUER}}}\n"), None),
+        web_cert("1h")
+    ));
+    let ran = run_bounded(
+        &mut in_pod(
+            &case.pillion(&["init", "--timeout", "30s"], &[]),
+            run.path(),
+            t.plane.port,
+        ),
+        COMMAND_DEADLINE,
+    );
+    let context = || ctx(&case, &ran, &t);
+    assert!(ran.status.success(), "init failed\n{}", context());
+    assert_published_verifies(&case, &t, &context);
+    assert_all_created_deleted(&t, &context);
+}
+
 /// `pillion init --timeout 3s` (the issuer's own timeout 2s) for `web` as the tenant, asking
 /// `issuer_ref` (the approver's and issuer's behaviour set by the caller); asserts exit 1 within
 /// the bound, nothing written.

@@ -891,6 +891,35 @@ fn a_watch_resumed_after_etcd_compaction_lists_again_and_the_certificate_arrives
 }
 
 #[test]
+fn in_a_pod_the_client_and_the_ca_come_from_the_service_account_files() {
+    let t = requester();
+    let _signer = csr_signer(t.plane, &t.signer, Csr::signs());
+    let run = tempfile::tempdir().unwrap();
+    t.service_account_files(run.path());
+    // No kubeconfig and no caFile: the in-cluster configuration and the service account's
+    // ca.crt (/var/run/secrets/kubernetes.io/serviceaccount/), as in a pod.
+    let case = KubeCase::new();
+    case.write_config(&format!(
+        "issuers:\n  cluster:\n    kubernetesCsr:\n      signerName: {}\n      timeout: 10s\ncertificates:\n  - name: web\n    dnsNames: [web.{}.svc]\n    duration: 1h\n",
+        t.signer, t.namespace
+    ));
+    let ran = run_bounded(
+        &mut in_pod(
+            &case.pillion(&["init", "--timeout", "30s"], &[]),
+            run.path(),
+            t.plane.port,
+        ),
+        COMMAND_DEADLINE,
+    );
+    let context = || ctx(&case, &ran, &t);
+    assert!(ran.status.success(), "init failed\n{}", context());
+    assert_published_verifies(&case, &t, &context);
+    // The API server saw the pod's service account, from the token file.
+    assert_eq!(created(&t.events(), CSRS).len(), 1, "{}", context());
+    assert_all_created_deleted(&t, &context);
+}
+
+#[test]
 fn pod_variables_in_names_are_expanded_in_the_csr_and_the_certificate() {
     let t = requester();
     let _signer = csr_signer(t.plane, &t.signer, Csr::signs());

@@ -900,6 +900,24 @@ impl Tenant<'_> {
         ]);
     }
 
+    /// What a pod of this tenant's `app` finds under `/run`: writes
+    /// `secrets/kubernetes.io/serviceaccount/{token,ca.crt,namespace}` into `run_dir` (a token from
+    /// the TokenRequest API, the cluster CA, the namespace), as the kubelet projects them.
+    pub fn service_account_files(&self, run_dir: &Path) {
+        let dir = run_dir.join("secrets/kubernetes.io/serviceaccount");
+        write(
+            &dir,
+            "token",
+            &self.plane.token(&self.namespace, "app", ISSUER),
+        );
+        write(
+            &dir,
+            "ca.crt",
+            &fs::read_to_string(&self.plane.ca_cert).unwrap(),
+        );
+        write(&dir, "namespace", &self.namespace);
+    }
+
     /// The audit events of this tenant's requests.
     pub fn events(&self) -> Vec<Value> {
         self.plane.audit_events(&self.user)

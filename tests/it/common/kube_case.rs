@@ -72,6 +72,39 @@ impl KubeCase {
     }
 }
 
+/// `cmd` run as in a pod: in a private mount namespace (`unshare --mount`) where `/run` (and so
+/// `/var/run`) is `run_dir`, which holds what [`super::control_plane::Tenant::service_account_files`]
+/// wrote; `KUBERNETES_SERVICE_HOST` and `KUBERNETES_SERVICE_PORT` name the API server on
+/// 127.0.0.1:`api_port`, and `HOME` holds no kubeconfig, so the client finds its in-cluster
+/// configuration as in a pod.
+pub fn in_pod(cmd: &Command, run_dir: &Path, api_port: u16) -> Command {
+    let mut pod = Command::new("unshare");
+    pod.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        r#"mount --bind "$0" /run && exec "$@""#,
+    ])
+    .arg(run_dir)
+    .arg(cmd.get_program())
+    .args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => pod.env(key, value),
+            None => pod.env_remove(key),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        pod.current_dir(dir);
+    }
+    pod.env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        .env("KUBERNETES_SERVICE_PORT", api_port.to_string())
+        .env("HOME", run_dir);
+    pod
+}
+
 /// The audit events (as [`super::control_plane::ControlPlane::audit_events`] returns them) of
 /// finished requests with `verb` on `resource` (the plural, no subresource).
 pub fn requests<'a>(events: &'a [Value], verb: &str, resource: &str) -> Vec<&'a Value> {
