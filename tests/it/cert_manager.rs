@@ -374,14 +374,7 @@ fn in_a_pod_the_request_goes_to_the_service_accounts_namespace() {
         issuer_yaml(&format!("      issuerRef: {{name: {ISSUER}}}\n"), None),
         web_cert("1h")
     ));
-    let ran = run_bounded(
-        &mut in_pod(
-            &case.pillion(&["init", "--timeout", "30s"], &[]),
-            run.path(),
-            t.plane.port,
-        ),
-        COMMAND_DEADLINE,
-    );
+    let ran = case.init_in_pod("30s", run.path(), t.plane.port);
     let context = || ctx(&case, &ran, &t);
     assert!(ran.status.success(), "init failed\n{}", context());
     assert_published_verifies(&case, &t, &context);

@@ -163,6 +163,26 @@ fn request_text(case: &KubeCase, csr: &Value) -> String {
     openssl_req_text(case.path(), &pem)
 }
 
+/// pillion's first "published a new certificate" line for `web`, with its `not_after` and
+/// `renew_at` in seconds since the epoch.
+fn publication(daemon: &Daemon, context: &dyn Fn() -> String) -> (String, i64, i64) {
+    daemon.wait_for("the log line of the publication", DEADLINE, || {
+        daemon.logs().contains("published a new certificate")
+    });
+    let logs = daemon.logs();
+    let line = lines_containing(&logs, &["published a new certificate", "cert=web"])
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no publication line for web\n{}", context()));
+    let time = |field: &str| {
+        log_field(&line, field)
+            .map(|t| rfc3339_secs(&t))
+            .unwrap_or_else(|| panic!("no {field} in {line:?}"))
+    };
+    let (not_after, renew_at) = (time("not_after"), time("renew_at"));
+    (line, not_after, renew_at)
+}
+
 #[test]
 fn a_signed_csr_is_published_verifies_and_carried_what_was_asked() {
     let t = requester();
@@ -282,20 +302,7 @@ fn renewal_follows_the_lifetime_the_signer_issued_not_the_one_asked_for() {
     );
 
     // The log states the issued certificate's expiry and a renewal time inside its 6s.
-    daemon.wait_for("the log line of the publication", DEADLINE, || {
-        daemon.logs().contains("published a new certificate")
-    });
-    let logs = daemon.logs();
-    let line = lines_containing(&logs, &["published a new certificate", "cert=web"])
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| panic!("no publication line for web\n{}", context()));
-    let logged_not_after = log_field(&line, "not_after")
-        .map(|t| rfc3339_secs(&t))
-        .unwrap_or_else(|| panic!("no not_after in {line:?}"));
-    let renew_at = log_field(&line, "renew_at")
-        .map(|t| rfc3339_secs(&t))
-        .unwrap_or_else(|| panic!("no renew_at in {line:?}"));
+    let (line, logged_not_after, renew_at) = publication(&daemon, &context);
     assert_eq!(
         logged_not_after,
         not_after,
@@ -396,17 +403,7 @@ fn kube_controller_managers_signer_issues_a_client_certificate_for_the_lifetime_
         "kube-controller-manager caps the lifetime at 30m: notAfter {not_after}, now {issued_at}\n{}",
         context()
     );
-    daemon.wait_for("the log line of the publication", DEADLINE, || {
-        daemon.logs().contains("published a new certificate")
-    });
-    let logs = daemon.logs();
-    let line = lines_containing(&logs, &["published a new certificate", "cert=web"])
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| panic!("no publication line for web\n{}", context()));
-    let renew_at = log_field(&line, "renew_at")
-        .map(|t| rfc3339_secs(&t))
-        .unwrap_or_else(|| panic!("no renew_at in {line:?}"));
+    let (line, _, renew_at) = publication(&daemon, &context);
     assert!(
         renew_at < not_after && renew_at - issued_at <= 1800,
         "renew_at should fall inside the 30m issued, not the 2h asked: {line}\n{}",
@@ -903,14 +900,7 @@ fn in_a_pod_the_client_and_the_ca_come_from_the_service_account_files() {
         "issuers:\n  cluster:\n    kubernetesCsr:\n      signerName: {}\n      timeout: 10s\ncertificates:\n  - name: web\n    dnsNames: [web.{}.svc]\n    duration: 1h\n",
         t.signer, t.namespace
     ));
-    let ran = run_bounded(
-        &mut in_pod(
-            &case.pillion(&["init", "--timeout", "30s"], &[]),
-            run.path(),
-            t.plane.port,
-        ),
-        COMMAND_DEADLINE,
-    );
+    let ran = case.init_in_pod("30s", run.path(), t.plane.port);
     let context = || ctx(&case, &ran, &t);
     assert!(ran.status.success(), "init failed\n{}", context());
     assert_published_verifies(&case, &t, &context);

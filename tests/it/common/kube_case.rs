@@ -66,6 +66,18 @@ impl KubeCase {
         (ran, started.elapsed())
     }
 
+    /// `pillion init --timeout <timeout>` run as in a pod (see [`in_pod`]), bounded.
+    pub fn init_in_pod(&self, timeout: &str, run_dir: &Path, api_port: u16) -> Ran {
+        run_bounded(
+            &mut in_pod(
+                &self.pillion(&["init", "--timeout", timeout], &[]),
+                run_dir,
+                api_port,
+            ),
+            COMMAND_DEADLINE,
+        )
+    }
+
     /// `pillion run` as a daemon.
     pub fn run(&self, env: &[(&str, &str)]) -> Daemon {
         Daemon::spawn(self.pillion(&["run"], env))
