@@ -33,8 +33,9 @@ use crate::verify::{fmt_time, CertInfo, VerifyError};
 /// Credentials due within this window of each other are renewed in the same
 /// round, so that the app is signalled once for all of them.
 const ROUND_WINDOW: Duration = Duration::from_secs(1);
-/// How long stopping waits for the sources to give back what they hold
-/// (revoking leases): stopping must stay quick whatever Vault does.
+/// How long stopping waits for the sources to clean up (deleting a request a
+/// cut-short round left) and give back what they hold (revoking leases):
+/// stopping must stay quick whatever the servers do.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What the outside world can ask of a running agent.
@@ -555,28 +556,27 @@ impl Agent {
         mut commands: mpsc::UnboundedReceiver<Command>,
     ) -> Result<(), AgentError> {
         let result = self.serve(mode, &mut commands).await;
-        self.settle().await;
-        if matches!(mode, Mode::Run) {
-            self.release().await;
-        }
+        self.wind_down(mode).await;
         result
     }
 
-    /// Lets every source finish what a round cut short left to clean up (a Kubernetes request
-    /// to delete), in every mode, bounded as [`Self::release`] is.
-    async fn settle(&mut self) {
-        let all = futures::future::join_all(self.creds.iter_mut().map(|c| c.plan.source.settle()));
+    /// As pillion stops, every source finishes what a round cut short left to clean up (a
+    /// Kubernetes request to delete) and, in run mode only, gives back what it holds (a lease to
+    /// revoke; an init's leases are for the app). One bound for all of it, so that stopping
+    /// stays quick whatever the servers do.
+    async fn wind_down(&mut self, mode: Mode) {
+        let release = matches!(mode, Mode::Run);
+        let all = futures::future::join_all(self.creds.iter_mut().map(|c| {
+            let source = &mut c.plan.source;
+            async move {
+                source.settle().await;
+                if release {
+                    source.release().await;
+                }
+            }
+        }));
         if tokio::time::timeout(RELEASE_TIMEOUT, all).await.is_err() {
-            warn!("cleaning up after a cut-short renewal took longer than {RELEASE_TIMEOUT:?}; stopping anyway");
-        }
-    }
-
-    /// Lets every source give back what it holds (a lease to revoke),
-    /// bounded so that stopping stays quick whatever Vault does.
-    async fn release(&mut self) {
-        let all = futures::future::join_all(self.creds.iter_mut().map(|c| c.plan.source.release()));
-        if tokio::time::timeout(RELEASE_TIMEOUT, all).await.is_err() {
-            warn!("giving back leases took longer than {RELEASE_TIMEOUT:?}; stopping anyway");
+            warn!("cleaning up and giving back leases took longer than {RELEASE_TIMEOUT:?}; stopping anyway");
         }
     }
 

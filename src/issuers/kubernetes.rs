@@ -404,6 +404,9 @@ fn label_value(v: &str) -> String {
         .to_owned()
 }
 
+/// How long deleting a finished request may take before pillion gives up on it (and warns).
+const DELETE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What RBAC calls a CertificateSigningRequest.
 const CSR_KIND: &str = "certificatesigningrequests.certificates.k8s.io";
 
@@ -496,12 +499,17 @@ async fn delete_request<K>(api: &Api<K>, name: &str, resource: &str, kind: &str)
 where
     K: Resource + Clone + DeserializeOwned + Debug,
 {
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => {}
+    // Bounded: an API server that stopped answering must not hold up the renewal round that
+    // already has its answer.
+    match tokio::time::timeout(DELETE_TIMEOUT, api.delete(name, &DeleteParams::default())).await {
+        Ok(Ok(_)) => {}
         // Deleted already (by a second attempt, or by hand).
-        Err(kube::Error::Api(s)) if s.code == 404 => {}
-        Err(e) => {
+        Ok(Err(kube::Error::Api(s))) if s.code == 404 => {}
+        Ok(Err(e)) => {
             warn!(%resource, error = %api_error(e, "delete", kind), "could not delete the request");
+        }
+        Err(_) => {
+            warn!(%resource, "could not delete the request: the API server did not answer within {DELETE_TIMEOUT:?}");
         }
     }
 }

@@ -490,30 +490,11 @@ impl ControlPlane {
             names.push(crd["metadata"]["name"].as_str().unwrap().to_owned());
             self.create(&[crd]);
         }
-        let started = Instant::now();
         for name in names {
-            loop {
-                let crd = self
-                    .admin(
-                        "GET",
-                        &format!("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"),
-                        None,
-                    )
-                    .unwrap();
-                let established = crd["status"]["conditions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|c| c["type"] == "Established" && c["status"] == "True");
-                if established {
-                    break;
-                }
-                assert!(
-                    started.elapsed() < START_DEADLINE,
-                    "CRD {name} never Established"
-                );
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            self.wait_condition(
+                &format!("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"),
+                "Established",
+            );
         }
     }
 
@@ -568,9 +549,10 @@ impl ControlPlane {
             false,
         );
         self.controllers.lock().unwrap().push(controller);
-        self.wait_issuer_ready(&format!(
-            "/apis/cert-manager.io/v1/clusterissuers/{CA_CLUSTER_ISSUER}"
-        ));
+        self.wait_condition(
+            &format!("/apis/cert-manager.io/v1/clusterissuers/{CA_CLUSTER_ISSUER}"),
+            "Ready",
+        );
     }
 
     /// The Secret `ca-key-pair` in `namespace` holding the cluster CA, and a CA issuer using it:
@@ -595,32 +577,35 @@ impl ControlPlane {
                     &[json!({"apiVersion": "cert-manager.io/v1", "kind": "Issuer",
                     "metadata": {"name": name, "namespace": namespace}, "spec": spec})],
                 );
-                self.wait_issuer_ready(&format!(
-                    "/apis/cert-manager.io/v1/namespaces/{namespace}/issuers/{name}"
-                ));
+                self.wait_condition(
+                    &format!("/apis/cert-manager.io/v1/namespaces/{namespace}/issuers/{name}"),
+                    "Ready",
+                );
             }
         }
     }
 
-    fn wait_issuer_ready(&self, path: &str) {
-        let started = Instant::now();
-        loop {
-            let issuer = self.admin("GET", path, None).unwrap_or_default();
-            let ready = issuer["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True");
-            if ready {
-                return;
-            }
-            assert!(
-                started.elapsed() < START_DEADLINE,
-                "cert-manager never made {path} Ready: {issuer}\n{}",
-                self.describe()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    /// Waits until the object at `path` has the condition `kind` with status True.
+    fn wait_condition(&self, path: &str, kind: &str) {
+        wait_for_ctx(
+            &format!("{path} to be {kind}"),
+            START_DEADLINE,
+            || {
+                format!(
+                    "{:#}\n{}",
+                    self.admin("GET", path, None).unwrap_or_default(),
+                    self.describe()
+                )
+            },
+            || {
+                let object = self.admin("GET", path, None).unwrap_or_default();
+                object["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == kind && c["status"] == "True")
+            },
+        );
     }
 
     /// A kubeconfig for the service account `namespace/name` (created if missing) holding a token
@@ -664,9 +649,12 @@ impl ControlPlane {
     /// The audit events (stages ResponseStarted and ResponseComplete) of requests by `user`, in
     /// the order the API server wrote them.
     pub fn audit_events(&self, user: &str) -> Vec<Value> {
+        // Tests poll this while the shared log grows: only `user`'s lines are parsed.
+        let needle = format!("\"username\":{}", Value::String(user.to_owned()));
         fs::read_to_string(&self.audit_log)
             .unwrap_or_default()
             .lines()
+            .filter(|l| l.contains(&needle))
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .filter(|e| e["user"]["username"] == user)
             .collect()
@@ -1019,14 +1007,11 @@ impl Proxy {
     }
 
     fn wait_listening(&self, want: bool) {
-        let started = Instant::now();
-        while self.state.listening.load(Ordering::SeqCst) != want {
-            assert!(
-                started.elapsed() < START_DEADLINE,
-                "the proxy never got to listening={want}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for(
+            &format!("the proxy to be listening={want}"),
+            START_DEADLINE,
+            || self.state.listening.load(Ordering::SeqCst) == want,
+        );
     }
 }
 
